@@ -1,0 +1,126 @@
+"""Tokenizers and models built from nothing: no hub download is ever needed.
+
+Used by the demo (a teacher trained from scratch), the translation benchmark (a Marian teacher
+with a tokenizer trained on the train split) and the tests (tiny models of every architecture).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]  # BART's order: bos=0, pad=1, eos=2, unk=3
+ARCHITECTURES = ("bart", "mbart", "marian", "pegasus", "fsmt", "t5", "bert2bert")
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer (like BART's) on ``texts``; it appends ``</s>`` to inputs."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=1024,
+    )
+
+
+def new_model(
+    arch: str,
+    vocab_size: int,
+    *,
+    d_model: int = 64,
+    encoder_layers: int = 2,
+    decoder_layers: int = 2,
+    ffn_dim: int = 128,
+    heads: int = 4,
+    max_positions: int = 512,
+    pad_token_id: int = 1,
+    bos_token_id: int = 0,
+    eos_token_id: int = 2,
+    attn_implementation: str | None = None,
+) -> PreTrainedModel:
+    """A randomly initialised seq2seq model of ``arch`` (one of ``ARCHITECTURES``)."""
+    import transformers as tf
+
+    ids = dict(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id)
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if arch in ("bart", "mbart", "marian", "pegasus"):
+        cfg_cls, model_cls = {
+            "bart": (tf.BartConfig, tf.BartForConditionalGeneration),
+            "mbart": (tf.MBartConfig, tf.MBartForConditionalGeneration),
+            "marian": (tf.MarianConfig, tf.MarianMTModel),
+            "pegasus": (tf.PegasusConfig, tf.PegasusForConditionalGeneration),
+        }[arch]
+        extra = {"decoder_vocab_size": vocab_size} if arch == "marian" else {}
+        cfg = cfg_cls(
+            vocab_size=vocab_size, d_model=d_model, encoder_layers=encoder_layers,
+            decoder_layers=decoder_layers, encoder_ffn_dim=ffn_dim, decoder_ffn_dim=ffn_dim,
+            encoder_attention_heads=heads, decoder_attention_heads=heads,
+            max_position_embeddings=max_positions, decoder_start_token_id=eos_token_id
+            if arch != "marian" else pad_token_id, forced_eos_token_id=eos_token_id,
+            **ids, **extra,
+        )
+        return model_cls._from_config(cfg, **kw)
+    if arch == "fsmt":
+        cfg = tf.FSMTConfig(
+            langs=["en", "xx"], src_vocab_size=vocab_size, tgt_vocab_size=vocab_size,
+            d_model=d_model, encoder_layers=encoder_layers, decoder_layers=decoder_layers,
+            encoder_ffn_dim=ffn_dim, decoder_ffn_dim=ffn_dim, encoder_attention_heads=heads,
+            decoder_attention_heads=heads, max_position_embeddings=max_positions,
+            decoder_start_token_id=eos_token_id, tie_word_embeddings=False, **ids,
+        )
+        return tf.FSMTForConditionalGeneration._from_config(cfg, **kw)
+    if arch == "t5":
+        cfg = tf.T5Config(
+            vocab_size=vocab_size, d_model=d_model, d_kv=d_model // heads, d_ff=ffn_dim,
+            num_layers=encoder_layers, num_decoder_layers=decoder_layers, num_heads=heads,
+            decoder_start_token_id=pad_token_id, pad_token_id=pad_token_id,
+            eos_token_id=eos_token_id,
+        )
+        return tf.T5ForConditionalGeneration._from_config(cfg, **kw)
+    if arch == "bert2bert":
+        def bert(layers: int, decoder: bool) -> tf.BertConfig:
+            return tf.BertConfig(
+                vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=layers,
+                num_attention_heads=heads, intermediate_size=ffn_dim,
+                max_position_embeddings=max_positions, pad_token_id=pad_token_id,
+                is_decoder=decoder, add_cross_attention=decoder,
+            )
+        cfg = tf.EncoderDecoderConfig.from_encoder_decoder_configs(
+            bert(encoder_layers, False), bert(decoder_layers, True)
+        )
+        cfg.decoder_start_token_id = bos_token_id
+        cfg.pad_token_id = pad_token_id
+        cfg.eos_token_id = eos_token_id
+        model = tf.EncoderDecoderModel(config=cfg)
+        model.generation_config.decoder_start_token_id = bos_token_id
+        model.generation_config.pad_token_id = pad_token_id
+        model.generation_config.eos_token_id = eos_token_id
+        return model
+    raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+
+
+def save_model_and_tokenizer(model: PreTrainedModel, tokenizer, path: str | Path) -> Path:
+    """``save_pretrained`` both (safetensors) into ``path``."""
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

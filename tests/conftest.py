@@ -1,0 +1,98 @@
+"""Shared fixtures: one Ray session per test run, tiny tokenizers/models, the real data folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Before ray/transformers import: quiet, offline, deterministic.
+for _k, _v in {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "WANDB_MODE": "offline",
+    "RAY_DEDUP_LOGS": "0",
+}.items():
+    os.environ.setdefault(_k, _v)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+TINY_CORPUS = [
+    "the cat sat on the mat and looked at the dog .",
+    "a dog ran in the park with a red ball .",
+    "birds sing in the morning when the sun rises .",
+    "the quick brown fox jumps over the lazy dog .",
+    "summaries are short texts that keep the main point .",
+    "translation maps a sentence from one language to another .",
+] * 5
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    skip_gpu = pytest.mark.skip(reason="needs CUDA (GPU tests run only on a machine with one)")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole session (ray.init costs 5-7 s; each new one costs again)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=True,
+                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from raydistill.models.scratch import train_tokenizer
+
+    return train_tokenizer(TINY_CORPUS, vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def tiny_bart_dir(tmp_path_factory, tiny_tokenizer):
+    """A tiny 4-4 BART teacher saved with its tokenizer (safetensors)."""
+    import torch
+
+    from raydistill.models.scratch import new_model, save_model_and_tokenizer
+
+    torch.manual_seed(0)
+    model = new_model("bart", len(tiny_tokenizer), encoder_layers=4, decoder_layers=4,
+                      pad_token_id=tiny_tokenizer.pad_token_id)
+    return save_model_and_tokenizer(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny_bart"))
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path):
+    """A six-file data folder of tiny examples (copied texts, short targets)."""
+    lines = TINY_CORPUS[:6]
+    for split, n in (("train", 6), ("val", 4), ("test", 4)):
+        (tmp_path / f"{split}.source").write_text("\n".join(lines[:n]) + "\n")
+        (tmp_path / f"{split}.target").write_text("\n".join(s.split(" ")[1] + " ." for s in lines[:n]) + "\n")
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def scitldr_dir():
+    path = SHARED_DATA / "scitldr"
+    if not path.is_dir():
+        pytest.skip(f"real data not found at {path} (../shared/data is beside the repo in CI)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def enro_dir():
+    path = SHARED_DATA / "tatoeba_en_ro"
+    if not path.is_dir():
+        pytest.skip(f"real data not found at {path} (../shared/data is beside the repo in CI)")
+    return path
