@@ -1,0 +1,119 @@
+"""``raydistill`` command line: one subcommand per pipeline stage.
+
+Input errors print one line on stderr (the traceback only with ``--debug``) and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from raydistill.errors import RaydistillError
+
+for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+               "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}.items():
+    os.environ.setdefault(_k, _v)
+
+
+def _make_student(args: argparse.Namespace) -> int:
+    from raydistill.models.student import make_student
+    from raydistill.train.run import check_model_dir
+
+    check_model_dir(args.teacher, "teacher")
+    student, e_ids, d_ids = make_student(args.teacher, e=args.e, d=args.d, save_path=args.save_path)
+    n = sum(p.numel() for p in student.parameters())
+    print(f"student saved to {args.save_path}: {n / 1e6:.2f}M parameters; copied encoder layers "
+          f"{e_ids if e_ids is not None else 'all'}, decoder layers {d_ids if d_ids is not None else 'all'}")
+    return 0
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from raydistill.config import load_config
+    from raydistill.train.run import run_distill
+
+    cfg, _ = load_config(args.config, args.overrides)
+    summary = run_distill(cfg, overwrite=args.overwrite, resume=args.resume, address=args.address)
+    _print_summary(cfg, summary)
+    return 0
+
+
+def _print_summary(cfg, summary: dict) -> None:
+    print(f"\nbest validation {cfg.val_metric}: {summary['best'][cfg.val_metric]:.4f}")
+    test = summary.get("test")
+    if test:
+        shown = test["scores"]
+        print("test: " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+    print(f"outputs in {cfg.output_dir}: best_tfmr/ student/ metrics.json hparams.json "
+          "test_generations.txt test_results.txt tensorboard/")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from raydistill.eval.evaluate import run_evaluate_cli
+
+    return run_evaluate_cli(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from raydistill.demo import run_demo
+
+    run_demo(args.workdir, fresh=args.fresh)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raydistill", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-student", help="copy alternating teacher layers into a smaller student")
+    p.add_argument("teacher", help="teacher model folder (save_pretrained)")
+    p.add_argument("--save-path", "--save_path", required=True, help="where to write the student")
+    p.add_argument("-e", type=int, default=None, help="student encoder layers (default: all)")
+    p.add_argument("-d", type=int, default=None, help="student decoder layers (default: all)")
+    p.set_defaults(func=_make_student)
+
+    p = sub.add_parser("distill", help="train a student (sft, kd or pl) on Ray Train")
+    p.add_argument("config", help="YAML config (examples in jobs/configs/)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learning_rate=1e-4")
+    p.add_argument("--overwrite", action="store_true", help="start over in a non-empty output_dir")
+    p.add_argument("--resume", action="store_true", help="continue the run in output_dir")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, "
+                   "else a local Ray)")
+    p.set_defaults(func=_distill)
+
+    from raydistill.eval.evaluate import add_evaluate_args
+
+    p = sub.add_parser("evaluate", help="generate in parallel with Ray Data and score")
+    add_evaluate_args(p)
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("demo", help="the whole pipeline on a generated data set, no download")
+    p.add_argument("--workdir", default="demo_runs", help="where the demo writes (cached)")
+    p.add_argument("--fresh", action="store_true", help="ignore the cached teacher")
+    p.set_defaults(func=_demo)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Later stages (pseudo-label, cache-logits, tune, ...) register themselves here.
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except RaydistillError as err:
+        if args.debug:
+            raise
+        print(f"raydistill {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""The run configuration: one YAML file -> a frozen, validated dataclass.
+
+``DistillConfig`` is built once (YAML + ``key=value`` overrides), validated in ``__post_init__``
+and never mutated; ``to_dict()`` is what travels to Ray Train workers as ``train_loop_config``
+and what Tune's ``param_space`` overrides (same keys).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raydistill.errors import ConfigError
+
+METHODS = ("sft", "kd", "pl")
+TASKS = ("summarization", "translation")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LOGGERS = ("tensorboard", "wandb", "none")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Every knob of ``raydistill distill``. Names follow the seq2seq-distillation scripts."""
+
+    # What to train, from what.
+    method: str = "kd"  # sft (no teacher) | kd (SummarizationDistiller or TextBrewer objective) | pl
+    teacher: str | None = None
+    teachers: list[str] | None = None  # several teachers: logits averaged (TextBrewer multi-teacher)
+    student: str | None = None  # a saved student; otherwise make_student(teacher, e, d)
+    student_encoder_layers: int | None = None
+    student_decoder_layers: int | None = None
+    data_dir: str = ""
+    task: str = "summarization"
+    output_dir: str = ""
+    storage_path: str | None = None  # Ray Train checkpoints/results (local, NFS, s3://, gs://)
+    run_name: str | None = None  # default: the output_dir's name (deterministic, so restarts resume)
+
+    # Ray.
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    max_failures: int = 0  # FailureConfig: restarts from the latest checkpoint
+
+    # Data.
+    n_train: int | None = None
+    n_val: int | None = None
+    n_test: int | None = None
+    max_source_length: int = 1024
+    max_target_length: int = 56
+    val_max_target_length: int = 142
+    test_max_target_length: int = 142
+    train_batch_size: int = 8
+    eval_batch_size: int = 16
+    max_tokens_per_batch: int | None = None  # token-budget batches instead of a fixed batch size
+    sortish_sampler: bool = False
+    num_tokenize_workers: int = 1
+
+    # Optimisation.
+    max_epochs: int = 1
+    max_steps: int | None = None  # optimizer steps; overrides max_epochs when set
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.0
+    adam_epsilon: float = 1e-8
+    warmup_steps: int = 0
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    precision: str = "auto"  # auto: bf16 on GPUs that have it, else fp16 with a scaler; fp32 on CPU
+
+    # Student regularisation and freezing (finetune.py).
+    freeze_encoder: bool = False
+    freeze_embeds: bool = False
+    label_smoothing: float = 0.0
+    dropout: float | None = None
+    attention_dropout: float | None = None
+    encoder_layerdrop: float | None = None
+    decoder_layerdrop: float | None = None
+
+    # SummarizationDistiller objective (method: kd without a `distillation:` section).
+    alpha_ce: float = 0.8
+    alpha_mlm: float = 0.2
+    alpha_hid: float = 0.0
+    temperature: float = 2.0
+    normalize_hidden: bool = False
+    supervise_forward: bool = False
+
+    # TextBrewer-compatible objective: a DistillationConfig / TrainingConfig dict.
+    distillation: dict | None = None
+    training: dict | None = None
+
+    # Validation and test.
+    val_check_interval: float = 1.0  # fraction of an epoch
+    eval_beams: int = 2
+    length_penalty: float = 1.0
+    eval_max_gen_length: int | None = None  # default: val/test_max_target_length
+    num_eval_workers: int = 1
+    do_predict: bool = True
+
+    # Logging and checkpoints.
+    logger: str = "tensorboard"
+    log_every_n_steps: int = 10
+    checkpoints_to_keep: int = 2
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _choice("method", self.method, METHODS)
+        _choice("task", self.task, TASKS)
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("logger", self.logger, LOGGERS)
+        if not self.data_dir:
+            raise ConfigError("data_dir is required: set data_dir: PATH in the config or data_dir=PATH")
+        if not self.output_dir:
+            raise ConfigError("output_dir is required: set output_dir: PATH in the config or output_dir=PATH")
+        if self.method == "kd" and not (self.teacher or self.teachers):
+            raise ConfigError("method: kd needs teacher: PATH (or teachers: [PATH, ...])")
+        if self.method in ("sft", "pl") and not (self.student or self.teacher):
+            raise ConfigError(f"method: {self.method} needs student: PATH (or teacher: PATH to shrink)")
+        for key in ("num_workers", "cpus_per_worker", "train_batch_size", "eval_batch_size",
+                    "max_epochs", "gradient_accumulation_steps", "max_source_length",
+                    "max_target_length", "val_max_target_length", "test_max_target_length",
+                    "eval_beams", "num_eval_workers", "num_tokenize_workers", "log_every_n_steps",
+                    "checkpoints_to_keep"):
+            _at_least(key, getattr(self, key), 1)
+        for key in ("max_steps", "max_tokens_per_batch", "n_train", "n_val", "n_test",
+                    "student_encoder_layers", "student_decoder_layers", "eval_max_gen_length"):
+            if getattr(self, key) is not None:
+                _at_least(key, getattr(self, key), 1)
+        for key in ("warmup_steps", "max_failures", "seed"):
+            _at_least(key, getattr(self, key), 0)
+        for key in ("learning_rate",):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key}={getattr(self, key)} is out of range: it must be > 0")
+        for key in ("weight_decay", "max_grad_norm", "alpha_ce", "alpha_mlm", "alpha_hid"):
+            _at_least(key, getattr(self, key), 0.0)
+        for key in ("label_smoothing", "dropout", "attention_dropout", "encoder_layerdrop",
+                    "decoder_layerdrop"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ConfigError(f"{key}={value} is out of range: it must be in [0, 1)")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature={self.temperature} is out of range: it must be > 0")
+        if not 0.0 < self.val_check_interval <= 1.0:
+            raise ConfigError(
+                f"val_check_interval={self.val_check_interval} is out of range: it must be in (0, 1]"
+                " (a fraction of an epoch)")
+        if self.method == "kd" and self.distillation is None and \
+                self.alpha_ce + self.alpha_mlm + self.alpha_hid == 0:
+            raise ConfigError("alpha_ce, alpha_mlm and alpha_hid are all 0: nothing to train; "
+                              "set at least one above 0")
+
+    @property
+    def val_metric(self) -> str:
+        return "rouge2" if self.task == "summarization" else "bleu"
+
+    @property
+    def teacher_paths(self) -> list[str]:
+        return list(self.teachers or ([self.teacher] if self.teacher else []))
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.method == "kd"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> DistillConfig:
+        """Build from a (possibly nested) dict; unknown keys are errors naming the closest key."""
+        flat = _flatten_sections(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in flat:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else "; see README's config reference"
+                raise ConfigError(f"{source}: unknown config key {key!r}{hint}")
+        return cls(**_coerce_numbers(cls, flat))
+
+    def replace(self, **changes: Any) -> DistillConfig:
+        """A validated copy with ``changes`` (the original is never mutated)."""
+        return DistillConfig.from_dict({**self.to_dict(), **changes})
+
+
+# Sections a YAML may use for readability; their keys are flattened (``model: {teacher: x}``).
+SECTIONS = ("model", "data", "optim", "train", "eval", "ray", "objective", "logging")
+
+
+def _flatten_sections(data: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def _coerce_numbers(cls: type, flat: dict[str, Any]) -> dict[str, Any]:
+    """YAML 1.1 reads ``1e-4`` as a string; accept such numbers for float fields."""
+    hints = typing.get_type_hints(cls)
+    out = dict(flat)
+    for key, value in flat.items():
+        if isinstance(value, str) and float in typing.get_args(hints[key]) + (hints[key],):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                pass  # left as is: the type check names it
+    return out
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed: choose one of {', '.join(allowed)}")
+
+
+def _at_least(key: str, value: Any, low: float) -> None:
+    if value < low:
+        raise ConfigError(f"{key}={value} is out of range: it must be >= {low}")
+
+
+def _check_types(cfg: DistillConfig) -> None:
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not _matches(value, hints[f.name]):
+            raise ConfigError(
+                f"{f.name}={value!r} has the wrong type: expected {_type_name(hints[f.name])}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if hint is Any:
+        return True
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["learning_rate=1e-4", "distillation.temperature=8"]`` -> nested dict (YAML-typed values)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override {pair!r} is not key=value (for example learning_rate=1e-4)")
+        key, raw = pair.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else None
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``extra`` into a copy of ``base``."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML mapping, naming file, line and column when it does not parse."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass the path of a YAML file "
+                          "(examples in jobs/configs/)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = (err.problem or err.context or "invalid YAML").strip()
+        raise ConfigError(f"{path}{where}: YAML does not parse ({problem}); fix the syntax there") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value at the top level")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None,
+                extra_keys: tuple[str, ...] = ()) -> tuple[DistillConfig, dict[str, Any]]:
+    """YAML file + ``key=value`` overrides -> (validated config, the other top-level sections).
+
+    ``extra_keys`` names top-level sections some commands own (``tune`` for ``raydistill tune``);
+    they are returned apart instead of being rejected as unknown keys.
+    """
+    data = merge(read_yaml(path), parse_overrides(overrides or []))
+    extras = {k: data.pop(k) for k in extra_keys if k in data}
+    # `distillation.temperature=8` as an override lands in the nested dict; keep it there.
+    return DistillConfig.from_dict(data, source=str(path)), extras
+
+
+def config_field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(DistillConfig)]
+
+
+__all__ = ["DistillConfig", "load_config", "parse_overrides", "read_yaml", "merge",
+           "config_field_names", "METHODS", "TASKS"]

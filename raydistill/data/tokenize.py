@@ -1,0 +1,124 @@
+"""Tokenize text columns with Ray Data, and pad tokenized rows into model batches.
+
+Rows keep their token ids unpadded (ragged columns): padding to the longest row happens per batch
+in the collate function, so a batch of short examples stays short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
+
+if TYPE_CHECKING:
+    import ray.data
+
+IGNORE_INDEX = -100  # label value that torch's cross-entropy (and our losses) skip
+
+
+class Tokenize:
+    """``map_batches`` callable class: loads the tokenizer once per actor, then tokenizes batches.
+
+    Adds ``input_ids`` and ``labels`` (one int32 array per row, truncated, with the tokenizer's
+    special tokens such as ``</s>``) and ``src_len`` / ``tgt_len``; input columns are kept.
+    """
+
+    def __init__(self, tokenizer_path: str, max_source_length: int, max_target_length: int):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        self.max_source_length = max_source_length
+        self.max_target_length = max_target_length
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sources = [str(s) for s in batch["source"]]
+        targets = [str(t) for t in batch["target"]]
+        src = self.tokenizer(sources, max_length=self.max_source_length, truncation=True)
+        # text_target= switches tokenizers with a separate target side (Marian) to it.
+        tgt = self.tokenizer(text_target=targets, max_length=self.max_target_length, truncation=True)
+        out = dict(batch)
+        out["input_ids"] = _ragged(src["input_ids"])
+        out["labels"] = _ragged(tgt["input_ids"])
+        out["src_len"] = np.array([len(x) for x in out["input_ids"]], dtype=np.int32)
+        out["tgt_len"] = np.array([len(x) for x in out["labels"]], dtype=np.int32)
+        return out
+
+
+def _ragged(rows: Sequence[Sequence[int]]) -> np.ndarray:
+    """An object array of int32 arrays; np.array(rows) would make a 2-D array when lengths agree."""
+    out = np.empty(len(rows), dtype=object)
+    for i, row in enumerate(rows):
+        out[i] = np.asarray(row, dtype=np.int32)
+    return out
+
+
+def tokenize_dataset(
+    ds: ray.data.Dataset,
+    tokenizer_path: str,
+    max_source_length: int,
+    max_target_length: int,
+    num_actors: int = 1,
+    batch_size: int = 256,
+) -> ray.data.Dataset:
+    """Tokenize ``ds`` (columns ``source``, ``target``) on a pool of ``num_actors`` actors."""
+    import ray.data
+
+    return ds.map_batches(
+        Tokenize,
+        fn_constructor_kwargs={
+            "tokenizer_path": str(tokenizer_path),
+            "max_source_length": max_source_length,
+            "max_target_length": max_target_length,
+        },
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        batch_size=batch_size,
+        batch_format="numpy",
+    )
+
+
+def pad_batch(
+    input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_token_id: int
+) -> dict[str, torch.Tensor]:
+    """Pad to the longest row: ``input_ids`` with ``pad_token_id``, ``labels`` with -100.
+
+    Returns ``input_ids``, ``attention_mask`` (B, S) and ``labels`` (B, T), all int64.
+    """
+    if len(input_ids) == 0 or len(input_ids) != len(labels):
+        raise ValueError(f"pad_batch needs as many label rows as input rows, at least one "
+                         f"(got {len(input_ids)} and {len(labels)})")
+    # Fill numpy arrays, then hand them to torch once: cheaper than a tensor write per row.
+    ids = np.full((len(input_ids), max(len(r) for r in input_ids)), pad_token_id, dtype=np.int64)
+    lab = np.full((len(labels), max(len(r) for r in labels)), IGNORE_INDEX, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, (src, tgt) in enumerate(zip(input_ids, labels)):
+        ids[i, : len(src)] = src
+        mask[i, : len(src)] = 1
+        lab[i, : len(tgt)] = tgt
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+            "labels": torch.from_numpy(lab)}
+
+
+class PadCollate(NumpyBatchCollateFn):
+    """``iter_torch_batches(collate_fn=...)``: pads a tokenized batch and keeps ``id``.
+
+    A class (not a closure) so Ray can pickle it to training workers.
+    """
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        # A batch whose rows happen to share a length arrives as a 2-D array; iterating rows
+        # handles that and the ragged object array alike.
+        out = pad_batch(list(batch["input_ids"]), list(batch["labels"]), self.pad_token_id)
+        # torch.tensor copies: Ray hands out read-only arrays, which torch warns about sharing.
+        out["id"] = torch.tensor(np.asarray(batch["id"]), dtype=torch.long)
+        return out
+
+
+def make_collate_fn(pad_token_id: int) -> PadCollate:
+    """The collate function for ``iter_torch_batches`` of a tokenized dataset."""
+    return PadCollate(pad_token_id)

@@ -1,0 +1,243 @@
+"""TextBrewer's distillation losses, same names and same math (``textbrewer/losses.py``).
+
+Users compare numbers with TextBrewer, so each function reproduces TextBrewer's formula
+operation by operation. The one deviation: where TextBrewer divides by a count of masked-in
+tokens (or averages over zero selected positions), an all-zero mask gives ``nan`` there and
+``0`` here. The result is the same whenever at least one token is masked in.
+
+Masks are 0/1 (or bool) tensors of shape (batch, length); 1 marks a real token.
+
+Shape names: B batch, N selected positions, V vocabulary, H heads, L length, D hidden size.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Temperature = Union[float, Tensor]
+
+_ATTENTION_FLOOR = -1e-3  # TextBrewer zeroes attention scores at or below this (masked -inf/-1e4 scores)
+
+
+def _zero(like: Tensor) -> Tensor:
+    """A 0 that stays in the autograd graph (so backward() works on an all-padding batch)."""
+    return like.sum() * 0.0
+
+
+def _div_count(total: Tensor, count: Tensor) -> Tensor:
+    """total / count, where a zero count (all tokens masked out) gives 0 instead of nan."""
+    return total / count.clamp(min=1)
+
+
+def _per_position_temperature(temperature: Temperature) -> Temperature:
+    # flsw/cwsm give one temperature per position, (N,) or (B, L): broadcast it over V.
+    if isinstance(temperature, Tensor) and temperature.dim() > 0:
+        return temperature.unsqueeze(-1)
+    return temperature
+
+
+def kd_ce_loss(logits_S: Tensor, logits_T: Tensor, temperature: Temperature = 1) -> Tensor:
+    """Soft cross-entropy ``-sum_v p_T log p_S`` at temperature, averaged over positions.
+
+    logits_S, logits_T: (N, V) or (B, L, V). temperature: a float, or a tensor (N,) / (B, L)
+    from the flsw/cwsm schedulers. Not multiplied by temperature**2 (as TextBrewer).
+    Zero positions (N == 0) give 0, not nan.
+    """
+    if logits_S.numel() == 0:
+        return _zero(logits_S)
+    temperature = _per_position_temperature(temperature)
+    p_T = F.softmax(logits_T / temperature, dim=-1)
+    return -(p_T * F.log_softmax(logits_S / temperature, dim=-1)).sum(dim=-1).mean()
+
+
+def kd_mse_loss(logits_S: Tensor, logits_T: Tensor, temperature: Temperature = 1) -> Tensor:
+    """Mean squared error between ``logits / temperature``; shapes as :func:`kd_ce_loss`."""
+    if logits_S.numel() == 0:
+        return _zero(logits_S)
+    temperature = _per_position_temperature(temperature)
+    return F.mse_loss(logits_S / temperature, logits_T / temperature)
+
+
+def att_mse_loss(attention_S: Tensor, attention_T: Tensor, mask: Tensor | None = None) -> Tensor:
+    """MSE between attention matrices (B, H, L, L); mask (B, L) keeps rows and columns of real tokens.
+
+    Without a mask, entries <= -1e-3 (masked scores) count as 0. With a mask, the squared error
+    summed over kept entries is divided by ``sum_{b,h} len_b**2``.
+    """
+    if mask is None:
+        s = torch.where(attention_S <= _ATTENTION_FLOOR, torch.zeros_like(attention_S), attention_S)
+        t = torch.where(attention_T <= _ATTENTION_FLOOR, torch.zeros_like(attention_T), attention_T)
+        return F.mse_loss(s, t)
+    mask = mask.to(attention_S).unsqueeze(1).expand(-1, attention_S.size(1), -1)  # (B, H, L)
+    valid_count = torch.pow(mask.sum(dim=2), 2).sum()
+    se = F.mse_loss(attention_S, attention_T, reduction="none") * mask.unsqueeze(-1) * mask.unsqueeze(2)
+    return _div_count(se.sum(), valid_count)
+
+
+def att_mse_sum_loss(attention_S: Tensor, attention_T: Tensor, mask: Tensor | None = None) -> Tensor:
+    """MSE after summing attention over heads: (B, H, L, L) -> (B, L, L); (B, L, L) is used as is.
+
+    Masking as :func:`att_mse_loss`, with the count ``sum_b len_b**2``.
+    """
+    if attention_S.dim() == 4:
+        attention_T = attention_T.sum(dim=1)
+        attention_S = attention_S.sum(dim=1)
+    if mask is None:
+        s = torch.where(attention_S <= _ATTENTION_FLOOR, torch.zeros_like(attention_S), attention_S)
+        t = torch.where(attention_T <= _ATTENTION_FLOOR, torch.zeros_like(attention_T), attention_T)
+        return F.mse_loss(s, t)
+    mask = mask.to(attention_S)  # (B, L)
+    valid_count = torch.pow(mask.sum(dim=1), 2).sum()
+    se = F.mse_loss(attention_S, attention_T, reduction="none") * mask.unsqueeze(-1) * mask.unsqueeze(1)
+    return _div_count(se.sum(), valid_count)
+
+
+def att_ce_loss(attention_S: Tensor, attention_T: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Cross-entropy between row-wise softmaxes of attention scores (B, H, L, L).
+
+    Without a mask, teacher probabilities where the teacher score is <= -1e-3 count as 0 and the
+    row sums are averaged over (B, H, L). With a mask (B, L), masked key columns are dropped and
+    the sum over kept query rows is divided by ``H * sum_b len_b``.
+    """
+    probs_T = F.softmax(attention_T, dim=-1)
+    if mask is None:
+        probs_T = torch.where(attention_T <= _ATTENTION_FLOOR, torch.zeros_like(attention_T), probs_T)
+        return -((probs_T * F.log_softmax(attention_S, dim=-1)).sum(dim=-1)).mean()
+    mask = mask.to(attention_S).unsqueeze(1).expand(-1, attention_S.size(1), -1)  # (B, H, L)
+    row_ce = (probs_T * F.log_softmax(attention_S, dim=-1) * mask.unsqueeze(2)).sum(dim=-1)  # (B, H, L)
+    return -_div_count((row_ce * mask).sum(), mask.sum())
+
+
+def att_ce_mean_loss(attention_S: Tensor, attention_T: Tensor, mask: Tensor | None = None) -> Tensor:
+    """As :func:`att_ce_loss` after averaging scores over heads: (B, H, L, L) -> (B, L, L).
+
+    With a mask (B, L) the sum over kept rows is divided by ``sum_b len_b``.
+    """
+    if attention_S.dim() == 4:
+        attention_S = attention_S.mean(dim=1)
+        attention_T = attention_T.mean(dim=1)
+    probs_T = F.softmax(attention_T, dim=-1)
+    if mask is None:
+        probs_T = torch.where(attention_T <= _ATTENTION_FLOOR, torch.zeros_like(attention_T), probs_T)
+        return -((probs_T * F.log_softmax(attention_S, dim=-1)).sum(dim=-1)).mean()
+    mask = mask.to(attention_S)  # (B, L)
+    row_ce = (probs_T * F.log_softmax(attention_S, dim=-1) * mask.unsqueeze(1)).sum(dim=-1)  # (B, L)
+    return -_div_count((row_ce * mask).sum(), mask.sum())
+
+
+def hid_mse_loss(state_S: Tensor, state_T: Tensor, mask: Tensor | None = None) -> Tensor:
+    """MSE between hidden states (B, L, D); with a mask (B, L), averaged over kept tokens x D."""
+    if mask is None:
+        return F.mse_loss(state_S, state_T)
+    mask = mask.to(state_S)
+    valid_count = mask.sum() * state_S.size(-1)
+    return _div_count((F.mse_loss(state_S, state_T, reduction="none") * mask.unsqueeze(-1)).sum(), valid_count)
+
+
+def cos_loss(state_S: Tensor, state_T: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``mean(1 - cos(s, t))`` over token vectors of (B, L, D) states (DistilBERT's loss).
+
+    A mask (B, L) keeps only real tokens (F.cosine_embedding_loss with target 1, as TextBrewer).
+    """
+    if mask is None:
+        state_S = state_S.reshape(-1, state_S.size(-1))
+        state_T = state_T.reshape(-1, state_T.size(-1))
+    else:
+        keep = mask.to(torch.bool)  # (B, L)
+        state_S, state_T = state_S[keep], state_T[keep]  # (N, D), same order as masked_select
+        if state_S.size(0) == 0:
+            return _zero(state_S)
+    target = state_S.new_ones(state_S.size(0))
+    return F.cosine_embedding_loss(state_S, state_T, target, reduction="mean")
+
+
+def pkd_loss(state_S: Tensor, state_T: Tensor, mask: Tensor | None = None) -> Tensor:
+    """BERT-PKD: squared distance of L2-normalized vectors at position 0, averaged over the batch.
+
+    state_S, state_T: (B, L, D) (position 0 is used) or (B, D). mask is not used (as TextBrewer).
+    """
+    cls_T = state_T[:, 0] if state_T.dim() == 3 else state_T
+    cls_S = state_S[:, 0] if state_S.dim() == 3 else state_S
+    normed_T = cls_T / torch.norm(cls_T, dim=1, keepdim=True)
+    normed_S = cls_S / torch.norm(cls_S, dim=1, keepdim=True)
+    return (normed_S - normed_T).pow(2).sum(dim=-1).mean()
+
+
+def fsp_loss(state_S: Sequence[Tensor], state_T: Sequence[Tensor], mask: Tensor | None = None) -> Tensor:
+    """FSP variant: MSE between (B, D, D) Gram matrices ``X0^T X1 / len`` of two layers each.
+
+    state_S, state_T: two (B, L, D) tensors each (``layer_S``/``layer_T`` are two-int lists).
+    A mask (B, L) zeroes padded tokens and divides by each sample's real length (an all-padding
+    sample gives a zero Gram matrix here, nan in TextBrewer).
+    """
+    if mask is None:
+        gram_S = torch.bmm(state_S[0].transpose(1, 2), state_S[1]) / state_S[1].size(1)
+        gram_T = torch.bmm(state_T[0].transpose(1, 2), state_T[1]) / state_T[1].size(1)
+    else:
+        mask = mask.to(state_S[0]).unsqueeze(-1)  # (B, L, 1)
+        lengths = mask.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1, 1)
+        gram_S = torch.bmm((state_S[0] * mask).transpose(1, 2), state_S[1] * mask) / lengths
+        gram_T = torch.bmm((state_T[0] * mask).transpose(1, 2), state_T[1] * mask) / lengths
+    return F.mse_loss(gram_S, gram_T)
+
+
+def mmd_loss(state_S: Sequence[Tensor], state_T: Sequence[Tensor], mask: Tensor | None = None) -> Tensor:
+    """NST/MMD variant: MSE between (B, L, L) similarity matrices ``X0 X1^T / D`` of two layers each.
+
+    state_S: two (B, L, D_S) tensors, state_T: two (B, L, D_T) tensors (D_S may differ from D_T).
+    A mask (B, L) keeps real rows/columns; the sum is divided by ``sum_b len_b**2``. Both
+    branches divide the Gram matrices by D, as TextBrewer's GitHub master (issue #36); the PyPI
+    release 0.2.1.post1 divides by L instead when a mask is given.
+    """
+    gram_S = torch.bmm(state_S[0], state_S[1].transpose(1, 2)) / state_S[1].size(2)
+    gram_T = torch.bmm(state_T[0], state_T[1].transpose(1, 2)) / state_T[1].size(2)
+    if mask is None:
+        return F.mse_loss(gram_S, gram_T)
+    mask = mask.to(state_S[0])
+    valid_count = torch.pow(mask.sum(dim=1), 2).sum()
+    se = F.mse_loss(gram_S, gram_T, reduction="none") * mask.unsqueeze(-1) * mask.unsqueeze(1)
+    return _div_count(se.sum(), valid_count)
+
+
+KD_LOSS_MAP: dict[str, Callable[..., Tensor]] = {"mse": kd_mse_loss, "ce": kd_ce_loss}
+"""``kd_loss_type`` -> KD loss on logits (TextBrewer's ``presets.KD_LOSS_MAP``)."""
+
+MATCH_LOSS_MAP: dict[str, Callable[..., Tensor]] = {
+    "attention_mse_sum": att_mse_sum_loss,
+    "attention_mse": att_mse_loss,
+    "attention_ce_mean": att_ce_mean_loss,
+    "attention_ce": att_ce_loss,
+    "hidden_mse": hid_mse_loss,
+    "cos": cos_loss,
+    "pkd": pkd_loss,
+    "gram": fsp_loss,
+    "fsp": fsp_loss,
+    "mmd": mmd_loss,
+    "nst": mmd_loss,
+}
+"""``intermediate_matches[i]['loss']`` -> loss (TextBrewer's ``presets.MATCH_LOSS_MAP``:
+gram is fsp, nst is mmd; TextBrewer has no separate gram/nst functions)."""
+
+PAIR_LOSSES = frozenset({"fsp", "gram", "mmd", "nst"})
+"""Losses that compare two layers per model: their ``layer_S``/``layer_T`` are two-int lists."""
+
+__all__ = [
+    "KD_LOSS_MAP",
+    "MATCH_LOSS_MAP",
+    "PAIR_LOSSES",
+    "att_ce_loss",
+    "att_ce_mean_loss",
+    "att_mse_loss",
+    "att_mse_sum_loss",
+    "cos_loss",
+    "fsp_loss",
+    "hid_mse_loss",
+    "kd_ce_loss",
+    "kd_mse_loss",
+    "mmd_loss",
+    "pkd_loss",
+]

@@ -1,0 +1,148 @@
+"""One training step's loss for any method: sft / pl (labels only) or kd (teacher(s) + student).
+
+``LossStep`` is built once per worker; ``__call__(student, batch, step, total_steps)`` returns
+``(loss, components)``. Teachers stay frozen, in eval mode, under ``no_grad``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutput
+
+from raydistill.config import DistillConfig
+from raydistill.distill.objective import IGNORE_INDEX, lm_loss, summarization_distiller_loss
+from raydistill.models.adaptor import seq2seq_forward, textbrewer_results
+from raydistill.models.layers import decoder_inputs, layer_counts
+from raydistill.models.student import get_layers_to_supervise
+
+
+class LossStep:
+    """The objective of a run; holds teachers, layer matches and TextBrewer projections."""
+
+    def __init__(
+        self,
+        cfg: DistillConfig,
+        teachers: list[nn.Module],
+        student: nn.Module,
+        e_layer_ids: list[int] | None = None,
+        d_layer_ids: list[int] | None = None,
+        projections: nn.ModuleList | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.teachers = teachers
+        for t in teachers:
+            t.eval().requires_grad_(False)
+        self.projections = projections
+        self.tb_config = None
+        if cfg.method == "kd" and cfg.distillation is not None:
+            from raydistill.distill.textbrewer import DistillationConfig
+
+            self.tb_config = DistillationConfig.from_dict(cfg.distillation)
+        self.e_matches = self.d_matches = None
+        self.different_encoder = True
+        if teachers and self.tb_config is None:
+            se, sd = layer_counts(student)
+            te, td = layer_counts(teachers[0])
+            # As the original: a student encoder as deep as the teacher's is the teacher's copy,
+            # so the teacher decoder reads the student's encoder output and no encoder loss runs.
+            self.different_encoder = cfg.student is not None or se != te
+            e_ids = e_layer_ids if e_layer_ids is not None else list(range(se))
+            d_ids = d_layer_ids if d_layer_ids is not None else list(range(sd))
+            if cfg.alpha_hid > 0:
+                if cfg.supervise_forward:
+                    self.e_matches = get_layers_to_supervise(len(e_ids), te)
+                    self.d_matches = get_layers_to_supervise(len(d_ids), td)
+                else:  # each student layer emulates the teacher layer it was copied from
+                    self.e_matches, self.d_matches = e_ids, d_ids
+
+    @property
+    def needs_attentions(self) -> bool:
+        return self.tb_config is not None and any(
+            m.get("feature") == "attention" for m in (self.tb_config.intermediate_matches or []))
+
+    def temperature_at(self, step: int, total_steps: int) -> float:
+        """The KD temperature in force at ``step`` (for logging)."""
+        if self.tb_config is None:
+            return self.cfg.temperature
+        return float(self.tb_config.temperature)
+
+    def __call__(
+        self, student: nn.Module, batch: dict[str, torch.Tensor], step: int, total_steps: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        labels = batch["labels"]
+        inner = getattr(student, "module", student)
+        dec_in = decoder_inputs(inner, labels)
+        cfg = self.cfg
+        if not self.teachers:
+            out = seq2seq_forward(student, batch, dec_in)
+            loss = lm_loss(out.logits, labels, cfg.label_smoothing)
+            return loss, {"mlm_loss": loss}
+        if self.tb_config is not None:
+            return self._textbrewer(student, batch, dec_in, step, total_steps)
+        want_hidden = cfg.alpha_hid > 0
+        s_out = seq2seq_forward(student, batch, dec_in, hidden=want_hidden)
+        with torch.no_grad():
+            t_logits, t_enc_h, t_dec_h = self._teacher_outputs(batch, dec_in, s_out, want_hidden)
+        return summarization_distiller_loss(
+            s_logits=s_out.logits, t_logits=t_logits, labels=labels,
+            alpha_ce=cfg.alpha_ce, alpha_mlm=cfg.alpha_mlm, alpha_hid=cfg.alpha_hid,
+            temperature=cfg.temperature, label_smoothing=cfg.label_smoothing,
+            src_mask=batch["attention_mask"],
+            s_enc_hidden=s_out.encoder_hidden_states if self.different_encoder else None,
+            t_enc_hidden=t_enc_h, e_matches=self.e_matches,
+            s_dec_hidden=s_out.decoder_hidden_states, t_dec_hidden=t_dec_h,
+            d_matches=self.d_matches, normalize_hidden=cfg.normalize_hidden,
+        )
+
+    def _teacher_outputs(self, batch, dec_in, s_out, want_hidden):
+        logits, enc_h, dec_h = [], None, None
+        for i, teacher in enumerate(self.teachers):
+            if self.different_encoder:
+                enc = teacher.get_encoder()(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    output_hidden_states=want_hidden, return_dict=True)
+                enc_states = enc.last_hidden_state
+                if i == 0:
+                    enc_h = enc.hidden_states
+            else:
+                enc_states = s_out.encoder_last_hidden_state.detach()
+            out = seq2seq_forward(teacher, batch, dec_in, hidden=want_hidden,
+                                  encoder_outputs=BaseModelOutput(last_hidden_state=enc_states))
+            logits.append(out.logits)
+            if i == 0:
+                dec_h = out.decoder_hidden_states
+        # Several teachers: average their logits (TextBrewer's MultiTeacherDistiller).
+        return torch.stack(logits).mean(0) if len(logits) > 1 else logits[0], enc_h, dec_h
+
+    def _textbrewer(self, student, batch, dec_in, step, total_steps):
+        from raydistill.distill.textbrewer import average_teacher_logits, textbrewer_loss
+
+        tb = self.tb_config
+        feats = {m.get("feature") for m in (tb.intermediate_matches or [])}
+        hidden, attn = "hidden" in feats, "attention" in feats
+        tgt_mask = batch["labels"].ne(IGNORE_INDEX)
+        s_out = seq2seq_forward(student, batch, dec_in, hidden=hidden, attentions=attn)
+        hard = lm_loss(s_out.logits, batch["labels"], self.cfg.label_smoothing)
+        results_s = textbrewer_results(s_out, batch, tgt_mask, losses=[hard])
+        with torch.no_grad():
+            results_t = [
+                textbrewer_results(seq2seq_forward(t, batch, dec_in, hidden=hidden, attentions=attn),
+                                   batch, tgt_mask)
+                for t in self.teachers
+            ]
+        if len(results_t) > 1:
+            merged = dict(results_t[0])
+            merged["logits"] = average_teacher_logits(results_t)
+            results_t = [merged]
+        loss, parts = textbrewer_loss(tb, results_s, results_t[0], step=step, total_steps=total_steps,
+                                      projections=self.projections)
+        parts = {k: (v if torch.is_tensor(v) else torch.tensor(float(v))) for k, v in parts.items()}
+        parts.setdefault("hard_label_loss", hard.detach())
+        return loss, parts
+
+
+def describe(components: dict[str, Any]) -> str:
+    return " ".join(f"{k}={float(v):.4f}" for k, v in components.items())

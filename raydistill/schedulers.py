@@ -1,0 +1,31 @@
+"""Public temperature and loss-weight schedulers (TextBrewer's); see raydistill.distill.schedulers."""
+
+from raydistill.distill.schedulers import (
+    TEMPERATURE_SCHEDULER,
+    WEIGHT_SCHEDULER,
+    build_temperature_scheduler,
+    check_weight_scheduler,
+    constant_temperature_scheduler,
+    constant_weight_scheduler,
+    cwsm_temperature_scheduler_builder,
+    flsw_temperature_scheduler_builder,
+    linear_decay_weight_scheduler,
+    linear_growth_weight_scheduler,
+    normalize_temperature_spec,
+    scheduled_weight,
+)
+
+__all__ = [
+    "TEMPERATURE_SCHEDULER",
+    "WEIGHT_SCHEDULER",
+    "build_temperature_scheduler",
+    "check_weight_scheduler",
+    "constant_temperature_scheduler",
+    "constant_weight_scheduler",
+    "cwsm_temperature_scheduler_builder",
+    "flsw_temperature_scheduler_builder",
+    "linear_decay_weight_scheduler",
+    "linear_growth_weight_scheduler",
+    "normalize_temperature_spec",
+    "scheduled_weight",
+]

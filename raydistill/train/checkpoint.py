@@ -1,0 +1,150 @@
+"""Checkpoints that resume exactly, and atomic writes for everything a run leaves behind.
+
+A checkpoint folder holds:
+- the student as ``save_pretrained`` (config.json + model.safetensors) and its tokenizer, so any
+  checkpoint is also a usable model folder;
+- ``projections.safetensors`` (TextBrewer projections, when there are any);
+- ``optimizer.pt`` / ``scheduler.pt`` / ``scaler.pt``: state dicts of tensors and numbers, read
+  with ``torch.load(weights_only=True)`` (no pickle executes);
+- ``trainer_state.json``: step, epoch, batch position in the epoch, best metric, config;
+- ``rng_states.json``: Python, NumPy and torch RNG states of every rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE_FILE = "trainer_state.json"
+RNG_FILE = "rng_states.json"
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON to a temporary name beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def replace_dir_atomic(src: str | Path, dst: str | Path) -> None:
+    """Move the finished folder ``src`` to ``dst``; the old ``dst`` stays readable until the swap.
+
+    Two renames: dst -> dst.old, src -> dst; a crash between them leaves dst.old, which
+    ``recover_dir`` puts back.
+    """
+    src, dst = Path(src), Path(dst)
+    old = dst.with_name(dst.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover_dir(dst: str | Path) -> None:
+    """Undo a swap interrupted between its two renames."""
+    dst = Path(dst)
+    old = dst.with_name(dst.name + ".old")
+    if old.exists() and not dst.exists():
+        os.replace(old, dst)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *[int(x) if i < 2 else float(x)
+                                                      for i, x in enumerate(np_state[2:])]],
+        "torch": torch.get_rng_state().tolist(),
+        "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npv = state["numpy"]
+    np.random.set_state((npv[0], np.array(npv[1], dtype=np.uint32), npv[2], npv[3], npv[4]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def save_training_state(
+    path: str | Path,
+    *,
+    student,
+    tokenizer,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    scaler=None,
+    projections: torch.nn.Module | None = None,
+    state: dict[str, Any],
+    rng_states: list[dict[str, Any]],
+) -> None:
+    """Write a full checkpoint into the (empty, temporary) folder ``path``."""
+    path = Path(path)
+    student.save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    if projections is not None and len(list(projections.parameters())):
+        save_file({k: v.detach().cpu().contiguous() for k, v in projections.state_dict().items()},
+                  str(path / "projections.safetensors"))
+    torch.save(optimizer.state_dict(), path / "optimizer.pt")
+    torch.save(scheduler.state_dict(), path / "scheduler.pt")
+    if scaler is not None:
+        torch.save(scaler.state_dict(), path / "scaler.pt")
+    write_json_atomic(path / STATE_FILE, state)
+    write_json_atomic(path / RNG_FILE, rng_states)
+
+
+def load_training_state(
+    path: str | Path,
+    *,
+    student,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    scaler=None,
+    projections: torch.nn.Module | None = None,
+    rank: int = 0,
+) -> dict[str, Any]:
+    """Restore everything ``save_training_state`` wrote; returns the trainer state dict."""
+    path = Path(path)
+    weights = load_file(str(path / "model.safetensors"))
+    # strict=False: tied weights (lm_head = embeddings) are saved once and re-tied below.
+    _, unexpected = student.load_state_dict(weights, strict=False)
+    student.tie_weights()
+    if unexpected:
+        raise RuntimeError(f"{path}: checkpoint has weights the student lacks: {unexpected[:5]}")
+    if projections is not None and (path / "projections.safetensors").exists():
+        projections.load_state_dict(load_file(str(path / "projections.safetensors")))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    if scaler is not None and (path / "scaler.pt").exists():
+        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+    rngs = json.loads((path / RNG_FILE).read_text())
+    set_rng_state(rngs[min(rank, len(rngs) - 1)])
+    return json.loads((path / STATE_FILE).read_text())
