@@ -102,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
 # Later stages (pseudo-label, cache-logits, tune, ...) register themselves here.
 _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
+from raydistill.tune.cli import register as _register_tune  # noqa: E402
+
+_EXTRA_COMMANDS.append(_register_tune)
+
+from raydistill.data.combine import register_cli as _register_combine  # noqa: E402
+from raydistill.data.pseudo_label import register_cli as _register_pseudo_label  # noqa: E402
+from raydistill.distill.logit_cache import register_cli as _register_cache_logits  # noqa: E402
+
+_EXTRA_COMMANDS += [_register_pseudo_label, _register_combine, _register_cache_logits]
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()

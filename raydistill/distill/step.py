@@ -41,6 +41,12 @@ class LossStep:
             from raydistill.distill.textbrewer import DistillationConfig
 
             self.tb_config = DistillationConfig.from_dict(cfg.distillation)
+        # Cached teacher logits: batches carry the teacher's top-k, no teacher runs here.
+        self.cached_logits = bool(self.tb_config is not None and self.tb_config.is_caching_logits)
+        if self.cached_logits:
+            from raydistill.distill.logit_cache import check_cacheable
+
+            check_cacheable(self.tb_config)
         self.e_matches = self.d_matches = None
         self.different_encoder = True
         if teachers and self.tb_config is None:
@@ -61,7 +67,7 @@ class LossStep:
     @property
     def needs_attentions(self) -> bool:
         return self.tb_config is not None and any(
-            m.get("feature") == "attention" for m in (self.tb_config.intermediate_matches or []))
+            m.feature == "attention" for m in (self.tb_config.intermediate_matches or []))
 
     def temperature_at(self, step: int, total_steps: int) -> float:
         """The KD temperature in force at ``step`` (for logging)."""
@@ -76,6 +82,8 @@ class LossStep:
         inner = getattr(student, "module", student)
         dec_in = decoder_inputs(inner, labels)
         cfg = self.cfg
+        if self.cached_logits:
+            return self._cached(student, batch, dec_in, step, total_steps)
         if not self.teachers:
             out = seq2seq_forward(student, batch, dec_in)
             loss = lm_loss(out.logits, labels, cfg.label_smoothing)
@@ -121,7 +129,7 @@ class LossStep:
         from raydistill.distill.textbrewer import average_teacher_logits, textbrewer_loss
 
         tb = self.tb_config
-        feats = {m.get("feature") for m in (tb.intermediate_matches or [])}
+        feats = {m.feature for m in (tb.intermediate_matches or [])}
         hidden, attn = "hidden" in feats, "attention" in feats
         tgt_mask = batch["labels"].ne(IGNORE_INDEX)
         s_out = seq2seq_forward(student, batch, dec_in, hidden=hidden, attentions=attn)
@@ -141,6 +149,30 @@ class LossStep:
                                       projections=self.projections)
         parts = {k: (v if torch.is_tensor(v) else torch.tensor(float(v))) for k, v in parts.items()}
         parts.setdefault("hard_label_loss", hard.detach())
+        return loss, parts
+
+
+    def _cached(self, student, batch, dec_in, step, total_steps):
+        """TextBrewer's KD + hard-label blend, KD from the cached top-k teacher logits."""
+        from raydistill.distill.logit_cache import topk_kd_loss
+        from raydistill.distill.schedulers import scheduled_weight
+
+        if "topk_values" not in batch:
+            raise ValueError("is_caching_logits: the batch holds no cached teacher logits "
+                             "(topk_values); build the datasets with raydistill.train.run")
+        tb = self.tb_config
+        s_out = seq2seq_forward(student, batch, dec_in)
+        hard = lm_loss(s_out.logits, batch["labels"], self.cfg.label_smoothing)
+        kd = topk_kd_loss(s_out.logits, batch["topk_values"], batch["topk_indices"],
+                          batch["labels"].ne(IGNORE_INDEX), float(tb.temperature), kind="ce")
+        kd_w = scheduled_weight(tb.kd_loss_weight, tb.kd_loss_weight_scheduler, step, total_steps)
+        hl_w = scheduled_weight(tb.hard_label_weight, tb.hard_label_weight_scheduler, step,
+                                total_steps)
+        loss = kd * kd_w + hard * hl_w
+        parts = {"unweighted_kd_loss": kd.detach(), "unweighted_hard_label_loss": hard.detach(),
+                 "kd_loss_weight": torch.tensor(float(kd_w)),
+                 "hard_label_weight": torch.tensor(float(hl_w)),
+                 "temperature": torch.tensor(float(tb.temperature)), "hard_label_loss": hard.detach()}
         return loss, parts
 
 

@@ -27,14 +27,23 @@ def generate_local(
     batch_size: int = 16,
     max_source_length: int = 512,
     device: str | torch.device = "cpu",
-) -> list[str]:
-    """Generate for ``sources`` in batches; returns stripped texts in input order (no Ray)."""
+    return_scores: bool = False,
+) -> list[str] | tuple[list[str], list[float]]:
+    """Generate for ``sources`` in batches; returns stripped texts in input order (no Ray).
+
+    ``return_scores=True`` also returns each sequence's score: the sum of its token
+    log-probabilities divided by ``length ** length_penalty`` (beam search's
+    ``sequences_scores``; computed the same way for greedy decoding).
+    """
     model = getattr(model, "module", model)  # a DDP-wrapped model generates through its module
     gen_kw: dict[str, Any] = {"num_beams": num_beams, "max_length": max_length}
     if num_beams > 1:  # length_penalty only acts in beam search; greedy would warn about it
         gen_kw["length_penalty"] = length_penalty
+    if return_scores:
+        gen_kw.update(output_scores=True, return_dict_in_generate=True)
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     preds: list[str] = [""] * len(sources)
+    scores: list[float] = [0.0] * len(sources)
     was_training = model.training
     model.eval()
     try:
@@ -46,12 +55,31 @@ def generate_local(
                 # Only ids and mask: BERT tokenizers add token_type_ids that generate() rejects.
                 out = model.generate(input_ids=enc["input_ids"].to(device),
                                      attention_mask=enc["attention_mask"].to(device), **gen_kw)
-                texts = tokenizer.batch_decode(out, skip_special_tokens=True)
+                seqs = out.sequences if return_scores else out
+                texts = tokenizer.batch_decode(seqs, skip_special_tokens=True)
                 for i, text in zip(idx, texts):
                     preds[i] = text.strip()
+                if return_scores:
+                    for i, sc in zip(idx, _sequence_scores(model, out, num_beams, length_penalty)):
+                        scores[i] = sc
     finally:
         model.train(was_training)
-    return preds
+    return (preds, scores) if return_scores else preds
+
+
+def _sequence_scores(model, out, num_beams: int, length_penalty: float) -> list[float]:
+    """Length-normalized log-probability per sequence (greedy: as beam search reports it)."""
+    if num_beams > 1 and getattr(out, "sequences_scores", None) is not None:
+        return out.sequences_scores.float().cpu().tolist()
+    logp = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+    gen = out.sequences[:, -logp.size(1):]
+    eos = model.generation_config.eos_token_id
+    eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos], device=gen.device)
+    is_eos = torch.isin(gen, eos_ids)
+    after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # tokens past the first </s>
+    keep = ~after_eos & torch.isfinite(logp)
+    length = keep.sum(1).clamp(min=1).float()
+    return ((logp.float() * keep).sum(1) / length ** length_penalty).cpu().tolist()
 
 
 class Generator:
@@ -59,7 +87,7 @@ class Generator:
 
     def __init__(self, model_dir: str, num_beams: int = 4, length_penalty: float = 1.0,
                  max_length: int = 64, max_source_length: int = 512, batch_size: int = 16,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", return_scores: bool = False) -> None:
         import ray
         from transformers import AutoTokenizer
 
@@ -75,11 +103,16 @@ class Generator:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.kw = dict(num_beams=num_beams, length_penalty=length_penalty, max_length=max_length,
                        max_source_length=max_source_length, batch_size=batch_size)
+        self.return_scores = return_scores
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        preds = generate_local(self.model, self.tokenizer, [str(s) for s in batch["source"]],
-                               device=self.device, **self.kw)
+        """Adds "prediction" (and "score", the sequence score, when asked for)."""
+        out = generate_local(self.model, self.tokenizer, [str(s) for s in batch["source"]],
+                             device=self.device, return_scores=self.return_scores, **self.kw)
+        preds, scores = out if self.return_scores else (out, None)
         batch["prediction"] = np.array(preds, dtype=object)
+        if scores is not None:
+            batch["score"] = np.asarray(scores, dtype=np.float32)
         return batch
 
 

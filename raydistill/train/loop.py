@@ -95,8 +95,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _freeze(student, cfg)
     teachers = []
     projections = None
-    if cfg.uses_teacher:
-        step_probe = LossStep(cfg, [], student)
+    step_probe = LossStep(cfg, [], student) if cfg.uses_teacher else None
+    # With cached logits the teacher ran before training (top-k in the batches): none loads here.
+    if step_probe is not None and not step_probe.cached_logits:
         attn = {"attn_implementation": "eager"} if step_probe.needs_attentions else {}
         teachers = [load_seq2seq(p, **attn).to(device) for p in cfg.teacher_paths]
         if step_probe.needs_attentions:
@@ -135,21 +136,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state = load_training_state(ckpt_dir, student=inner, optimizer=optimizer,
                                         scheduler=scheduler, scaler=scaler,
                                         projections=projections, rank=rank)
+        state.setdefault("resumed_from", []).append(state["global_step"])
         if rank == 0:
             print(f"[raydistill] resumed from checkpoint at step {state['global_step']} "
                   f"(epoch {state['epoch']}, batch {state['batch_in_epoch']})", flush=True)
+    # Fault-injection hook for the resume tests: the first attempt dies after this step.
+    crash_at = int(run.get("crash_at_step") or 0)
 
     # 4. Data: this worker's shard of train; the whole (small) val set, split across ranks.
+    # A planned run (token budget, sortish, cached logits) gets the whole train set and pulls
+    # the rows of its own batches of each epoch's plan (raydistill.data.plan).
     train_shard = ray.train.get_dataset_shard("train")
     val_rows = list(ray.train.get_dataset_shard("val").iter_rows())
     collate = make_collate_fn(tokenizer.pad_token_id)
-    batches_per_epoch = run["batches_per_epoch"]
-    val_every = max(1, round(cfg.val_check_interval * batches_per_epoch))
+    feed = _PlannedFeed(run["plan"], train_shard, collate, rank, world) if run.get("plan") else None
     logger = _Logger(cfg, run, rank) if rank == 0 else None
+
+    running = {"sum": 0.0, "n": 0}  # mean training loss between validations
 
     def validate_and_report(final: bool = False) -> None:
         metrics = _validate(inner, tokenizer, val_rows, cfg, run, rank, world, device)
-        metrics.update(step=state["global_step"], epoch=state["epoch"], final=final)
+        metrics.update(step=state["global_step"], epoch=state["epoch"], final=final,
+                       train_loss=running["sum"] / max(running["n"], 1))
+        running.update(sum=0.0, n=0)
         name = cfg.val_metric
         if state["best_metric"] is None or metrics[name] > state["best_metric"]:
             state["best_metric"] = metrics[name]
@@ -174,13 +183,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     t0, tokens = time.time(), 0
     while not done:
         skip = state["batch_in_epoch"]
-        it = train_shard.iter_torch_batches(
-            batch_size=cfg.train_batch_size, collate_fn=collate,
-            local_shuffle_buffer_size=None if cfg.seed is None else 4 * cfg.train_batch_size,
-            local_shuffle_seed=cfg.seed + state["epoch"] * 1000 + rank,
-        )
-        micro, seen = 0, 0
-        for i, batch in enumerate(it):
+        if feed is None:
+            it = train_shard.iter_torch_batches(
+                batch_size=cfg.train_batch_size, collate_fn=collate,
+                local_shuffle_buffer_size=None if cfg.seed is None else 4 * cfg.train_batch_size,
+                local_shuffle_seed=cfg.seed + state["epoch"] * 1000 + rank,
+            )
+            batches_per_epoch, start = run["batches_per_epoch"], 0
+        else:  # the plan starts at the resume position: skipped batches are never read
+            it, batches_per_epoch = feed.epoch(state["epoch"], skip)
+            start = skip
+        val_every = max(1, round(cfg.val_check_interval * batches_per_epoch))
+        micro, seen = 0, start
+        for i, batch in enumerate(it, start=start):
             seen += 1
             if i < skip:  # resume: these batches were consumed before the checkpoint
                 continue
@@ -188,6 +203,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss, parts = loss_step(model, batch, state["global_step"], total_steps)
             _check_finite(loss, parts, state["global_step"])
+            running["sum"] += float(loss.detach())
+            running["n"] += 1
             loss_scaled = loss / cfg.gradient_accumulation_steps
             (scaler.scale(loss_scaled) if scaler else loss_scaled).backward()
             tokens += int(batch["attention_mask"].sum()) + int(batch["labels"].ne(-100).sum())
@@ -215,6 +232,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     t0, tokens = time.time(), 0
                 if state["global_step"] >= total_steps:
                     done = True
+                if crash_at and checkpoint is None and state["global_step"] == crash_at + 1:
+                    os._exit(1)  # as a killed process: no cleanup, no report
             if done or state["batch_in_epoch"] % val_every == 0:
                 if state["global_step"] != last_val_step:
                     validate_and_report(final=done)
@@ -234,6 +253,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         validate_and_report(final=True)
     if logger:
         logger.close()
+
+
+class _PlannedFeed:
+    """This worker's batches of each epoch's plan, joined by id with cached logits if any."""
+
+    def __init__(self, plan: dict[str, Any], train_shard, collate, rank: int, world: int) -> None:
+        from raydistill.data.plan import PlanSpec
+
+        lengths = plan["lengths"]
+        self.ids, self.src, self.tgt = ray.get(lengths) if isinstance(lengths, ray.ObjectRef) else lengths
+        self.spec = PlanSpec(**plan["spec"])
+        self.sources = {"train": train_shard}
+        self.columns = {"train": ["input_ids", "labels"]}
+        if plan.get("cached_logits"):
+            self.sources["teacher_logits"] = ray.train.get_dataset_shard("teacher_logits")
+            self.columns["teacher_logits"] = ["topk_values", "topk_indices"]
+        self.collate, self.rank, self.world = collate, rank, world
+
+    def epoch(self, epoch: int, skip: int):
+        """(iterator over collated batches from index ``skip``, batches in this epoch)."""
+        from raydistill.data.plan import epoch_plan, planned_batches, rank_batches
+
+        mine = rank_batches(epoch_plan(self.src, self.tgt, self.spec, epoch), self.ids,
+                            self.world, self.rank)
+        return planned_batches(mine[skip:], self.sources, self.collate, self.columns), len(mine)
 
 
 def _load_tokenizer(path: str):

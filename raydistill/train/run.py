@@ -7,6 +7,7 @@ place, so a run killed at any moment leaves the previous ones readable.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -72,6 +73,11 @@ def preflight(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = Fal
         shown = ", ".join(f"{p}: {v}" for p, v in sizes.items())
         raise ModelError(f"teacher and student vocabularies differ ({shown}); KD compares logits "
                          "token by token, so all models must share one tokenizer")
+    if uses_cached_logits(cfg):
+        from raydistill.distill.logit_cache import check_cacheable
+        from raydistill.distill.textbrewer import DistillationConfig
+
+        check_cacheable(DistillationConfig.from_dict(cfg.distillation or {}))
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()) and not (overwrite or resume):
         raise ConfigError(f"output_dir {out} is not empty; pass --resume to continue that run, "
@@ -185,13 +191,26 @@ def run_distill(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = F
     return summary
 
 
+def uses_cached_logits(cfg: DistillConfig) -> bool:
+    """kd with ``distillation: {is_caching_logits: true}``: the teacher runs once, before training."""
+    return cfg.method == "kd" and bool((cfg.distillation or {}).get("is_caching_logits"))
+
+
 def build_trainer(cfg: DistillConfig, out: Path, layers: dict[str, Any], *, storage_path: str,
-                  run_name: str, callbacks: list | None = None):
-    """Datasets (tokenized once) + the TorchTrainer for ``cfg``; ``out/student`` must exist."""
+                  run_name: str, callbacks: list | None = None,
+                  logit_cache_dir: str | Path | None = None):
+    """Datasets (tokenized once) + the TorchTrainer for ``cfg``; ``out/student`` must exist.
+
+    With cached logits the teacher's top-k go to ``logit_cache_dir`` (default
+    ``<output_dir>/logit_cache``; a shared folder lets several runs, e.g. Tune trials, reuse it:
+    the cache is keyed by content, so sharing is safe).
+    """
+    import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from raydistill.data.files import read_split, split_dataset
+    from raydistill.data.plan import plan_mode
     from raydistill.data.tokenize import tokenize_dataset
     from raydistill.train.loop import steps_per_epoch, train_loop_per_worker
 
@@ -205,11 +224,32 @@ def build_trainer(cfg: DistillConfig, out: Path, layers: dict[str, Any], *, stor
                                 cfg.max_source_length, cfg.max_target_length,
                                 num_actors=cfg.num_tokenize_workers).materialize()
     val_ds = split_dataset(cfg.data_dir, "val", cfg.n_val).materialize()
-    batches, opt_steps = steps_per_epoch(n_train, cfg.num_workers, cfg.train_batch_size,
-                                         cfg.gradient_accumulation_steps)
-    total_steps = cfg.max_steps or cfg.max_epochs * opt_steps
+    datasets = {"train": train_ds, "val": val_ds}
+    cached = uses_cached_logits(cfg)
+    if cached:  # the teacher runs now, while the CPUs/GPUs are still free
+        from raydistill.distill.logit_cache import load_cache
+
+        cache_dir = prepare_logit_cache(cfg, student_dir, train_ds,
+                                        logit_cache_dir or Path(cfg.output_dir).resolve() / "logit_cache")
+        datasets["teacher_logits"] = load_cache(cache_dir)
+    mode = plan_mode(cfg.max_tokens_per_batch, cfg.sortish_sampler, cached)
+    plan = None
+    if mode is None:  # fixed-size batches streamed from an equal split of the rows
+        batches, opt_steps = steps_per_epoch(n_train, cfg.num_workers, cfg.train_batch_size,
+                                             cfg.gradient_accumulation_steps)
+        total_steps = cfg.max_steps or cfg.max_epochs * opt_steps
+    else:  # every epoch's batches planned from the lengths; workers pull their rows by id
+        spec, lengths, counts = plan_epochs(cfg, mode, train_ds, out)
+        batches = counts[0]
+        accum = cfg.gradient_accumulation_steps
+        total_steps = cfg.max_steps or sum(max(1, -(-c // accum)) for c in counts)
+        plan = {"spec": dataclasses.asdict(spec), "lengths": ray.put(lengths), "counts": counts,
+                "cached_logits": cached}
     run = {"student_init": student_dir, "tokenizer": student_dir, "output_dir": str(out),
            "run_name": run_name, "total_steps": total_steps, "batches_per_epoch": batches,
+           "plan": plan,
+           # Test hook (resume tests): read on the driver so workers need no env of their own.
+           "crash_at_step": int(os.environ.get("RAYDISTILL_CRASH_AT_STEP", "0") or 0),
            **layers}
     return TorchTrainer(
         train_loop_per_worker,
@@ -223,9 +263,74 @@ def build_trainer(cfg: DistillConfig, out: Path, layers: dict[str, Any], *, stor
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
         ),
-        datasets={"train": train_ds, "val": val_ds},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets=datasets,
+        # A planned run gives every worker the whole (materialized) train set to pull rows from.
+        dataset_config=DataConfig(datasets_to_split=["train"] if plan is None else []),
     )
+
+
+def plan_epochs(cfg: DistillConfig, mode: str, train_ds, out: Path):
+    """Lengths (sorted by id) -> the plan spec, and each epoch's batches per worker.
+
+    Writes ``out/batch_plan.json`` and warns when examples exceed the token budget alone.
+    """
+    import numpy as np
+
+    from raydistill.data.batching import padding_fraction
+    from raydistill.data.plan import PlanSpec, epoch_plan
+
+    cols: dict[str, list] = {"id": [], "src_len": [], "tgt_len": []}
+    for block in train_ds.select_columns(list(cols)).iter_batches(batch_size=None,
+                                                                  batch_format="numpy"):
+        for c in cols:
+            cols[c].append(np.asarray(block[c]))
+    ids, src, tgt = (np.concatenate(cols[c]) for c in ("id", "src_len", "tgt_len"))
+    # Sorted by id: the plan must not depend on the block order of this run's tokenization,
+    # or a resumed run (which tokenizes again) would see another plan.
+    order = np.argsort(ids, kind="stable")
+    lengths = np.stack([ids[order], src[order], tgt[order]]).astype(np.int64)
+    spec = PlanSpec(mode=mode, num_workers=cfg.num_workers, seed=cfg.seed,
+                    batch_size=cfg.train_batch_size, max_tokens=cfg.max_tokens_per_batch)
+    # With max_steps the schedule needs no epoch count; epoch 0 is planned for the summary.
+    epochs = 1 if cfg.max_steps else cfg.max_epochs
+    plans = [epoch_plan(lengths[1], lengths[2], spec, e) for e in range(epochs)]
+    counts = [len(p.batches) // cfg.num_workers for p in plans]
+    summary = {"mode": mode, "num_workers": cfg.num_workers, "examples": int(len(ids)),
+               "max_tokens_per_batch": cfg.max_tokens_per_batch,
+               "train_batch_size": None if mode == "token_budget" else cfg.train_batch_size,
+               "batches_per_worker": counts, "num_oversized": plans[0].num_oversized,
+               "num_repeated": plans[0].num_repeated,
+               "padding_fraction_source": round(padding_fraction(plans[0].batches, lengths[1]), 4)}
+    write_json_atomic(out / "batch_plan.json", summary)
+    if plans[0].num_oversized:
+        print(f"[raydistill] warning: {plans[0].num_oversized} examples exceed "
+              f"max_tokens_per_batch={cfg.max_tokens_per_batch} alone (each gets a batch of its "
+              "own, over budget); raise max_tokens_per_batch or lower max_source_length/"
+              "max_target_length", flush=True)
+    if plans[0].num_repeated:
+        print(f"[raydistill] warning: {plans[0].num_repeated} batches are repeated so that "
+              f"{cfg.num_workers} workers get as many batches; add data or use fewer workers",
+              flush=True)
+    print(f"[raydistill] batch plan: {mode}, {counts[0]} batches per worker per epoch, "
+          f"source padding {summary['padding_fraction_source']:.1%}", flush=True)
+    return spec, lengths, counts
+
+
+def prepare_logit_cache(cfg: DistillConfig, student_dir: str, train_ds,
+                        cache_dir: str | Path) -> Path:
+    """Build (or reuse, when its key matches) the teacher's top-k logits for ``train_ds``."""
+    from transformers import AutoTokenizer
+
+    from raydistill.distill.logit_cache import cache_key, ensure_cache
+
+    key = cache_key(cfg.teacher_paths, student_dir, cfg.data_dir, split="train", n=cfg.n_train,
+                    max_source_length=cfg.max_source_length,
+                    max_target_length=cfg.max_target_length)
+    pad_id = AutoTokenizer.from_pretrained(student_dir).pad_token_id
+    ensure_cache(train_ds, cache_dir, key, teachers=cfg.teacher_paths, pad_token_id=pad_id,
+                 batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
+                 num_cpus=cfg.cpus_per_worker, num_gpus=1.0 if cfg.use_gpu else 0.0)
+    return Path(cache_dir)
 
 
 def export_outputs(cfg: DistillConfig, out: Path, result, train_seconds: float) -> dict[str, Any]:
@@ -247,8 +352,10 @@ def export_outputs(cfg: DistillConfig, out: Path, result, train_seconds: float) 
                                             "step": best_metrics.get("step")})
         replace_dir_atomic(tmp, out / "best_tfmr")
     with result.checkpoint.as_directory() as latest:
-        history = json.loads((Path(latest) / STATE_FILE).read_text())["history"]
-    summary = {"val": history, "best": {metric: max(best_metrics[metric], prev_value or -1e9)},
+        state = json.loads((Path(latest) / STATE_FILE).read_text())
+    history = state["history"]
+    summary = {"val": history, "resumed_from": state.get("resumed_from", []),
+               "final_step": state["global_step"], "best": {metric: max(best_metrics[metric], prev_value or -1e9)},
                "train_seconds": round(train_seconds, 2), "checkpoint": result.checkpoint.path}
     write_json_atomic(out / "metrics.json", summary)
     return summary
