@@ -116,6 +116,10 @@ _EXTRA_COMMANDS += [_register_pseudo_label, _register_combine, _register_cache_l
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Weight-loading bars would bury the one-line errors and the summaries.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         return args.func(args)
     except RaydistillError as err:

@@ -98,3 +98,31 @@ def test_textbrewer_config_run_crashes_and_resumes_from_the_checkpoint_step(
         load_file(str(states[6] / "projections.safetensors"))
     assert set(first) == set(last) and first  # the projection is checkpointed
     assert any(not torch.equal(first[k], last[k]) for k in first)  # and it trained across the resume
+
+
+@pytest.mark.timeout(300)
+def test_nan_loss_stops_the_run_naming_step_and_component(
+        ray_session, tiny_bart_dir, tiny_data_dir, tmp_path, capsys):
+    """A teacher with a NaN weight makes the KD term NaN at the first step: one line, exit 2."""
+    import yaml
+
+    from raydistill.cli import main
+    from raydistill.models.layers import load_seq2seq
+
+    teacher = load_seq2seq(str(tiny_bart_dir))
+    with torch.no_grad():
+        teacher.get_input_embeddings().weight[5, 0] = float("nan")
+    bad = tmp_path / "nan_teacher"
+    teacher.save_pretrained(bad)
+    (bad / "tokenizer.json").write_bytes((Path(tiny_bart_dir) / "tokenizer.json").read_bytes())
+    (bad / "tokenizer_config.json").write_bytes((Path(tiny_bart_dir) / "tokenizer_config.json").read_bytes())
+    config = {"method": "kd", "teacher": str(bad), "student_decoder_layers": 1,
+              "data_dir": str(tiny_data_dir), "output_dir": str(tmp_path / "out"),
+              "train_batch_size": 2, "max_steps": 3, "do_predict": False, "eval_beams": 1}
+    path = tmp_path / "nan.yaml"
+    path.write_text(yaml.safe_dump(config))
+    capsys.readouterr()
+    assert main(["distill", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("raydistill distill: error: loss became nan at step 0"), err
+    assert "ce_loss" in err

@@ -1,0 +1,92 @@
+"""Model-shape checks run before Ray starts: depths, intermediate-match indices, projection sizes.
+
+They read only ``config.json`` files, so a misconfigured run fails in a second with one line
+naming the key and the sizes, instead of minutes later inside a worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from raydistill.config import DistillConfig
+from raydistill.errors import ConfigError, ModelError
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Layer counts and hidden sizes of one model, from its config."""
+
+    encoder_layers: int
+    decoder_layers: int
+    encoder_hidden: int
+    decoder_hidden: int
+
+    def feature_len(self, feature: str) -> int:
+        """Length of TextBrewer's ``hidden`` / ``attention`` list for this model (README)."""
+        n = self.encoder_layers + self.decoder_layers
+        return n + 2 if feature == "hidden" else n
+
+    def hidden_size_at(self, index: int) -> int:
+        return self.encoder_hidden if index <= self.encoder_layers else self.decoder_hidden
+
+
+def model_shape(path: str) -> Shape:
+    from transformers import AutoConfig
+
+    from raydistill.models.layers import hidden_sizes, layer_counts
+
+    config = AutoConfig.from_pretrained(path)
+    e, d = layer_counts(config)
+    he, hd = hidden_sizes(config)
+    return Shape(e, d, he, hd)
+
+
+def student_shape(cfg: DistillConfig, teacher: Shape | None) -> Shape | None:
+    """The student's shape: its own config, or the teacher's with the requested depths."""
+    if cfg.student:
+        return model_shape(cfg.student)
+    if teacher is None:
+        return None
+    for key, want, have in (("student_encoder_layers", cfg.student_encoder_layers, teacher.encoder_layers),
+                            ("student_decoder_layers", cfg.student_decoder_layers, teacher.decoder_layers)):
+        if want is not None and want > have:
+            raise ModelError(f"{key}={want} is deeper than the teacher ({have} layers on that side); "
+                             f"choose at most {have}")
+    return Shape(cfg.student_encoder_layers or teacher.encoder_layers,
+                 cfg.student_decoder_layers or teacher.decoder_layers,
+                 teacher.encoder_hidden, teacher.decoder_hidden)
+
+
+def check_models(cfg: DistillConfig) -> None:
+    """Depths, TextBrewer match indices and projection sizes against the models' configs."""
+    teacher = model_shape(cfg.teacher_paths[0]) if cfg.teacher_paths else None
+    student = student_shape(cfg, teacher)
+    if cfg.method != "kd" or not cfg.distillation or teacher is None or student is None:
+        return
+    matches = cfg.distillation.get("intermediate_matches") or []
+    for i, m in enumerate(matches):
+        name = f"distillation.intermediate_matches[{i}]"
+        feature = m.get("feature", "hidden")
+        for side, key, shape in (("teacher", "layer_T", teacher), ("student", "layer_S", student)):
+            idx = m.get(key)
+            n = shape.feature_len(feature)
+            for j in idx if isinstance(idx, list) else [idx]:
+                if not isinstance(j, int) or not 0 <= j < n:
+                    raise ConfigError(
+                        f"{name}: {key}={idx} is out of range: the {side}'s {feature!r} list has "
+                        f"{n} entries (0..{n - 1}; see README 'Seq2seq layer indexing')")
+        if feature != "hidden":
+            continue
+        first = lambda v: v[0] if isinstance(v, list) else v  # noqa: E731 (pair losses: two layers)
+        dim_s = student.hidden_size_at(first(m["layer_S"]))
+        dim_t = teacher.hidden_size_at(first(m["layer_T"]))
+        proj = m.get("proj")
+        if proj:
+            if len(proj) < 3 or (proj[1], proj[2]) != (dim_s, dim_t):
+                raise ConfigError(
+                    f"{name}: proj {proj[:3]} does not match the models: student hidden size "
+                    f"{dim_s}, teacher hidden size {dim_t}; use proj: [{proj[0]}, {dim_s}, {dim_t}]")
+        elif dim_s != dim_t and m.get("loss") not in ("fsp", "gram", "mmd", "nst"):
+            raise ConfigError(
+                f"{name}: student hidden size {dim_s} != teacher hidden size {dim_t}; add "
+                f"proj: [linear, {dim_s}, {dim_t}]")
