@@ -97,6 +97,7 @@ class DistillConfig:
 
     # Validation and test.
     val_check_interval: float = 1.0  # fraction of an epoch
+    val_check_steps: int | None = None  # validate + checkpoint every N optimizer steps instead
     eval_beams: int = 2
     length_penalty: float = 1.0
     eval_max_gen_length: int | None = None  # default: val/test_max_target_length
@@ -105,6 +106,7 @@ class DistillConfig:
 
     # Logging and checkpoints.
     logger: str = "tensorboard"
+    log_dir: str | None = None  # TensorBoard events; default output_dir/tensorboard
     log_every_n_steps: int = 10
     checkpoints_to_keep: int = 2
 
@@ -129,7 +131,8 @@ class DistillConfig:
                     "checkpoints_to_keep"):
             _at_least(key, getattr(self, key), 1)
         for key in ("max_steps", "max_tokens_per_batch", "n_train", "n_val", "n_test",
-                    "student_encoder_layers", "student_decoder_layers", "eval_max_gen_length"):
+                    "student_encoder_layers", "student_decoder_layers", "eval_max_gen_length",
+                    "val_check_steps"):
             if getattr(self, key) is not None:
                 _at_least(key, getattr(self, key), 1)
         for key in ("warmup_steps", "max_failures", "seed"):
@@ -174,6 +177,8 @@ class DistillConfig:
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> DistillConfig:
         """Build from a (possibly nested) dict; unknown keys are errors naming the closest key."""
         flat = _flatten_sections(data)
+        if flat.get("training"):
+            flat = _apply_training_section(flat)
         known = {f.name for f in dataclasses.fields(cls)}
         for key in flat:
             if key not in known:
@@ -199,6 +204,41 @@ def _flatten_sections(data: dict[str, Any]) -> dict[str, Any]:
         else:
             flat[key] = value
     return flat
+
+
+# TextBrewer TrainingConfig field -> (our key, conversion). Only fields given explicitly apply.
+_TRAINING_KEYS = {
+    "gradient_accumulation_steps": ("gradient_accumulation_steps", lambda v: v),
+    "ckpt_frequency": ("val_check_interval", lambda v: 1.0 / v),
+    "ckpt_steps": ("val_check_steps", lambda v: v),
+    "log_dir": ("log_dir", lambda v: v),
+    "output_dir": ("output_dir", lambda v: v),
+    "device": ("use_gpu", lambda v: str(v).startswith("cuda")),
+    "fp16": ("precision", lambda v: "fp16" if v else "auto"),
+}
+
+
+def _apply_training_section(flat: dict[str, Any]) -> dict[str, Any]:
+    """Map a TextBrewer ``training:`` dict onto our keys (validated by TrainingConfig first).
+
+    ``ckpt_epoch_frequency``, ``fp16_opt_level``, ``data_parallel`` and ``local_rank`` are accepted
+    and have no effect: we check and checkpoint at least once per epoch, autocast needs no opt
+    level, and Ray Train places the workers.
+    """
+    from raydistill.distill.textbrewer import TrainingConfig
+
+    TrainingConfig.from_dict(flat["training"])  # same fields, defaults and errors as TextBrewer
+    out = dict(flat)
+    for key, value in flat["training"].items():
+        if key not in _TRAINING_KEYS:
+            continue
+        ours, convert = _TRAINING_KEYS[key]
+        new = convert(value)
+        if ours in flat and flat[ours] != new:
+            raise ConfigError(f"training.{key}={value!r} conflicts with {ours}={flat[ours]!r}; "
+                              "set one of them")
+        out[ours] = new
+    return out
 
 
 def _coerce_numbers(cls: type, flat: dict[str, Any]) -> dict[str, Any]:

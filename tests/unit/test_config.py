@@ -100,3 +100,17 @@ def test_sections_flatten(tmp_path):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_textbrewer_training_section_maps_onto_run_keys():
+    cfg = DistillConfig.from_dict({"teacher": "t", "data_dir": "d", "training": {
+        "gradient_accumulation_steps": 4, "ckpt_frequency": 2, "ckpt_steps": 100, "log_dir": "tb",
+        "output_dir": "saved", "device": "cpu", "fp16": True, "fp16_opt_level": "O2",
+        "data_parallel": True, "local_rank": -1}})
+    assert (cfg.gradient_accumulation_steps, cfg.val_check_interval, cfg.val_check_steps) == (4, 0.5, 100)
+    assert (cfg.log_dir, cfg.output_dir, cfg.use_gpu, cfg.precision) == ("tb", "saved", False, "fp16")
+    with pytest.raises(ConfigError, match="conflicts with gradient_accumulation_steps=2"):
+        DistillConfig.from_dict({**BASE, "gradient_accumulation_steps": 2,
+                                 "training": {"gradient_accumulation_steps": 4}})
+    with pytest.raises(ConfigError, match="ckpt_frequncy"):
+        DistillConfig.from_dict({**BASE, "training": {"ckpt_frequncy": 2}})
