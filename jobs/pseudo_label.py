@@ -1,0 +1,84 @@
+"""Pipeline stage 2 (method: pl): the teacher writes the targets the student will train on.
+
+    python jobs/pseudo_label.py jobs/configs/pseudo_label.yaml [key=value ...] [--overwrite]
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python jobs/pseudo_label.py jobs/configs/pseudo_label.yaml \
+        teacher=/mnt/shared/runs/teacher/best_tfmr data_dir=/mnt/shared/data/scitldr \
+        out=/mnt/shared/runs/scitldr_pl_data num_workers=4 num_gpus=1
+
+parse config -> the split to label -> generate on a Ray Data actor pool -> summary. Finished
+shards are kept: after a failure, submit the same job again and only the missing ones run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import inspect
+import os
+import sys
+
+from raydistill.config import merge, parse_overrides, read_yaml
+from raydistill.data.pseudo_label import pseudo_label
+from raydistill.errors import ConfigError, RaydistillError
+
+
+def require_durable(path: str | None, key: str) -> None:
+    """Inside a Ray job, refuse relative output paths: they would land in the job's copy of
+    ``--working-dir``, a temporary folder on one node that Ray deletes."""
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    if in_job and path and "://" not in path and not os.path.isabs(path):
+        raise ConfigError(f"{key}={path} is relative: a Ray job runs in a temporary copy of "
+                          f"--working-dir, so it would be lost; pass an absolute path on storage "
+                          f"every node sees, e.g. {key}=/mnt/shared/{path}")
+
+
+def read_config(path: str, overrides: list[str]) -> dict:
+    """YAML + overrides -> keyword arguments of ``pseudo_label`` (its parameter names)."""
+    data = merge(read_yaml(path), parse_overrides(overrides))
+    params = inspect.signature(pseudo_label).parameters
+    known = [k for k in params if k != "overwrite"]  # --overwrite is a flag, never a default
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+            raise ConfigError(f"{path}: unknown key {key!r}; {hint}")
+    for key, p in params.items():
+        if p.default is inspect.Parameter.empty and not data.get(key):
+            raise ConfigError(f"{path}: {key} is required (set {key}: PATH or {key}=PATH)")
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="YAML config (jobs/configs/pseudo_label.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. num_workers=4")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="discard parts written earlier with other settings")
+    args = parser.parse_args(argv)
+
+    # 1. Config: the outputs must outlive the job.
+    cfg = read_config(args.config, args.overrides)
+    require_durable(cfg["out"], "out")
+    print(f"[pseudo_label] teacher {cfg['teacher']} labels {cfg.get('split', 'train')} of "
+          f"{cfg['data_dir']} -> {cfg['out']}", flush=True)
+
+    # 2-3. Generate the missing shards on the actor pool; written as each one finishes.
+    report = pseudo_label(**cfg, overwrite=args.overwrite)
+
+    # 4. Summary.
+    last = report["runs"][-1]
+    print(f"[pseudo_label] {report['written']} of {report['examples']} examples labelled "
+          f"({report['dropped_empty']} empty dropped) in {report['shards']} shards; this run "
+          f"generated {last['examples_generated']} at {last['examples_per_second']} examples/s; "
+          f"copied from data_dir: {', '.join(report['copied_splits']) or 'nothing'}")
+    print(f"[pseudo_label] train on it: method: pl, data_dir: {cfg['out']}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except RaydistillError as err:
+        print(f"jobs/pseudo_label.py: error: {err}", file=sys.stderr)
+        sys.exit(2)
