@@ -19,6 +19,7 @@ from typing import Any
 
 from raydistill.config import DistillConfig
 from raydistill.errors import ConfigError, ModelError
+from raydistill.train.preflight import check_models
 from raydistill.train.checkpoint import (
     STATE_FILE,
     recover_dir,
@@ -68,6 +69,7 @@ def preflight(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = Fal
         check_model_dir(path, "teacher" if not cfg.teachers else f"teachers[{i}]")
     if cfg.student:
         check_model_dir(cfg.student, "student")
+    check_models(cfg)
     sizes = {p: _vocab_size(p) for p in cfg.teacher_paths + ([cfg.student] if cfg.student else [])}
     if len(set(sizes.values())) > 1:
         shown = ", ".join(f"{p}: {v}" for p, v in sizes.items())
@@ -145,7 +147,12 @@ def init_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, runtime_env={"env_vars": RAY_ENV}, log_to_driver=True)
+    # Inside `ray job submit`, the job's runtime env may set some of these already: Ray refuses
+    # to merge two values for one variable, so the job's own win.
+    job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
+    taken = set(((job_env.get("runtime_env") or {}).get("env_vars") or {}))
+    env = {k: v for k, v in RAY_ENV.items() if k not in taken}
+    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
     quiet_ray_data()
 
 
@@ -169,9 +176,8 @@ def run_distill(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = F
     recover_dir(out / "best_tfmr")
     storage = cfg.storage_path or str(out / "ray_results")
     run_name = cfg.run_name or out.name
-    if not resume and not cfg.storage_path and (Path(storage) / run_name).exists():
-        # A fresh run must not silently continue the old one (Ray resumes a run by its name).
-        shutil.rmtree(Path(storage) / run_name)
+    if not resume:
+        clear_previous_run(storage, run_name, owned=cfg.storage_path is None or overwrite)
 
     layers = prepare_student(cfg, out, resume)
     write_json_atomic(out / "hparams.json", cfg.to_dict())
@@ -180,10 +186,13 @@ def run_distill(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = F
     init_ray(address)
     trainer = build_trainer(cfg, out, layers, storage_path=storage, run_name=run_name)
     t0 = time.time()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as err:  # Ray raises worker failures from fit(); keep input errors one line
+        raise_worker_error(err)
     train_seconds = time.time() - t0
     if result.error:
-        raise result.error
+        raise_worker_error(result.error)
     summary = export_outputs(cfg, out, result, train_seconds)
     if cfg.do_predict:
         summary["test"] = run_test(cfg, out)
@@ -194,6 +203,34 @@ def run_distill(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = F
 def uses_cached_logits(cfg: DistillConfig) -> bool:
     """kd with ``distillation: {is_caching_logits: true}``: the teacher runs once, before training."""
     return cfg.method == "kd" and bool((cfg.distillation or {}).get("is_caching_logits"))
+
+
+def clear_previous_run(storage: str, run_name: str, owned: bool) -> None:
+    """A fresh run must not silently continue an old one: Ray resumes a run found by its name.
+
+    The default storage (inside output_dir) and ``--overwrite`` clear it; a shared
+    ``storage_path`` holding a run of that name is an error instead.
+    """
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(storage if "://" in storage else str(Path(storage).resolve()))
+    run_path = f"{path.rstrip('/')}/{run_name}"
+    if fs.get_file_info(run_path).type == pafs.FileType.NotFound:
+        return
+    if not owned:
+        raise ConfigError(f"{storage}/{run_name} already holds a run named {run_name!r}; pass "
+                          "--resume to continue it, --overwrite to replace it, or set run_name")
+    fs.delete_dir(run_path)
+
+
+def raise_worker_error(error: BaseException) -> None:
+    """Re-raise a worker's input error (e.g. a NaN loss) as the one-line error it was."""
+    from raydistill.errors import TrainingError
+
+    for line in str(error).splitlines():
+        if "TrainingError: " in line:
+            raise TrainingError(line.split("TrainingError: ", 1)[1].strip()) from error
+    raise error
 
 
 def build_trainer(cfg: DistillConfig, out: Path, layers: dict[str, Any], *, storage_path: str,
@@ -340,6 +377,7 @@ def export_outputs(cfg: DistillConfig, out: Path, result, train_seconds: float) 
     if not scored:
         raise RuntimeError("training reported no checkpoint with a validation metric")
     best_ckpt, best_metrics = max(scored, key=lambda cm: cm[1][metric])
+    out.mkdir(parents=True, exist_ok=True)
     previous = out / "best_tfmr" / BEST_INFO
     prev_value = json.loads(previous.read_text())[metric] if previous.exists() else None
     if prev_value is None or best_metrics[metric] > prev_value:
@@ -356,9 +394,17 @@ def export_outputs(cfg: DistillConfig, out: Path, result, train_seconds: float) 
     history = state["history"]
     summary = {"val": history, "resumed_from": state.get("resumed_from", []),
                "final_step": state["global_step"], "best": {metric: max(best_metrics[metric], prev_value or -1e9)},
-               "train_seconds": round(train_seconds, 2), "checkpoint": result.checkpoint.path}
+               "train_seconds": round(train_seconds, 2), "checkpoint": _uri(cfg.storage_path, result.checkpoint.path)}
     write_json_atomic(out / "metrics.json", summary)
     return summary
+
+
+def _uri(storage: str | None, path: str) -> str:
+    """Ray gives checkpoint paths without their scheme; put ``s3://`` etc. back."""
+    if not storage or "://" not in storage:
+        return path
+    scheme = storage.split("://", 1)[0]
+    return f"{scheme}://{path}" if scheme == "file" else f"{scheme}://{path.lstrip('/')}"
 
 
 def run_test(cfg: DistillConfig, out: Path) -> dict[str, Any]:
