@@ -72,6 +72,12 @@ def recover_dir(dst: str | Path) -> None:
         os.replace(old, dst)
 
 
+def model_files(checkpoint_dir: str | Path) -> list[Path]:
+    """The files of a checkpoint folder that make a model folder (no optimizer or RNG state)."""
+    return [f for f in Path(checkpoint_dir).iterdir() if f.is_file() and f.suffix != ".pt"
+            and f.name not in (STATE_FILE, RNG_FILE)]
+
+
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {

@@ -643,12 +643,11 @@ def _export_checkpoint(path: str, dst: Path) -> bool:
     """Copy a Train checkpoint's model + tokenizer files (no optimizer state) to ``dst``."""
     from ray.train import Checkpoint
 
-    from raydistill.train.checkpoint import RNG_FILE, STATE_FILE, replace_dir_atomic
+    from raydistill.train.checkpoint import model_files, replace_dir_atomic
 
     try:
         with Checkpoint(path).as_directory() as src:
-            files = [f for f in Path(src).iterdir() if f.is_file() and f.suffix != ".pt"
-                     and f.name not in (STATE_FILE, RNG_FILE)]
+            files = model_files(src)
             if not any(f.name == "config.json" for f in files):
                 return False
             dst.parent.mkdir(parents=True, exist_ok=True)
