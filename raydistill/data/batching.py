@@ -126,6 +126,33 @@ def token_budget_batches(
     return token_budget_plan(src_lens, tgt_lens, max_tokens, seed, epoch, num_workers, shuffle).batches
 
 
+def fixed_size_plan(
+    lens: Sequence[int],
+    batch_size: int,
+    seed: int = 0,
+    epoch: int = 0,
+    num_workers: int = 1,
+    sortish: bool = True,
+) -> BatchPlan:
+    """Batches of ``batch_size`` indices (``sortish_batches``, or random when ``sortish=False``).
+
+    As in ``token_budget_plan``, the count is made a multiple of ``num_workers`` by halving the
+    largest batches (repeating batches only when single examples are left), so every worker
+    gets as many batches and every example is seen once per epoch.
+    """
+    if sortish:
+        batches = sortish_batches(lens, batch_size, seed, epoch)
+    else:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+        perm = np.random.default_rng([seed, epoch]).permutation(len(lens))
+        batches = [perm[i: i + batch_size].tolist() for i in range(0, len(perm), batch_size)]
+    num_repeated = 0
+    if num_workers > 1 and batches and len(batches) % num_workers:
+        batches, num_repeated = _make_multiple(batches, num_workers)
+    return BatchPlan(batches, 0, num_repeated)
+
+
 def shard_batches(batches: Sequence[list[int]], num_workers: int, rank: int) -> list[list[int]]:
     """Worker ``rank``'s share: ``batches[rank::num_workers]`` (equal counts need a multiple)."""
     if not 0 <= rank < num_workers:

@@ -122,6 +122,44 @@ def split_dataset(data_dir: str | Path, split: str, n: int | None = None) -> ray
     return ray.data.from_arrow([table.slice(i, step) for i in range(0, len(data), step)])
 
 
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines included) as one space: a line-layout row."""
+    return " ".join(text.split())
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write to a temporary name beside ``path``, then rename it into place (never half a file)."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def copy_split(src_dir: str | Path, dst_dir: str | Path, split: str) -> list[str]:
+    """Copy the files of ``split`` (any layout, with its refs) into ``dst_dir``; returns their names."""
+    import os
+    import shutil
+
+    files = find_split_files(src_dir, split)
+    paths = [files["source"], files["target"]] if files["format"] == "lines" else [files["path"]]
+    if files["refs"] is not None:
+        paths.append(files["refs"])
+    for p in paths:
+        tmp = Path(dst_dir) / f".{p.name}.copy"
+        shutil.copyfile(p, tmp)
+        os.replace(tmp, Path(dst_dir) / p.name)
+    return [p.name for p in paths]
+
+
 # --- validation internals -------------------------------------------------------------------
 
 def _validate_split(files: dict) -> int:

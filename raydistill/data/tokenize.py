@@ -116,7 +116,30 @@ class PadCollate(NumpyBatchCollateFn):
         out = pad_batch(list(batch["input_ids"]), list(batch["labels"]), self.pad_token_id)
         # torch.tensor copies: Ray hands out read-only arrays, which torch warns about sharing.
         out["id"] = torch.tensor(np.asarray(batch["id"]), dtype=torch.long)
+        if "topk_values" in batch:  # cached teacher logits joined into the rows
+            out.update(pad_topk(list(batch["topk_values"]), list(batch["topk_indices"]),
+                                [len(r) for r in batch["labels"]]))
         return out
+
+
+def pad_topk(values: Sequence[np.ndarray], indices: Sequence[np.ndarray],
+             tgt_lens: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Cached top-k teacher logits, one flat (tgt_len * k) array per row -> padded tensors.
+
+    Returns ``topk_values`` (B, T, k) float32 and ``topk_indices`` (B, T, k) int64, T the
+    longest target; padded positions hold 0 (they are masked by ``labels == -100``).
+    """
+    T = max(tgt_lens)
+    k = len(values[0]) // max(1, tgt_lens[0])
+    vals = np.zeros((len(values), T, k), dtype=np.float32)
+    idx = np.zeros((len(values), T, k), dtype=np.int64)
+    for i, (v, ix, n) in enumerate(zip(values, indices, tgt_lens)):
+        if len(v) != n * k or len(ix) != n * k:
+            raise ValueError(f"cached logits of row {i} hold {len(v)} values for {n} target tokens "
+                             f"x k={k}: the cache was built with other tokenization; rebuild it")
+        vals[i, :n] = np.asarray(v, dtype=np.float32).reshape(n, k)
+        idx[i, :n] = np.asarray(ix).reshape(n, k)
+    return {"topk_values": torch.from_numpy(vals), "topk_indices": torch.from_numpy(idx)}
 
 
 def make_collate_fn(pad_token_id: int) -> PadCollate:

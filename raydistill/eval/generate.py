@@ -32,8 +32,9 @@ def generate_local(
     """Generate for ``sources`` in batches; returns stripped texts in input order (no Ray).
 
     ``return_scores=True`` also returns each sequence's score: the sum of its token
-    log-probabilities divided by ``length ** length_penalty`` (beam search's
-    ``sequences_scores``; computed the same way for greedy decoding).
+    log-probabilities (as generate scores them, after its logits processors: a forced ``</s>``
+    counts 0) divided by ``length ** length_penalty``; beam search's ``sequences_scores``,
+    computed the same way for greedy decoding.
     """
     model = getattr(model, "module", model)  # a DDP-wrapped model generates through its module
     gen_kw: dict[str, Any] = {"num_beams": num_beams, "max_length": max_length}

@@ -1,0 +1,374 @@
+"""Cached teacher logits: run the teacher once, keep its top-k logits, distill from them.
+
+With ``is_caching_logits: true`` in the ``distillation:`` section (or ``raydistill
+cache-logits``) the teacher runs once over the train set on a Ray Data actor pool. For every
+target position of every example the top-k teacher logits are stored in Parquet:
+
+    id: int64, topk_values: list<float16|float32>, topk_indices: list<int32>
+
+each list row-major of shape (tgt_len, k). Values are stored minus the position's largest logit
+(softmax does not change under a shift, and float16 is then most precise near 0, where the mass
+is). ``manifest.json`` beside the parts holds the key: teacher (config + weight hashes),
+tokenizer files, data files, n and max lengths. Any change to one of them rebuilds the cache.
+
+The loss from top-k logits (``topk_kd_loss``), per target position, with K the teacher's top-k
+token ids at that position and T the temperature:
+
+    p~_T(v)   = exp(z_T(v) / T) / sum_{u in K} exp(z_T(u) / T)       for v in K, 0 elsewhere
+    log p_S(v) = z_S(v) / T - logsumexp_{u in V} (z_S(u) / T)          full-vocabulary student
+    CE_k = - sum_{v in K} p~_T(v) log p_S(v)                            (TextBrewer kd_ce_loss)
+    KL_k = T^2 * sum_{v in K} p~_T(v) (log p~_T(v) - log p_S(v))        (kd_kl_loss)
+
+averaged over target positions. The teacher distribution is renormalized over its top-k (the
+tail mass outside K is dropped); the student keeps its full-vocabulary normalizer, so its
+gradient is p_S - p~_T over the whole vocabulary and mass it puts outside K is still pushed down.
+With k = V both are exact. The error at k < V is measured in tests/unit/distill/test_logit_cache.py
+and docs/data_at_scale.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from raydistill.data.fingerprint import (
+    digest,
+    model_fingerprint,
+    split_fingerprint,
+    tokenizer_fingerprint,
+)
+from raydistill.errors import ConfigError
+
+DEFAULT_TOP_K = 64
+DTYPES = ("float16", "float32")
+MANIFEST = "manifest.json"
+PARTS = "parts"
+FORMAT_VERSION = 1
+
+
+# ---- the loss --------------------------------------------------------------------------------
+
+def topk_kd_loss(
+    s_logits: torch.Tensor,
+    topk_values: torch.Tensor,
+    topk_indices: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float,
+    kind: str = "ce",
+) -> torch.Tensor:
+    """KD from the teacher's top-k logits (formula in the module doc).
+
+    s_logits: (B, T, V) student logits; topk_values: (B, T, k) teacher logits (any per-position
+    shift); topk_indices: (B, T, k) their token ids; mask: (B, T) True where the position counts.
+    kind: "ce" (TextBrewer's kd_ce_loss, no T^2) or "kl" (kd_kl_loss: KL x T^2).
+    Returns a scalar averaged over selected positions; 0 (in the graph) when none is selected.
+    """
+    if kind not in ("ce", "kl"):
+        raise ValueError(f"kind={kind!r}: use 'ce' or 'kl'")
+    sel = mask.bool()
+    if not sel.any():
+        return s_logits.sum() * 0.0
+    s = s_logits[sel].float()  # (N, V)
+    tv = topk_values[sel].float()  # (N, k)
+    ti = topk_indices[sel].long()
+    log_p_s = F.log_softmax(s / temperature, dim=-1).gather(-1, ti)  # (N, k)
+    log_p_t = F.log_softmax(tv / temperature, dim=-1)  # renormalized over the top-k
+    p_t = log_p_t.exp()
+    if kind == "ce":
+        return -(p_t * log_p_s).sum(-1).mean()
+    return (p_t * (log_p_t - log_p_s)).sum(-1).mean() * temperature**2
+
+
+def teacher_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., V) logits -> (values minus the max, indices), each (..., k), largest first."""
+    k = min(k, logits.size(-1))
+    values, indices = logits.float().topk(k, dim=-1)
+    return values - values[..., :1], indices
+
+
+def check_cacheable(tb_config: Any) -> None:
+    """Raise when a TextBrewer objective needs more of the teacher than its top-k logits."""
+    problems = []
+    if tb_config.intermediate_matches:
+        problems.append("intermediate_matches need the teacher's hidden states/attentions")
+    if tb_config.probability_shift:
+        problems.append("probability_shift needs the teacher's logit of every label")
+    if tb_config.kd_loss_type != "ce":
+        problems.append(f"kd_loss_type {tb_config.kd_loss_type!r} compares whole logit vectors")
+    if tb_config.temperature_scheduler not in ("none", "constant"):
+        problems.append("a dynamic temperature_scheduler reads the full teacher logits")
+    if problems:
+        raise ConfigError("distillation.is_caching_logits: true stores only the teacher's top-k "
+                          f"logits, but {'; '.join(problems)}; set is_caching_logits: false "
+                          "(the live teacher) or drop those options")
+
+
+# ---- the key ---------------------------------------------------------------------------------
+
+def cache_key(teachers: list[str], tokenizer_dir: str, data_dir: str, *, split: str = "train",
+              n: int | None = None, max_source_length: int, max_target_length: int) -> dict[str, Any]:
+    """Everything the cached logits depend on (content hashes, not paths or mtimes)."""
+    return {
+        "format": FORMAT_VERSION,
+        "teachers": [model_fingerprint(t) for t in teachers],
+        "tokenizer": tokenizer_fingerprint(tokenizer_dir),
+        "data": {"split": split, "n": n, **split_fingerprint(data_dir, split)},
+        "max_source_length": max_source_length,
+        "max_target_length": max_target_length,
+    }
+
+
+def read_manifest(cache_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(cache_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def is_valid(cache_dir: str | Path, key: dict[str, Any], top_k: int | None = None) -> bool:
+    """True when ``cache_dir`` holds a finished cache for ``key`` (and ``top_k``, when given)."""
+    manifest = read_manifest(cache_dir)
+    if manifest is None or manifest.get("key_digest") != digest(key):
+        return False
+    if top_k is not None and manifest.get("top_k") != top_k:
+        return False
+    return (Path(cache_dir) / PARTS).is_dir()
+
+
+# ---- building --------------------------------------------------------------------------------
+
+class TeacherTopK:
+    """Ray Data ``map_batches`` class: one teacher (or several, averaged) per actor.
+
+    Input rows: ``id``, ``input_ids``, ``labels`` (tokenized, unpadded). Output rows: ``id``,
+    ``topk_values`` and ``topk_indices`` (flat, tgt_len * k), nothing else.
+    """
+
+    def __init__(self, teachers: list[str], top_k: int, dtype: str, pad_token_id: int,
+                 device: str = "cpu") -> None:
+        import ray
+
+        from raydistill.models.layers import load_seq2seq
+
+        cpus = 1.0
+        if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        torch.set_num_threads(max(1, int(cpus)))
+        self.device = device
+        self.teachers = [load_seq2seq(t).to(device).eval() for t in teachers]
+        self.top_k, self.dtype, self.pad_token_id = top_k, np.dtype(dtype), pad_token_id
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from raydistill.data.tokenize import pad_batch
+
+        padded = pad_batch(list(batch["input_ids"]), list(batch["labels"]), self.pad_token_id)
+        values, indices = topk_for_batch(self.teachers, padded, self.top_k, self.device)
+        lens = [len(labels) for labels in batch["labels"]]
+        flat_v = [values[r, :n].reshape(-1).astype(self.dtype) for r, n in enumerate(lens)]
+        flat_i = [indices[r, :n].reshape(-1).astype(np.int32) for r, n in enumerate(lens)]
+        return topk_table(np.asarray(batch["id"], dtype=np.int64), flat_v, flat_i)
+
+
+def topk_table(ids: np.ndarray, values: list[np.ndarray], indices: list[np.ndarray]):
+    """The cache's Arrow schema: plain list columns any Parquet reader understands.
+
+    (Returning numpy object columns would make Ray Data store its own tensor extension type.)
+    """
+    import pyarrow as pa
+
+    v_type = pa.float16() if values and values[0].dtype == np.float16 else pa.float32()
+
+    def lists(arrays: list[np.ndarray], typ) -> pa.ListArray:
+        offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+        np.cumsum([len(a) for a in arrays], out=offsets[1:])
+        flat = np.concatenate(arrays) if arrays else np.zeros(0)
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=typ))
+
+    return pa.table({"id": pa.array(ids, pa.int64()), "topk_values": lists(values, v_type),
+                     "topk_indices": lists(indices, pa.int32())})
+
+
+@torch.no_grad()
+def topk_for_batch(teachers: list[torch.nn.Module], batch: dict[str, torch.Tensor], top_k: int,
+                   device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Teacher logits (averaged over teachers) -> top-k (B, T, k) values and indices, numpy."""
+    from raydistill.models.adaptor import seq2seq_forward
+    from raydistill.models.layers import decoder_inputs
+
+    batch = {k: v.to(device) for k, v in batch.items()}
+    dec_in = decoder_inputs(teachers[0], batch["labels"])
+    logits = [seq2seq_forward(t, batch, dec_in).logits.float() for t in teachers]
+    mean = torch.stack(logits).mean(0) if len(logits) > 1 else logits[0]
+    values, indices = teacher_topk(mean, top_k)
+    return values.cpu().numpy(), indices.cpu().numpy()
+
+
+def build_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teachers: list[str],
+                pad_token_id: int, top_k: int = DEFAULT_TOP_K, dtype: str = "float16",
+                batch_size: int = 16, num_workers: int = 1, num_cpus: float = 1.0,
+                num_gpus: float = 0.0) -> dict[str, Any]:
+    """Run the teachers over the tokenized Ray Dataset and write the cache; returns the manifest.
+
+    Parts and manifest go to a temporary folder beside ``cache_dir`` that is renamed into place
+    when complete, so a killed build never leaves a cache that looks valid. On a cluster,
+    ``cache_dir`` must be on storage every node can write (the parts are written by Ray tasks).
+    """
+    import ray.data
+
+    if top_k < 1:
+        raise ConfigError(f"top_k={top_k}: keep at least 1 logit per position (default {DEFAULT_TOP_K})")
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r}: use one of {', '.join(DTYPES)}")
+    cache_dir = Path(cache_dir).resolve()
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", dir=cache_dir.parent))
+    t0 = time.perf_counter()
+    try:
+        # One block is one actor task: a small set in few blocks would keep the other actors idle.
+        # Materialized first: the actor pool starts with the pipeline and would hold the CPUs
+        # the repartition tasks wait for.
+        if tokenized.num_blocks() < 4 * num_workers:
+            tokenized = tokenized.repartition(4 * num_workers).materialize()
+        out = tokenized.map_batches(
+            TeacherTopK,
+            fn_constructor_kwargs=dict(teachers=[str(t) for t in teachers], top_k=top_k, dtype=dtype,
+                                       pad_token_id=pad_token_id,
+                                       device="cuda" if num_gpus > 0 else "cpu"),
+            compute=ray.data.ActorPoolStrategy(size=num_workers),
+            batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus, num_gpus=num_gpus,
+        )
+        out.write_parquet(str(tmp / PARTS))
+        seconds = time.perf_counter() - t0
+        parts = sorted((tmp / PARTS).glob("*.parquet"))
+        import pyarrow.parquet as pq
+
+        n_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+        manifest = {"key_digest": digest(key), "key": key, "top_k": top_k, "dtype": dtype,
+                    "num_examples": n_rows, "build_seconds": round(seconds, 2),
+                    "bytes": sum(p.stat().st_size for p in parts),
+                    "examples_per_second": round(n_rows / max(seconds, 1e-9), 2),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        old = cache_dir.with_name(cache_dir.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        if cache_dir.exists():
+            os.replace(cache_dir, old)
+        os.replace(tmp, cache_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def load_cache(cache_dir: str | Path):
+    """The cache as a materialized Ray Dataset (id, topk_values, topk_indices).
+
+    Materialized so training workers read it from the object store with no read task (they
+    hold every CPU while training).
+    """
+    import ray.data
+
+    return ray.data.read_parquet(str(Path(cache_dir) / PARTS)).materialize()
+
+
+def ensure_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teachers: list[str],
+                 pad_token_id: int, top_k: int | None = None, **build_kw: Any) -> dict[str, Any]:
+    """Reuse ``cache_dir`` when its key matches (any k unless ``top_k`` is given); else build."""
+    if is_valid(cache_dir, key, top_k):
+        manifest = read_manifest(cache_dir)
+        print(f"[raydistill] teacher logits: reusing {cache_dir} (top-{manifest['top_k']}, "
+              f"{manifest['num_examples']} examples)", flush=True)
+        return manifest  # type: ignore[return-value]
+    reason = "none found" if read_manifest(cache_dir) is None else "teacher, data or tokenization changed"
+    print(f"[raydistill] teacher logits: building {cache_dir} ({reason})", flush=True)
+    return build_cache(tokenized, cache_dir, key, teachers=teachers, pad_token_id=pad_token_id,
+                       top_k=top_k or DEFAULT_TOP_K, **build_kw)
+
+
+# ---- raydistill cache-logits -------------------------------------------------------------------
+
+def cache_logits(teacher: str | list[str], data_dir: str, out: str, *, top_k: int = DEFAULT_TOP_K,
+                 split: str = "train", n: int | None = None, tokenizer: str | None = None,
+                 max_source_length: int = 1024, max_target_length: int = 56,
+                 dtype: str = "float16", batch_size: int = 16, num_workers: int = 1,
+                 num_gpus: float = 0.0, force: bool = False) -> dict[str, Any]:
+    """Tokenize ``split`` and cache the teacher's top-k logits in ``out``; returns the manifest.
+
+    For a kd run to pick the cache up, write it to ``<output_dir>/logit_cache`` with the same
+    n_train and max lengths (the student's tokenizer is a copy of the teacher's).
+    """
+    from transformers import AutoTokenizer
+
+    from raydistill.data.files import split_dataset, validate_data_dir
+    from raydistill.data.tokenize import tokenize_dataset
+    from raydistill.train.run import check_model_dir, init_ray
+
+    teachers = [teacher] if isinstance(teacher, str) else list(teacher)
+    for t in teachers:
+        check_model_dir(t, "teacher")
+    validate_data_dir(data_dir, (split,))
+    tok_dir = tokenizer or teachers[0]
+    key = cache_key(teachers, tok_dir, data_dir, split=split, n=n,
+                    max_source_length=max_source_length, max_target_length=max_target_length)
+    if not force and is_valid(out, key, top_k):
+        print(f"{out} already holds these logits (same teacher, data, tokenization and k)")
+        return read_manifest(out)  # type: ignore[return-value]
+    pad_id = AutoTokenizer.from_pretrained(tok_dir).pad_token_id
+    init_ray()
+    ds = tokenize_dataset(split_dataset(data_dir, split, n), tok_dir, max_source_length,
+                          max_target_length).materialize()
+    return build_cache(ds, out, key, teachers=teachers, pad_token_id=pad_id, top_k=top_k,
+                       dtype=dtype, batch_size=batch_size, num_workers=num_workers,
+                       num_gpus=num_gpus)
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    """``raydistill cache-logits``."""
+    p = sub.add_parser("cache-logits", help="run the teacher once; store its top-k logits (Parquet)")
+    p.add_argument("--teacher", required=True, nargs="+", help="teacher folder(s); several are averaged")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--out", required=True, help="cache folder; for a kd run: <output_dir>/logit_cache")
+    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
+    p.add_argument("--split", default="train")
+    p.add_argument("--n", type=int, default=None, help="first n examples (a kd run's n_train)")
+    p.add_argument("--tokenizer", default=None, help="default: the teacher's")
+    p.add_argument("--max-source-length", type=int, default=1024)
+    p.add_argument("--max-target-length", type=int, default=56)
+    p.add_argument("--dtype", choices=DTYPES, default="float16")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--num-workers", type=int, default=1, help="Ray Data actors (one teacher each)")
+    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor")
+    p.add_argument("--force", action="store_true", help="rebuild even when the cache is valid")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    manifest = cache_logits(args.teacher, args.data_dir, args.out, top_k=args.top_k,
+                            split=args.split, n=args.n, tokenizer=args.tokenizer,
+                            max_source_length=args.max_source_length,
+                            max_target_length=args.max_target_length, dtype=args.dtype,
+                            batch_size=args.batch_size, num_workers=args.num_workers,
+                            num_gpus=args.num_gpus, force=args.force)
+    print(f"cached top-{manifest['top_k']} logits of {manifest['num_examples']} examples in "
+          f"{args.out} ({manifest['bytes'] / 1e6:.1f} MB, {manifest.get('examples_per_second')} ex/s)")
+    return 0
+
+
+__all__ = ["DEFAULT_TOP_K", "TeacherTopK", "build_cache", "cache_key", "cache_logits",
+           "check_cacheable", "ensure_cache", "is_valid", "load_cache", "read_manifest",
+           "teacher_topk", "topk_for_batch", "topk_kd_loss", "topk_table"]

@@ -1,0 +1,73 @@
+"""One kd run from cached teacher logits, with token-budget batches over two Ray Train workers.
+
+The cache is built first by ``raydistill cache-logits`` (the standalone command); the run must
+find it valid (same teacher, data and tokenization, through the student's copy of the
+tokenizer) and train from it instead of the teacher. One Ray Train fit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raydistill.config import DistillConfig
+from raydistill.distill.logit_cache import cache_logits, read_manifest
+
+WORDS = ("the cat sat on the mat and looked at the dog while a bird sang in the tree by the "
+         "river near the old town").split()
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    # 24 examples of varied lengths, so token-budget batches differ in size.
+    lines = [" ".join(WORDS[i % 5: i % 5 + 3 + (7 * i) % 12]) for i in range(24)]
+    (d / "train.source").write_text("\n".join(lines) + "\n")
+    (d / "train.target").write_text("\n".join(s.split()[1] + " ." for s in lines) + "\n")
+    (d / "val.source").write_text("\n".join(lines[:4]) + "\n")
+    (d / "val.target").write_text("\n".join(s.split()[1] + " ." for s in lines[:4]) + "\n")
+    return d
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_kd_from_cached_logits_with_token_budget_on_two_workers(ray_session, tiny_bart_dir,
+                                                                 data_dir, tmp_path, capsys):
+    from raydistill.train.run import run_distill
+
+    out = tmp_path / "run"
+    cache_dir = out / "logit_cache"
+    manifest = cache_logits(str(tiny_bart_dir), str(data_dir), str(cache_dir), top_k=16,
+                            max_source_length=32, max_target_length=8, num_workers=2)
+    assert manifest["num_examples"] == 24 and manifest["top_k"] == 16
+    table = pq.read_table(cache_dir / "parts")
+    assert table.schema.field("topk_values").type.value_type == pa.float16()
+    assert table.schema.field("topk_indices").type.value_type == pa.int32()
+
+    cfg = DistillConfig(
+        method="kd", teacher=str(tiny_bart_dir), student_encoder_layers=1,
+        student_decoder_layers=1, data_dir=str(data_dir), output_dir=str(out),
+        num_workers=2, max_source_length=32, max_target_length=8, val_max_target_length=8,
+        max_tokens_per_batch=48, max_epochs=2, learning_rate=1e-3, eval_beams=1,
+        eval_batch_size=4, logger="none", do_predict=False, log_every_n_steps=1,
+        distillation={"is_caching_logits": True, "temperature": 1, "hard_label_weight": 0.5},
+    )
+    summary = run_distill(cfg, overwrite=True)
+    printed = capsys.readouterr().out
+    assert "teacher logits: reusing" in printed  # the command's cache fits the run
+    assert read_manifest(cache_dir)["created"] == manifest["created"]
+
+    plan = json.loads((out / "batch_plan.json").read_text())
+    assert plan["mode"] == "token_budget" and plan["num_workers"] == 2
+    assert plan["examples"] == 24 and plan["num_oversized"] == 0 and len(plan["batches_per_worker"]) == 2
+    total = sum(math.ceil(c / cfg.gradient_accumulation_steps) for c in plan["batches_per_worker"])
+    history = summary["val"]
+    assert history[-1]["step"] == total  # the LR schedule counted the plan's batches
+    assert history[-1]["epoch"] == 1 and len(history) == 2
+    assert all(math.isfinite(h["train_loss"]) for h in history if "train_loss" in h)
+    assert (out / "best_tfmr" / "config.json").is_file()
