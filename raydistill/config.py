@@ -112,6 +112,8 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
+        if self.training:
+            _apply_training_section(self)
         _choice("method", self.method, METHODS)
         _choice("task", self.task, TASKS)
         _choice("precision", self.precision, PRECISIONS)
@@ -177,8 +179,6 @@ class DistillConfig:
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> DistillConfig:
         """Build from a (possibly nested) dict; unknown keys are errors naming the closest key."""
         flat = _flatten_sections(data)
-        if flat.get("training"):
-            flat = _apply_training_section(flat)
         known = {f.name for f in dataclasses.fields(cls)}
         for key in flat:
             if key not in known:
@@ -218,27 +218,27 @@ _TRAINING_KEYS = {
 }
 
 
-def _apply_training_section(flat: dict[str, Any]) -> dict[str, Any]:
+def _apply_training_section(cfg: DistillConfig) -> None:
     """Map a TextBrewer ``training:`` dict onto our keys (validated by TrainingConfig first).
 
+    A key still at its default takes the mapped value; a key set to another value is a conflict.
     ``ckpt_epoch_frequency``, ``fp16_opt_level``, ``data_parallel`` and ``local_rank`` are accepted
     and have no effect: we check and checkpoint at least once per epoch, autocast needs no opt
     level, and Ray Train places the workers.
     """
     from raydistill.distill.textbrewer import TrainingConfig
 
-    TrainingConfig.from_dict(flat["training"])  # same fields, defaults and errors as TextBrewer
-    out = dict(flat)
-    for key, value in flat["training"].items():
+    TrainingConfig.from_dict(cfg.training)  # same fields, defaults and errors as TextBrewer
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for key, value in cfg.training.items():
         if key not in _TRAINING_KEYS:
             continue
         ours, convert = _TRAINING_KEYS[key]
-        new = convert(value)
-        if ours in flat and flat[ours] != new:
-            raise ConfigError(f"training.{key}={value!r} conflicts with {ours}={flat[ours]!r}; "
+        new, current = convert(value), getattr(cfg, ours)
+        if current not in (defaults[ours], new):
+            raise ConfigError(f"training.{key}={value!r} conflicts with {ours}={current!r}; "
                               "set one of them")
-        out[ours] = new
-    return out
+        object.__setattr__(cfg, ours, new)  # still construction: the config is frozen after
 
 
 def _coerce_numbers(cls: type, flat: dict[str, Any]) -> dict[str, Any]:

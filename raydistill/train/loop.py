@@ -210,7 +210,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             tokens += int(batch["attention_mask"].sum()) + int(batch["labels"].ne(-100).sum())
             micro += 1
             state["batch_in_epoch"] = i + 1
-            if micro % cfg.gradient_accumulation_steps == 0 or i + 1 == batches_per_epoch:
+            stepped = micro % cfg.gradient_accumulation_steps == 0 or i + 1 == batches_per_epoch
+            if stepped:
                 _sync_projection_grads(projections, world)
                 if scaler:
                     scaler.unscale_(optimizer)
@@ -233,8 +234,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if state["global_step"] >= total_steps:
                     done = True
                 if crash_at and checkpoint is None and state["global_step"] == crash_at + 1:
-                    os._exit(1)  # as a killed process: no cleanup, no report
-            if done or state["batch_in_epoch"] % val_every == 0:
+                    # The controller registers a reported checkpoint when it next polls this
+                    # worker; give it that poll, then die as a killed process would.
+                    time.sleep(5)
+                    os._exit(1)
+            # val_check_steps (TextBrewer's ckpt_steps) counts optimizer steps; otherwise a
+            # fraction of the epoch's batches.
+            due = (stepped and state["global_step"] % cfg.val_check_steps == 0
+                   if cfg.val_check_steps else state["batch_in_epoch"] % val_every == 0)
+            if done or due:
                 if state["global_step"] != last_val_step:
                     validate_and_report(final=done)
                     last_val_step = state["global_step"]
@@ -336,7 +344,7 @@ class _Logger:
         if cfg.logger in ("tensorboard", "wandb"):
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=str(Path(run["output_dir"]) / "tensorboard"))
+            self.tb = SummaryWriter(log_dir=cfg.log_dir or str(Path(run["output_dir"]) / "tensorboard"))
         if cfg.logger == "wandb":
             import wandb
 

@@ -83,7 +83,9 @@ def test_textbrewer_config_run_crashes_and_resumes_from_the_checkpoint_step(
     cfg = DistillConfig(
         method="kd", teacher=str(tiny_bart_dir), student_encoder_layers=2, student_decoder_layers=2,
         data_dir=str(tiny_data_dir), output_dir=str(out), distillation=distillation,
-        train_batch_size=1, max_steps=6, max_epochs=10, val_check_interval=0.34, eval_beams=1,
+        # TextBrewer's TrainingConfig: ckpt_steps=2 validates and checkpoints every 2 steps.
+        training={"ckpt_steps": 2, "gradient_accumulation_steps": 1},
+        train_batch_size=1, max_steps=6, max_epochs=10, eval_beams=1,
         max_failures=1, checkpoints_to_keep=10, learning_rate=1e-3, do_predict=False,
         val_max_target_length=8, seed=0)
     monkeypatch.setenv("RAYDISTILL_CRASH_AT_STEP", "2")
