@@ -26,6 +26,7 @@ from raydistill.data.tokenize import (
     Tokenize,
     make_collate_fn,
     pad_batch,
+    pad_hidden,
     pad_topk,
     tokenize_dataset,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "fixed_size_plan",
     "make_collate_fn",
     "pad_batch",
+    "pad_hidden",
     "pad_topk",
     "padding_fraction",
     "plan_mode",

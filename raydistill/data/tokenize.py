@@ -119,6 +119,10 @@ class PadCollate(NumpyBatchCollateFn):
         if "topk_values" in batch:  # cached teacher logits joined into the rows
             out.update(pad_topk(list(batch["topk_values"]), list(batch["topk_indices"]),
                                 [len(r) for r in batch["labels"]]))
+        for name in batch:  # cached teacher hidden states (t_hidden_enc_<i> / t_hidden_dec_<i>)
+            if name.startswith("t_hidden_"):
+                rows = batch["input_ids"] if name.startswith("t_hidden_enc_") else batch["labels"]
+                out[name] = pad_hidden(list(batch[name]), [len(r) for r in rows], name)
         return out
 
 
@@ -140,6 +144,19 @@ def pad_topk(values: Sequence[np.ndarray], indices: Sequence[np.ndarray],
         vals[i, :n] = np.asarray(v, dtype=np.float32).reshape(n, k)
         idx[i, :n] = np.asarray(ix).reshape(n, k)
     return {"topk_values": torch.from_numpy(vals), "topk_indices": torch.from_numpy(idx)}
+
+
+def pad_hidden(values: Sequence[np.ndarray], lens: Sequence[int], name: str) -> torch.Tensor:
+    """Cached teacher hidden states, one flat (len * d) array per row -> (B, L, d) float32 with
+    zeros at padded positions (masked by the attention mask or ``labels == -100``)."""
+    d = len(values[0]) // max(1, lens[0])
+    out = np.zeros((len(values), max(lens), d), dtype=np.float32)
+    for i, (v, n) in enumerate(zip(values, lens)):
+        if len(v) != n * d:
+            raise ValueError(f"cached {name} of row {i} holds {len(v)} values for {n} tokens x "
+                             f"d={d}: the cache was built with other tokenization; rebuild it")
+        out[i, :n] = np.asarray(v, dtype=np.float32).reshape(n, d)
+    return torch.from_numpy(out)
 
 
 def make_collate_fn(pad_token_id: int) -> PadCollate:

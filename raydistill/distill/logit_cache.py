@@ -9,7 +9,16 @@ target position of every example the top-k teacher logits are stored in Parquet:
 each list row-major of shape (tgt_len, k). Values are stored minus the position's largest logit
 (softmax does not change under a shift, and float16 is then most precise near 0, where the mass
 is). ``manifest.json`` beside the parts holds the key: teacher (config + weight hashes),
-tokenizer files, data files, n and max lengths. Any change to one of them rebuilds the cache.
+tokenizer files, data files, n and max lengths, and the hidden states kept. Any change to one
+of them rebuilds the cache.
+
+Hidden-state matches (``intermediate_matches`` with ``feature: hidden``) are cached too: the
+teacher's hidden entries they read (TextBrewer's ``layer_T``: encoder embeddings + layers, then
+decoder embeddings + layers) are stored per example as ``t_hidden_enc_<i>`` (src_len, d) or
+``t_hidden_dec_<i>`` (tgt_len, d), flat, in the cache's dtype. With them the whole GeneralDistiller
+objective (KD + hidden matches + hard labels) trains without the teacher; TextBrewer itself
+refuses to cache logits once intermediate matches are set. Attention matches still need the
+live teacher.
 
 The loss from top-k logits (``topk_kd_loss``), per target position, with K the teacher's top-k
 token ids at that position and T the temperature:
@@ -35,7 +44,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -99,8 +108,8 @@ def teacher_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
 def check_cacheable(tb_config: Any) -> None:
     """Raise when a TextBrewer objective needs more of the teacher than its top-k logits."""
     problems = []
-    if tb_config.intermediate_matches:
-        problems.append("intermediate_matches need the teacher's hidden states/attentions")
+    if any(m.feature != "hidden" for m in tb_config.intermediate_matches or ()):
+        problems.append("attention intermediate_matches need the teacher's attention maps")
     if tb_config.probability_shift:
         problems.append("probability_shift needs the teacher's logit of every label")
     if tb_config.kd_loss_type != "ce":
@@ -113,12 +122,50 @@ def check_cacheable(tb_config: Any) -> None:
                           "(the live teacher) or drop those options")
 
 
+HIDDEN_PREFIX = "t_hidden_"
+
+
+def cached_hidden_layers(tb_config: Any, teacher_counts: tuple[int, int]) -> list[int]:
+    """The teacher hidden entries the hidden-state matches read, as non-negative indices into
+    TextBrewer's ``hidden`` list (encoder embeddings + ``te`` layers, decoder embeddings + ``td``
+    layers), sorted; ``teacher_counts`` = (te, td)."""
+    te, td = teacher_counts
+    n = te + 1 + td + 1
+    out: set[int] = set()
+    for i, m in enumerate(tb_config.intermediate_matches or ()):
+        if m.feature != "hidden":
+            continue
+        for idx in m.layer_T if isinstance(m.layer_T, tuple) else (m.layer_T,):
+            if not -n <= idx < n:
+                raise ConfigError(f"distillation.intermediate_matches[{i}].layer_T={idx} is out of "
+                                  f"range: the teacher has {n} hidden entries (0..{n - 1}: encoder "
+                                  f"embeddings + {te} layers, decoder embeddings + {td} layers)")
+            out.add(idx % n)
+    return sorted(out)
+
+
+def hidden_column(index: int, teacher_encoder_layers: int) -> str:
+    """The cache column of teacher hidden entry ``index`` (encoder side: source positions)."""
+    side = "enc" if index <= teacher_encoder_layers else "dec"
+    return f"{HIDDEN_PREFIX}{side}_{index}"
+
+
+def parse_hidden_column(name: str) -> tuple[str, int] | None:
+    """``t_hidden_dec_7`` -> ("dec", 7); None for other columns."""
+    if not name.startswith(HIDDEN_PREFIX):
+        return None
+    side, index = name[len(HIDDEN_PREFIX):].split("_")
+    return side, int(index)
+
+
 # ---- the key ---------------------------------------------------------------------------------
 
 def cache_key(teachers: list[str], tokenizer_dir: str, data_dir: str, *, split: str = "train",
-              n: int | None = None, max_source_length: int, max_target_length: int) -> dict[str, Any]:
-    """Everything the cached logits depend on (content hashes, not paths or mtimes)."""
-    return {
+              n: int | None = None, max_source_length: int, max_target_length: int,
+              hidden_layers: Sequence[int] = ()) -> dict[str, Any]:
+    """Everything the cached logits depend on (content hashes, not paths or mtimes), and the
+    teacher hidden entries kept beside them (absent when none, as in caches of logits only)."""
+    key = {
         "format": FORMAT_VERSION,
         "teachers": [model_fingerprint(t) for t in teachers],
         "tokenizer": tokenizer_fingerprint(tokenizer_dir),
@@ -126,6 +173,9 @@ def cache_key(teachers: list[str], tokenizer_dir: str, data_dir: str, *, split: 
         "max_source_length": max_source_length,
         "max_target_length": max_target_length,
     }
+    if hidden_layers:
+        key["hidden_layers"] = sorted(int(i) for i in hidden_layers)
+    return key
 
 
 def read_manifest(cache_dir: str | Path) -> dict[str, Any] | None:
@@ -154,11 +204,12 @@ class TeacherTopK:
     """Ray Data ``map_batches`` class: one teacher (or several, averaged) per actor.
 
     Input rows: ``id``, ``input_ids``, ``labels`` (tokenized, unpadded). Output rows: ``id``,
-    ``topk_values`` and ``topk_indices`` (flat, tgt_len * k), nothing else.
+    ``topk_values`` and ``topk_indices`` (flat, tgt_len * k), and one ``t_hidden_*`` column
+    (flat, len * d) per entry of ``hidden_layers`` (the first teacher's hidden states).
     """
 
     def __init__(self, teachers: list[str], top_k: int, dtype: str, pad_token_id: int,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", hidden_layers: Sequence[int] = ()) -> None:
         import ray
 
         from raydistill.models.layers import load_seq2seq
@@ -168,21 +219,34 @@ class TeacherTopK:
             cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         torch.set_num_threads(max(1, int(cpus)))
         self.device = device
+        from raydistill.models.layers import layer_counts
+
         self.teachers = [load_seq2seq(t).to(device).eval() for t in teachers]
         self.top_k, self.dtype, self.pad_token_id = top_k, np.dtype(dtype), pad_token_id
+        self.hidden_layers = [int(i) for i in hidden_layers]
+        self.encoder_layers = layer_counts(self.teachers[0])[0]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from raydistill.data.tokenize import pad_batch
 
         padded = pad_batch(list(batch["input_ids"]), list(batch["labels"]), self.pad_token_id)
-        values, indices = topk_for_batch(self.teachers, padded, self.top_k, self.device)
-        lens = [len(labels) for labels in batch["labels"]]
-        flat_v = [values[r, :n].reshape(-1).astype(self.dtype) for r, n in enumerate(lens)]
-        flat_i = [indices[r, :n].reshape(-1).astype(np.int32) for r, n in enumerate(lens)]
-        return topk_table(np.asarray(batch["id"], dtype=np.int64), flat_v, flat_i)
+        values, indices, hidden = teacher_outputs_for_batch(self.teachers, padded, self.top_k,
+                                                            self.device, self.hidden_layers)
+        lens = {"dec": [len(labels) for labels in batch["labels"]],
+                "enc": [len(ids) for ids in batch["input_ids"]]}
+        flat_v = [values[r, :n].reshape(-1).astype(self.dtype) for r, n in enumerate(lens["dec"])]
+        flat_i = [indices[r, :n].reshape(-1).astype(np.int32) for r, n in enumerate(lens["dec"])]
+        columns = {}
+        for index, states in hidden.items():
+            name = hidden_column(index, self.encoder_layers)
+            side_lens = lens[parse_hidden_column(name)[0]]  # type: ignore[index]
+            columns[name] = [states[r, :n].reshape(-1).astype(self.dtype)
+                             for r, n in enumerate(side_lens)]
+        return topk_table(np.asarray(batch["id"], dtype=np.int64), flat_v, flat_i, columns)
 
 
-def topk_table(ids: np.ndarray, values: list[np.ndarray], indices: list[np.ndarray]):
+def topk_table(ids: np.ndarray, values: list[np.ndarray], indices: list[np.ndarray],
+               hidden: dict[str, list[np.ndarray]] | None = None):
     """The cache's Arrow schema: plain list columns any Parquet reader understands.
 
     (Returning numpy object columns would make Ray Data store its own tensor extension type.)
@@ -197,23 +261,41 @@ def topk_table(ids: np.ndarray, values: list[np.ndarray], indices: list[np.ndarr
         flat = np.concatenate(arrays) if arrays else np.zeros(0)
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=typ))
 
-    return pa.table({"id": pa.array(ids, pa.int64()), "topk_values": lists(values, v_type),
-                     "topk_indices": lists(indices, pa.int32())})
+    columns = {"id": pa.array(ids, pa.int64()), "topk_values": lists(values, v_type),
+               "topk_indices": lists(indices, pa.int32())}
+    for name, rows in (hidden or {}).items():
+        columns[name] = lists(rows, v_type)
+    return pa.table(columns)
 
 
-@torch.no_grad()
 def topk_for_batch(teachers: list[torch.nn.Module], batch: dict[str, torch.Tensor], top_k: int,
                    device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Teacher logits (averaged over teachers) -> top-k (B, T, k) values and indices, numpy."""
+    values, indices, _ = teacher_outputs_for_batch(teachers, batch, top_k, device)
+    return values, indices
+
+
+@torch.no_grad()
+def teacher_outputs_for_batch(teachers: list[torch.nn.Module], batch: dict[str, torch.Tensor],
+                              top_k: int, device: str = "cpu", hidden_layers: Sequence[int] = (),
+                              ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+    """Top-k of the teachers' mean logits (B, T, k) and the first teacher's hidden entries
+    ``hidden_layers`` (indices into encoder + decoder hidden states), each (B, L, d) float32."""
     from raydistill.models.adaptor import seq2seq_forward
     from raydistill.models.layers import decoder_inputs
 
     batch = {k: v.to(device) for k, v in batch.items()}
     dec_in = decoder_inputs(teachers[0], batch["labels"])
-    logits = [seq2seq_forward(t, batch, dec_in).logits.float() for t in teachers]
+    outs = [seq2seq_forward(t, batch, dec_in, hidden=bool(hidden_layers and i == 0))
+            for i, t in enumerate(teachers)]
+    logits = [o.logits.float() for o in outs]
     mean = torch.stack(logits).mean(0) if len(logits) > 1 else logits[0]
     values, indices = teacher_topk(mean, top_k)
-    return values.cpu().numpy(), indices.cpu().numpy()
+    hidden: dict[int, np.ndarray] = {}
+    if hidden_layers:
+        states = list(outs[0].encoder_hidden_states) + list(outs[0].decoder_hidden_states)
+        hidden = {i: states[i].float().cpu().numpy() for i in hidden_layers}
+    return values.cpu().numpy(), indices.cpu().numpy(), hidden
 
 
 def build_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teachers: list[str],
@@ -221,6 +303,8 @@ def build_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teache
                 batch_size: int = 16, num_workers: int = 1, num_cpus: float = 1.0,
                 num_gpus: float = 0.0) -> dict[str, Any]:
     """Run the teachers over the tokenized Ray Dataset and write the cache; returns the manifest.
+
+    The teacher hidden entries kept are the key's ``hidden_layers`` (none by default).
 
     Parts and manifest go to a temporary folder beside ``cache_dir`` that is renamed into place
     when complete, so a killed build never leaves a cache that looks valid. On a cluster,
@@ -246,7 +330,8 @@ def build_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teache
             TeacherTopK,
             fn_constructor_kwargs=dict(teachers=[str(t) for t in teachers], top_k=top_k, dtype=dtype,
                                        pad_token_id=pad_token_id,
-                                       device="cuda" if num_gpus > 0 else "cpu"),
+                                       device="cuda" if num_gpus > 0 else "cpu",
+                                       hidden_layers=key.get("hidden_layers", [])),
             compute=ray.data.ActorPoolStrategy(size=num_workers),
             batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus, num_gpus=num_gpus,
         )
@@ -257,6 +342,7 @@ def build_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teache
 
         n_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
         manifest = {"key_digest": digest(key), "key": key, "top_k": top_k, "dtype": dtype,
+                    "hidden_layers": key.get("hidden_layers", []),
                     "num_examples": n_rows, "build_seconds": round(seconds, 2),
                     "bytes": sum(p.stat().st_size for p in parts),
                     "examples_per_second": round(n_rows / max(seconds, 1e-9), 2),
@@ -306,11 +392,13 @@ def cache_logits(teacher: str | list[str], data_dir: str, out: str, *, top_k: in
                  split: str = "train", n: int | None = None, tokenizer: str | None = None,
                  max_source_length: int = 1024, max_target_length: int = 56,
                  dtype: str = "float16", batch_size: int = 16, num_workers: int = 1,
-                 num_gpus: float = 0.0, force: bool = False) -> dict[str, Any]:
+                 num_gpus: float = 0.0, force: bool = False,
+                 hidden_layers: Sequence[int] = ()) -> dict[str, Any]:
     """Tokenize ``split`` and cache the teacher's top-k logits in ``out``; returns the manifest.
 
     For a kd run to pick the cache up, write it to ``<output_dir>/logit_cache`` with the same
-    n_train and max lengths (the student's tokenizer is a copy of the teacher's).
+    n_train and max lengths (the student's tokenizer is a copy of the teacher's) and, for
+    hidden-state matches, ``hidden_layers`` = the matches' ``layer_T``.
     """
     from transformers import AutoTokenizer
 
@@ -323,8 +411,21 @@ def cache_logits(teacher: str | list[str], data_dir: str, out: str, *, top_k: in
         check_model_dir(t, "teacher")
     validate_data_dir(data_dir, (split,))
     tok_dir = tokenizer or teachers[0]
+    if hidden_layers:  # negative layer_T counts from the end, as in intermediate_matches
+        from transformers import AutoConfig
+
+        from raydistill.models.layers import layer_counts
+
+        te, td = layer_counts(AutoConfig.from_pretrained(teachers[0]))
+        n_hidden = te + 1 + td + 1
+        bad = [i for i in hidden_layers if not -n_hidden <= i < n_hidden]
+        if bad:
+            raise ConfigError(f"--hidden-layers {bad[0]} is out of range: the teacher has {n_hidden} "
+                              f"hidden entries (0..{n_hidden - 1})")
+        hidden_layers = sorted({i % n_hidden for i in hidden_layers})
     key = cache_key(teachers, tok_dir, data_dir, split=split, n=n,
-                    max_source_length=max_source_length, max_target_length=max_target_length)
+                    max_source_length=max_source_length, max_target_length=max_target_length,
+                    hidden_layers=hidden_layers)
     if not force and is_valid(out, key, top_k):
         print(f"{out} already holds these logits (same teacher, data, tokenization and k)")
         return read_manifest(out)  # type: ignore[return-value]
@@ -354,6 +455,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-workers", type=int, default=1, help="Ray Data actors (one teacher each)")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor")
     p.add_argument("--force", action="store_true", help="rebuild even when the cache is valid")
+    p.add_argument("--hidden-layers", type=int, nargs="*", default=[], metavar="LAYER_T",
+                   help="teacher hidden entries to keep for hidden-state matches (TextBrewer "
+                        "layer_T: encoder embeddings + layers, then decoder embeddings + layers)")
     p.set_defaults(func=_cli)
 
 
@@ -363,12 +467,15 @@ def _cli(args: argparse.Namespace) -> int:
                             max_source_length=args.max_source_length,
                             max_target_length=args.max_target_length, dtype=args.dtype,
                             batch_size=args.batch_size, num_workers=args.num_workers,
-                            num_gpus=args.num_gpus, force=args.force)
+                            num_gpus=args.num_gpus, force=args.force,
+                            hidden_layers=args.hidden_layers)
     print(f"cached top-{manifest['top_k']} logits of {manifest['num_examples']} examples in "
           f"{args.out} ({manifest['bytes'] / 1e6:.1f} MB, {manifest.get('examples_per_second')} ex/s)")
     return 0
 
 
-__all__ = ["DEFAULT_TOP_K", "TeacherTopK", "build_cache", "cache_key", "cache_logits",
-           "check_cacheable", "ensure_cache", "is_valid", "load_cache", "read_manifest",
-           "teacher_topk", "topk_for_batch", "topk_kd_loss", "topk_table"]
+__all__ = ["DEFAULT_TOP_K", "HIDDEN_PREFIX", "TeacherTopK", "build_cache", "cache_key",
+           "cache_logits", "cached_hidden_layers", "check_cacheable", "ensure_cache",
+           "hidden_column", "is_valid", "load_cache", "parse_hidden_column", "read_manifest",
+           "teacher_outputs_for_batch", "teacher_topk", "topk_for_batch", "topk_kd_loss",
+           "topk_table"]

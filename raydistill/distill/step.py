@@ -41,12 +41,17 @@ class LossStep:
             from raydistill.distill.textbrewer import DistillationConfig
 
             self.tb_config = DistillationConfig.from_dict(cfg.distillation)
-        # Cached teacher logits: batches carry the teacher's top-k, no teacher runs here.
+        # Cached teacher logits: batches carry the teacher's top-k (and the hidden states the
+        # matches read), no teacher runs here.
         self.cached_logits = bool(self.tb_config is not None and self.tb_config.is_caching_logits)
+        self.cached_hidden: list[int] = []
         if self.cached_logits:
-            from raydistill.distill.logit_cache import check_cacheable
+            from raydistill.distill.logit_cache import cached_hidden_layers, check_cacheable
 
             check_cacheable(self.tb_config)
+            if self.tb_config.intermediate_matches:
+                self.teacher_counts = _teacher_counts(teachers, cfg)
+                self.cached_hidden = cached_hidden_layers(self.tb_config, self.teacher_counts)
         self.e_matches = self.d_matches = None
         self.different_encoder = True
         if teachers and self.tb_config is None:
@@ -161,19 +166,60 @@ class LossStep:
             raise ValueError("is_caching_logits: the batch holds no cached teacher logits "
                              "(topk_values); build the datasets with raydistill.train.run")
         tb = self.tb_config
-        s_out = seq2seq_forward(student, batch, dec_in)
+        tgt_mask = batch["labels"].ne(IGNORE_INDEX)
+        s_out = seq2seq_forward(student, batch, dec_in, hidden=bool(self.cached_hidden))
         hard = lm_loss(s_out.logits, batch["labels"], self.cfg.label_smoothing)
-        kd = topk_kd_loss(s_out.logits, batch["topk_values"], batch["topk_indices"],
-                          batch["labels"].ne(IGNORE_INDEX), float(tb.temperature), kind="ce")
+        kd = topk_kd_loss(s_out.logits, batch["topk_values"], batch["topk_indices"], tgt_mask,
+                          float(tb.temperature), kind="ce")
         kd_w = scheduled_weight(tb.kd_loss_weight, tb.kd_loss_weight_scheduler, step, total_steps)
         hl_w = scheduled_weight(tb.hard_label_weight, tb.hard_label_weight_scheduler, step,
                                 total_steps)
-        loss = kd * kd_w + hard * hl_w
+        loss = kd * kd_w
         parts = {"unweighted_kd_loss": kd.detach(), "unweighted_hard_label_loss": hard.detach(),
                  "kd_loss_weight": torch.tensor(float(kd_w)),
                  "hard_label_weight": torch.tensor(float(hl_w)),
                  "temperature": torch.tensor(float(tb.temperature)), "hard_label_loss": hard.detach()}
-        return loss, parts
+        if self.cached_hidden:  # TextBrewer's matches against the cached teacher hidden states
+            from raydistill.distill.textbrewer import textbrewer_loss
+
+            results_s = textbrewer_results(s_out, batch, tgt_mask)
+            del results_s["losses"], results_s["logits"]  # KD and hard labels are added here
+            matched, logs = textbrewer_loss(tb, results_s, self._cached_teacher(batch, tgt_mask),
+                                            step=step, total_steps=total_steps,
+                                            projections=self.projections)
+            loss = loss + matched
+            parts.update({k: torch.tensor(float(v)) for k, v in logs.items()
+                          if k.startswith("unweighted_")})
+        return loss + hard * hl_w, parts
+
+    def _cached_teacher(self, batch, tgt_mask) -> dict[str, Any]:
+        """TextBrewer's teacher results from the batch's ``t_hidden_*`` columns (no logits:
+        KD is the top-k loss); entries no match reads stay None."""
+        from raydistill.distill.logit_cache import parse_hidden_column
+
+        te, td = self.teacher_counts
+        hidden: list[Any] = [None] * (te + td + 2)
+        masks: list[Any] = [None] * (te + td + 2)
+        for name, value in batch.items():
+            parsed = parse_hidden_column(name)
+            if parsed is not None and parsed[1] < len(hidden):
+                hidden[parsed[1]] = value
+                masks[parsed[1]] = batch["attention_mask"] if parsed[0] == "enc" else tgt_mask
+        missing = [i for i in self.cached_hidden if hidden[i] is None]
+        if missing:
+            raise ValueError(f"is_caching_logits: the cached teacher logits hold no hidden state "
+                             f"{missing[0]} for intermediate_matches; rebuild the cache (delete "
+                             "<output_dir>/logit_cache or run cache-logits with --hidden-layers)")
+        return {"hidden": hidden, "hidden_mask": masks}
+
+
+def _teacher_counts(teachers: list[nn.Module], cfg: DistillConfig) -> tuple[int, int]:
+    """(encoder, decoder) layers of the first teacher: its config when it is not loaded."""
+    if teachers:
+        return layer_counts(teachers[0])
+    from transformers import AutoConfig
+
+    return layer_counts(AutoConfig.from_pretrained(cfg.teacher_paths[0]))
 
 
 def describe(components: dict[str, Any]) -> str:

@@ -104,10 +104,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             student = load_seq2seq(run["student_init"], attn_implementation="eager",
                                    **_student_overrides(cfg))
             _freeze(student, cfg)
-        if step_probe.tb_config is not None and step_probe.tb_config.intermediate_matches:
-            from raydistill.distill.textbrewer import build_projections
+    if step_probe is not None and step_probe.tb_config is not None \
+            and step_probe.tb_config.intermediate_matches:
+        from raydistill.distill.textbrewer import build_projections
 
-            projections = build_projections(step_probe.tb_config).to(device)
+        projections = build_projections(step_probe.tb_config).to(device)
     loss_step = LossStep(cfg, teachers, student, run.get("e_layer_ids"), run.get("d_layer_ids"),
                          projections)
     layerdrop = bool(cfg.encoder_layerdrop or cfg.decoder_layerdrop)
@@ -276,7 +277,7 @@ class _PlannedFeed:
         self.columns = {"train": ["input_ids", "labels"]}
         if plan.get("cached_logits"):
             self.sources["teacher_logits"] = ray.train.get_dataset_shard("teacher_logits")
-            self.columns["teacher_logits"] = ["topk_values", "topk_indices"]
+            self.columns["teacher_logits"] = None  # top-k and any cached hidden states
         self.collate, self.rank, self.world = collate, rank, world
 
     def epoch(self, epoch: int, skip: int):

@@ -27,6 +27,7 @@ class Shape:
         return n + 2 if feature == "hidden" else n
 
     def hidden_size_at(self, index: int) -> int:
+        index %= self.feature_len("hidden")  # negative counts from the end, as in TextBrewer
         return self.encoder_hidden if index <= self.encoder_layers else self.decoder_hidden
 
 
@@ -71,10 +72,11 @@ def check_models(cfg: DistillConfig) -> None:
             idx = m.get(key)
             n = shape.feature_len(feature)
             for j in idx if isinstance(idx, list) else [idx]:
-                if not isinstance(j, int) or not 0 <= j < n:
+                if not isinstance(j, int) or not -n <= j < n:
                     raise ConfigError(
                         f"{name}: {key}={idx} is out of range: the {side}'s {feature!r} list has "
-                        f"{n} entries (0..{n - 1}; see README 'Seq2seq layer indexing')")
+                        f"{n} entries (0..{n - 1}, or -{n}..-1 from the end; see README "
+                        "'Seq2seq layer indexing')")
         if feature != "hidden":
             continue
         first = lambda v: v[0] if isinstance(v, list) else v  # noqa: E731 (pair losses: two layers)

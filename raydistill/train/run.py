@@ -76,10 +76,15 @@ def preflight(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = Fal
         raise ModelError(f"teacher and student vocabularies differ ({shown}); KD compares logits "
                          "token by token, so all models must share one tokenizer")
     if uses_cached_logits(cfg):
-        from raydistill.distill.logit_cache import check_cacheable
-        from raydistill.distill.textbrewer import DistillationConfig
+        from transformers import AutoConfig
 
-        check_cacheable(DistillationConfig.from_dict(cfg.distillation or {}))
+        from raydistill.distill.logit_cache import cached_hidden_layers, check_cacheable
+        from raydistill.distill.textbrewer import DistillationConfig
+        from raydistill.models.layers import layer_counts
+
+        tb = DistillationConfig.from_dict(cfg.distillation or {})
+        check_cacheable(tb)
+        cached_hidden_layers(tb, layer_counts(AutoConfig.from_pretrained(cfg.teacher_paths[0])))
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()) and not (overwrite or resume):
         raise ConfigError(f"output_dir {out} is not empty; pass --resume to continue that run, "
@@ -355,14 +360,22 @@ def plan_epochs(cfg: DistillConfig, mode: str, train_ds, out: Path):
 
 def prepare_logit_cache(cfg: DistillConfig, student_dir: str, train_ds,
                         cache_dir: str | Path) -> Path:
-    """Build (or reuse, when its key matches) the teacher's top-k logits for ``train_ds``."""
+    """Build (or reuse, when its key matches) the teacher's top-k logits for ``train_ds``, and
+    the teacher hidden states that ``intermediate_matches`` read."""
     from transformers import AutoTokenizer
 
-    from raydistill.distill.logit_cache import cache_key, ensure_cache
+    from transformers import AutoConfig
 
+    from raydistill.distill.logit_cache import cache_key, cached_hidden_layers, ensure_cache
+    from raydistill.distill.textbrewer import DistillationConfig
+    from raydistill.models.layers import layer_counts
+
+    # Hidden-state matches: the teacher entries they read are cached beside the logits.
+    hidden = cached_hidden_layers(DistillationConfig.from_dict(cfg.distillation or {}),
+                                  layer_counts(AutoConfig.from_pretrained(cfg.teacher_paths[0])))
     key = cache_key(cfg.teacher_paths, student_dir, cfg.data_dir, split="train", n=cfg.n_train,
                     max_source_length=cfg.max_source_length,
-                    max_target_length=cfg.max_target_length)
+                    max_target_length=cfg.max_target_length, hidden_layers=hidden)
     pad_id = AutoTokenizer.from_pretrained(student_dir).pad_token_id
     ensure_cache(train_ds, cache_dir, key, teachers=cfg.teacher_paths, pad_token_id=pad_id,
                  batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,

@@ -1,8 +1,9 @@
 """One kd run from cached teacher logits, with token-budget batches over two Ray Train workers.
 
-The cache is built first by ``raydistill cache-logits`` (the standalone command); the run must
-find it valid (same teacher, data and tokenization, through the student's copy of the
-tokenizer) and train from it instead of the teacher. One Ray Train fit.
+The cache is built first by ``raydistill cache-logits`` (the standalone command), with the
+teacher hidden state a hidden-state match reads; the run must find it valid (same teacher, data,
+tokenization and hidden states, through the student's copy of the tokenizer) and train from it
+instead of the teacher. One Ray Train fit.
 """
 
 from __future__ import annotations
@@ -43,23 +44,35 @@ def test_kd_from_cached_logits_with_token_budget_on_two_workers(ray_session, tin
     out = tmp_path / "run"
     cache_dir = out / "logit_cache"
     manifest = cache_logits(str(tiny_bart_dir), str(data_dir), str(cache_dir), top_k=16,
-                            max_source_length=32, max_target_length=8, num_workers=2)
+                            max_source_length=32, max_target_length=8, num_workers=2,
+                            hidden_layers=[-1])
     assert manifest["num_examples"] == 24 and manifest["top_k"] == 16
+    assert manifest["hidden_layers"] == [9]  # teacher 4-4: the last decoder layer
     table = pq.read_table(cache_dir / "parts")
     assert table.schema.field("topk_values").type.value_type == pa.float16()
     assert table.schema.field("topk_indices").type.value_type == pa.int32()
+    assert table.schema.field("t_hidden_dec_9").type.value_type == pa.float16()
 
     cfg = DistillConfig(
         method="kd", teacher=str(tiny_bart_dir), student_encoder_layers=1,
         student_decoder_layers=1, data_dir=str(data_dir), output_dir=str(out),
         num_workers=2, max_source_length=32, max_target_length=8, val_max_target_length=8,
         max_tokens_per_batch=48, max_epochs=2, learning_rate=1e-3, eval_beams=1,
-        eval_batch_size=4, logger="none", do_predict=False, log_every_n_steps=1,
-        distillation={"is_caching_logits": True, "temperature": 1, "hard_label_weight": 0.5},
+        eval_batch_size=4, logger="tensorboard", do_predict=False, log_every_n_steps=1,
+        distillation={"is_caching_logits": True, "temperature": 1, "hard_label_weight": 0.5,
+                      "intermediate_matches": [{"layer_T": -1, "layer_S": -1, "feature": "hidden",
+                                                "loss": "hidden_mse", "weight": 1.0}]},
     )
     summary = run_distill(cfg, overwrite=True)
     printed = capsys.readouterr().out
     assert "teacher logits: reusing" in printed  # the command's cache fits the run
+    # The hidden-state match trained from the cache: its loss is logged at every step.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    match = [e.value for e in events.Scalars("train/unweighted_hidden_hidden_mse_-1_-1")]
+    assert len(match) >= 2 and all(math.isfinite(v) and v > 0 for v in match)
     assert read_manifest(cache_dir)["created"] == manifest["created"]
 
     plan = json.loads((out / "batch_plan.json").read_text())

@@ -156,6 +156,27 @@ def test_intermediate_match_layer_out_of_range(tmp_path, data_dir, teacher_dir, 
     assert_one_line(code, err, "intermediate_matches[0]", "layer_T=9", "6 entries")
 
 
+def test_negative_match_layer_counts_from_the_end(tmp_path, data_dir, teacher_dir, distill,
+                                                  run_cli):
+    match = {"layer_T": -7, "layer_S": -1, "feature": "hidden", "loss": "hidden_mse", "weight": 1}
+    code, err = distill(base(data_dir, teacher_dir, tmp_path,
+                             distillation={"intermediate_matches": [match]}))
+    assert_one_line(code, err, "intermediate_matches[0]", "layer_T=-7", "-6..-1 from the end")
+    # In range from the end: the preflight passes, and a logit cache keeps entry 0.
+    from transformers import AutoConfig
+
+    from raydistill.config import DistillConfig
+    from raydistill.distill.logit_cache import cached_hidden_layers
+    from raydistill.distill.textbrewer import DistillationConfig
+    from raydistill.models.layers import layer_counts
+    from raydistill.train.preflight import check_models
+
+    dist = {"is_caching_logits": True, "intermediate_matches": [{**match, "layer_T": -6}]}
+    check_models(DistillConfig.from_dict(base(data_dir, teacher_dir, tmp_path, distillation=dist)))
+    counts = layer_counts(AutoConfig.from_pretrained(teacher_dir))
+    assert cached_hidden_layers(DistillationConfig.from_dict(dist), counts) == [0]
+
+
 def test_projection_dims_that_do_not_match(tmp_path, data_dir, teacher_dir, distill, run_cli):
     match = {"layer_T": 1, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
              "proj": ["linear", 32, 64]}

@@ -163,8 +163,8 @@ def test_cached_step_equals_live_textbrewer_step_at_k_equal_vocab(tmp_path, batc
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"intermediate_matches": [{"layer_T": 0, "layer_S": 0, "feature": "hidden", "loss": "hidden_mse",
-                                "weight": 1}]}, "intermediate_matches"),
+    ({"intermediate_matches": [{"layer_T": 0, "layer_S": 0, "feature": "attention",
+                                "loss": "attention_mse", "weight": 1}]}, "attention"),
     ({"probability_shift": True}, "probability_shift"),
     ({"kd_loss_type": "mse"}, "kd_loss_type"),
     ({"temperature_scheduler": ["flsw", 1, 1]}, "temperature_scheduler"),
@@ -172,6 +172,101 @@ def test_cached_step_equals_live_textbrewer_step_at_k_equal_vocab(tmp_path, batc
 def test_options_that_need_the_live_teacher_are_refused(extra, message):
     with pytest.raises(ConfigError, match=message):
         check_cacheable(DistillationConfig.from_dict({"is_caching_logits": True, **extra}))
+
+
+# ---- cached hidden states: the whole GeneralDistiller objective without the teacher ----------
+
+# Teacher 4-4 (tiny_bart_dir): hidden entries 0..4 encoder (embeddings + 4 layers), 5..9 decoder.
+HIDDEN_MATCHES = [
+    {"layer_T": -1, "layer_S": -1, "feature": "hidden", "loss": "hidden_mse", "weight": 1.0},
+    {"layer_T": 2, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse", "weight": 0.5,
+     "proj": ["linear", 64, 64]},
+    {"layer_T": [7, 9], "layer_S": [6, 9], "feature": "hidden", "loss": "nst", "weight": 0.1},
+]
+
+
+def test_cached_hidden_layers_are_normalized_and_range_checked():
+    tb = DistillationConfig.from_dict({"is_caching_logits": True,
+                                       "intermediate_matches": HIDDEN_MATCHES})
+    assert logit_cache.cached_hidden_layers(tb, (4, 4)) == [2, 7, 9]
+    assert logit_cache.hidden_column(4, 4) == "t_hidden_enc_4"
+    assert logit_cache.hidden_column(5, 4) == "t_hidden_dec_5"
+    assert logit_cache.parse_hidden_column("t_hidden_dec_9") == ("dec", 9)
+    assert logit_cache.parse_hidden_column("topk_values") is None
+    with pytest.raises(ConfigError, match=r"intermediate_matches\[2\]\.layer_T=7 is out of range.*0\.\.5"):
+        logit_cache.cached_hidden_layers(tb, (2, 2))
+    check_cacheable(tb)  # hidden matches no longer need the live teacher
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float32", 1e-5), ("float16", 2e-3)])
+def test_cached_hidden_states_round_trip_to_the_live_textbrewer_loss(tiny_bart_dir, tmp_path,
+                                                                     dtype, rtol):
+    """TeacherTopK (k = V, hidden entries) -> Arrow rows -> PadCollate -> the cached LossStep
+    gives the live teacher's GeneralDistiller loss: KD + three kinds of hidden matches (one with
+    a projection, one pair loss) + hard labels, every logged component included."""
+    from transformers import AutoTokenizer
+
+    from raydistill.data.tokenize import make_collate_fn
+    from raydistill.distill.textbrewer import build_projections
+    from raydistill.models.layers import load_seq2seq
+
+    tok = AutoTokenizer.from_pretrained(tiny_bart_dir)
+    enc = tok(["the cat sat on the mat", "a dog", "birds sang in the old tree by the river"])
+    tgt = tok(text_target=["cat sat .", "the dog ran in the park .", "birds ."])
+    rows = {"id": np.array([0, 1, 2]), "input_ids": _ragged(enc["input_ids"]),
+            "labels": _ragged(tgt["input_ids"])}
+    teacher = load_seq2seq(str(tiny_bart_dir)).eval()
+    student = load_seq2seq(str(tiny_bart_dir))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    vocab = teacher.config.vocab_size
+    dist = {"temperature": 2, "hard_label_weight": 0.5, "intermediate_matches": HIDDEN_MATCHES}
+    live_cfg = DistillConfig(method="kd", teacher=str(tiny_bart_dir), data_dir=str(tmp_path),
+                             output_dir=str(tmp_path), distillation=dist)
+    cached_cfg = live_cfg.replace(distillation={**dist, "is_caching_logits": True})
+    torch.manual_seed(0)
+    projections = build_projections(DistillationConfig.from_dict(dist))
+    live = LossStep(live_cfg, [teacher], student, projections=projections)
+    cached = LossStep(cached_cfg, [], student, projections=projections)  # reads the config
+    assert cached.cached_hidden == [2, 7, 9]
+
+    table = TeacherTopK([str(tiny_bart_dir)], top_k=vocab, dtype=dtype,
+                        pad_token_id=tok.pad_token_id, hidden_layers=cached.cached_hidden)(rows)
+    assert table.column_names == ["id", "topk_values", "topk_indices", "t_hidden_enc_2",
+                                  "t_hidden_dec_7", "t_hidden_dec_9"]
+    joined = {**rows, **{c: _ragged([v.as_py() for v in table.column(c)], np.float32)
+                         for c in table.column_names if c != "id"}}
+    batch = make_collate_fn(tok.pad_token_id)(joined)
+    assert batch["t_hidden_enc_2"].shape == (*batch["input_ids"].shape, 64)
+    assert batch["t_hidden_dec_9"].shape == (*batch["labels"].shape, 64)
+    batch.pop("id")
+    plain = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+
+    loss_live, parts_live = live(student, plain, step=3, total_steps=10)
+    loss_cached, parts_cached = cached(student, batch, step=3, total_steps=10)
+    assert torch.allclose(loss_cached, loss_live, rtol=rtol)
+    matched = [k for k in parts_live if k.startswith("unweighted_hidden")]
+    assert len(matched) == 3
+    for key in ("unweighted_kd_loss", "unweighted_hard_label_loss", *matched):
+        assert float(parts_cached[key]) == pytest.approx(float(parts_live[key]), rel=rtol), key
+    # Gradients reach the student and the projection alike.
+    loss_cached.backward()
+    assert all(p.grad is not None for p in projections.parameters())
+
+    # A cache built without the hidden states is refused with a way out.
+    with pytest.raises(ValueError, match="no hidden state 2.*--hidden-layers"):
+        cached(student, {k: v for k, v in batch.items() if not k.startswith("t_hidden_enc_2")},
+               step=0, total_steps=10)
+
+
+def test_key_names_the_hidden_states_kept(cache_inputs):
+    teacher, data = cache_inputs
+    plain, with_hidden = _key(teacher, data), _key(teacher, data, hidden_layers=[9, 2])
+    assert "hidden_layers" not in plain  # caches of logits only keep their key
+    assert with_hidden["hidden_layers"] == [2, 9]
+    assert digest(plain) != digest(with_hidden)
 
 
 def test_teacher_topk_map_batches_class_writes_flat_rows(tiny_bart_dir):
