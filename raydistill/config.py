@@ -94,6 +94,9 @@ class DistillConfig:
     # TextBrewer-compatible objective: a DistillationConfig / TrainingConfig dict.
     distillation: dict | None = None
     training: dict | None = None
+    # distillation.is_caching_logits: teacher logits kept per position (None: reuse a cache of
+    # any k, build with 64).
+    logit_cache_top_k: int | None = None
 
     # Validation and test.
     val_check_interval: float = 1.0  # fraction of an epoch
@@ -134,7 +137,7 @@ class DistillConfig:
             _at_least(key, getattr(self, key), 1)
         for key in ("max_steps", "max_tokens_per_batch", "n_train", "n_val", "n_test",
                     "student_encoder_layers", "student_decoder_layers", "eval_max_gen_length",
-                    "val_check_steps"):
+                    "val_check_steps", "logit_cache_top_k"):
             if getattr(self, key) is not None:
                 _at_least(key, getattr(self, key), 1)
         for key in ("warmup_steps", "max_failures", "seed"):

@@ -378,7 +378,7 @@ def prepare_logit_cache(cfg: DistillConfig, student_dir: str, train_ds,
                     max_target_length=cfg.max_target_length, hidden_layers=hidden)
     pad_id = AutoTokenizer.from_pretrained(student_dir).pad_token_id
     ensure_cache(train_ds, cache_dir, key, teachers=cfg.teacher_paths, pad_token_id=pad_id,
-                 batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
+                 top_k=cfg.logit_cache_top_k, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
                  num_cpus=cfg.cpus_per_worker, num_gpus=1.0 if cfg.use_gpu else 0.0)
     return Path(cache_dir)
 

@@ -59,6 +59,7 @@ def test_kd_from_cached_logits_with_token_budget_on_two_workers(ray_session, tin
         num_workers=2, max_source_length=32, max_target_length=8, val_max_target_length=8,
         max_tokens_per_batch=48, max_epochs=2, learning_rate=1e-3, eval_beams=1,
         eval_batch_size=4, logger="tensorboard", do_predict=False, log_every_n_steps=1,
+        logit_cache_top_k=16,  # the command's k: reused (another k would rebuild)
         distillation={"is_caching_logits": True, "temperature": 1, "hard_label_weight": 0.5,
                       "intermediate_matches": [{"layer_T": -1, "layer_S": -1, "feature": "hidden",
                                                 "loss": "hidden_mse", "weight": 1.0}]},
