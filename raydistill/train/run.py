@@ -271,9 +271,12 @@ def build_trainer(cfg: DistillConfig, out: Path, layers: dict[str, Any], *, stor
     if cached:  # the teacher runs now, while the CPUs/GPUs are still free
         from raydistill.distill.logit_cache import load_cache
 
+        t0 = time.perf_counter()
         cache_dir = prepare_logit_cache(cfg, student_dir, train_ds,
                                         logit_cache_dir or Path(cfg.output_dir).resolve() / "logit_cache")
         datasets["teacher_logits"] = load_cache(cache_dir)
+        print(f"[raydistill] teacher logits: ready in {time.perf_counter() - t0:.1f} s "
+              "(build or reuse, then load)", flush=True)
     mode = plan_mode(cfg.max_tokens_per_batch, cfg.sortish_sampler, cached)
     plan = None
     if mode is None:  # fixed-size batches streamed from an equal split of the rows
@@ -378,9 +381,20 @@ def prepare_logit_cache(cfg: DistillConfig, student_dir: str, train_ds,
                     max_target_length=cfg.max_target_length, hidden_layers=hidden)
     pad_id = AutoTokenizer.from_pretrained(student_dir).pad_token_id
     ensure_cache(train_ds, cache_dir, key, teachers=cfg.teacher_paths, pad_token_id=pad_id,
-                 top_k=cfg.logit_cache_top_k, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
-                 num_cpus=cfg.cpus_per_worker, num_gpus=1.0 if cfg.use_gpu else 0.0)
+                 top_k=cfg.logit_cache_top_k, batch_size=cfg.eval_batch_size,
+                 num_workers=cache_actors(cfg), num_cpus=cfg.cpus_per_worker,
+                 num_gpus=1.0 if cfg.use_gpu else 0.0)
     return Path(cache_dir)
+
+
+def cache_actors(cfg: DistillConfig) -> int:
+    """Teacher actors for a cache build: every worker-sized slot free now (training has not
+    started, so a 1-worker run on an 8-GPU node builds with 8 teachers), at least num_workers."""
+    import ray
+
+    free = ray.available_resources()
+    slots = free.get("GPU", 0.0) if cfg.use_gpu else free.get("CPU", 0.0) / cfg.cpus_per_worker
+    return max(cfg.num_workers, int(slots))
 
 
 def export_outputs(cfg: DistillConfig, out: Path, result, train_seconds: float) -> dict[str, Any]:

@@ -39,3 +39,4 @@ def test_best_tfmr_is_kept_when_the_resumed_run_is_worse(tmp_path):
     export_outputs(cfg, out, result(tmp_path, "c", 40.0, "better"), 1.0)
     assert (out / "best_tfmr" / "model.safetensors").read_text() == "better"
     assert json.loads((out / "metrics.json").read_text())["best"]["rouge2"] == 40.0
+
