@@ -13,23 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import raydistill
 from raydistill.config import load_config
-from raydistill.errors import ConfigError, RaydistillError
+from raydistill.jobkit import require_durable, run_stage
 from raydistill.train.run import run_distill
-
-
-def require_durable(path: str | None, key: str) -> None:
-    """Inside a Ray job, refuse relative output paths: they would land in the job's copy of
-    ``--working-dir``, a temporary folder on one node that Ray deletes."""
-    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-    if in_job and path and "://" not in path and not os.path.isabs(path):
-        raise ConfigError(f"{key}={path} is relative: a Ray job runs in a temporary copy of "
-                          f"--working-dir, so it would be lost; pass an absolute path on storage "
-                          f"every node sees, e.g. {key}=/mnt/shared/{path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,8 +61,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except RaydistillError as err:
-        print(f"jobs/distill.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_stage(main, "jobs/distill.py")

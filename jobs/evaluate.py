@@ -13,45 +13,18 @@ parse config -> the split (references) -> parallel generation -> metrics -> summ
 from __future__ import annotations
 
 import argparse
-import difflib
-import inspect
-import os
-import sys
 
-from raydistill.config import merge, parse_overrides, read_yaml
-from raydistill.errors import ConfigError, RaydistillError
 from raydistill.eval.evaluate import evaluate
+from raydistill.jobkit import function_keys, read_stage_config, require_durable, run_stage
 
 # `model` reads better in a config than evaluate()'s `model_dir`.
 RENAMED = {"model": "model_dir"}
 
 
-def require_durable(path: str | None, key: str) -> None:
-    """Inside a Ray job, refuse relative output paths: they would land in the job's copy of
-    ``--working-dir``, a temporary folder on one node that Ray deletes."""
-    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-    if in_job and path and "://" not in path and not os.path.isabs(path):
-        raise ConfigError(f"{key}={path} is relative: a Ray job runs in a temporary copy of "
-                          f"--working-dir, so it would be lost; pass an absolute path on storage "
-                          f"every node sees, e.g. {key}=/mnt/shared/{path}")
-
-
 def read_config(path: str, overrides: list[str]) -> dict:
     """YAML + overrides -> keyword arguments of ``evaluate``."""
-    data = merge(read_yaml(path), parse_overrides(overrides))
-    params = inspect.signature(evaluate).parameters
-    known = [next((k for k, v in RENAMED.items() if v == p), p) for p in params]
-    for key in data:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
-            raise ConfigError(f"{path}: unknown key {key!r}; {hint}")
-    kwargs = {RENAMED.get(k, k): v for k, v in data.items()}
-    for key, p in params.items():
-        if p.default is inspect.Parameter.empty and not kwargs.get(key):
-            name = next((k for k, v in RENAMED.items() if v == key), key)
-            raise ConfigError(f"{path}: {name} is required (set {name}: PATH or {name}=PATH)")
-    return kwargs
+    data = read_stage_config(path, overrides, *function_keys(evaluate, RENAMED))
+    return {RENAMED.get(k, k): v for k, v in data.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,8 +50,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except RaydistillError as err:
-        print(f"jobs/evaluate.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_stage(main, "jobs/evaluate.py")

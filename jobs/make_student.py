@@ -13,13 +13,9 @@ cluster).
 from __future__ import annotations
 
 import argparse
-import difflib
-import os
-import sys
 from pathlib import Path
 
-from raydistill.config import merge, parse_overrides, read_yaml
-from raydistill.errors import ConfigError, RaydistillError
+from raydistill.jobkit import read_stage_config, require_durable, run_stage
 from raydistill.models.student import make_student
 from raydistill.train.run import check_model_dir
 
@@ -31,27 +27,8 @@ KEYS = {"teacher": "teacher", "save_path": "save_path", "student_encoder_layers"
 REQUIRED = ("teacher", "save_path")
 
 
-def require_durable(path: str | None, key: str) -> None:
-    """Inside a Ray job, refuse relative output paths: they would land in the job's copy of
-    ``--working-dir``, a temporary folder on one node that Ray deletes."""
-    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-    if in_job and path and "://" not in path and not os.path.isabs(path):
-        raise ConfigError(f"{key}={path} is relative: a Ray job runs in a temporary copy of "
-                          f"--working-dir, so it would be lost; pass an absolute path on storage "
-                          f"every node sees, e.g. {key}=/mnt/shared/{path}")
-
-
 def read_config(path: str, overrides: list[str]) -> dict:
-    data = merge(read_yaml(path), parse_overrides(overrides))
-    for key in data:
-        if key not in KEYS:
-            close = difflib.get_close_matches(key, list(KEYS), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(KEYS)}"
-            raise ConfigError(f"{path}: unknown key {key!r}; {hint}")
-    for key in REQUIRED:
-        if not data.get(key):
-            raise ConfigError(f"{path}: {key} is required (set {key}: PATH or {key}=PATH)")
-    return data
+    return read_stage_config(path, overrides, KEYS, REQUIRED)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,8 +53,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except RaydistillError as err:
-        print(f"jobs/make_student.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_stage(main, "jobs/make_student.py")

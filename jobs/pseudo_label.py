@@ -13,40 +13,15 @@ shards are kept: after a failure, submit the same job again and only the missing
 from __future__ import annotations
 
 import argparse
-import difflib
-import inspect
-import os
-import sys
 
-from raydistill.config import merge, parse_overrides, read_yaml
 from raydistill.data.pseudo_label import pseudo_label
-from raydistill.errors import ConfigError, RaydistillError
-
-
-def require_durable(path: str | None, key: str) -> None:
-    """Inside a Ray job, refuse relative output paths: they would land in the job's copy of
-    ``--working-dir``, a temporary folder on one node that Ray deletes."""
-    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-    if in_job and path and "://" not in path and not os.path.isabs(path):
-        raise ConfigError(f"{key}={path} is relative: a Ray job runs in a temporary copy of "
-                          f"--working-dir, so it would be lost; pass an absolute path on storage "
-                          f"every node sees, e.g. {key}=/mnt/shared/{path}")
+from raydistill.jobkit import function_keys, read_stage_config, require_durable, run_stage
 
 
 def read_config(path: str, overrides: list[str]) -> dict:
     """YAML + overrides -> keyword arguments of ``pseudo_label`` (its parameter names)."""
-    data = merge(read_yaml(path), parse_overrides(overrides))
-    params = inspect.signature(pseudo_label).parameters
-    known = [k for k in params if k != "overwrite"]  # --overwrite is a flag, never a default
-    for key in data:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
-            raise ConfigError(f"{path}: unknown key {key!r}; {hint}")
-    for key, p in params.items():
-        if p.default is inspect.Parameter.empty and not data.get(key):
-            raise ConfigError(f"{path}: {key} is required (set {key}: PATH or {key}=PATH)")
-    return data
+    # --overwrite is a flag, never a config key.
+    return read_stage_config(path, overrides, *function_keys(pseudo_label, exclude=["overwrite"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,8 +52,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except RaydistillError as err:
-        print(f"jobs/pseudo_label.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_stage(main, "jobs/pseudo_label.py")
