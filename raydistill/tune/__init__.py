@@ -9,16 +9,15 @@ from raydistill.tune.report import (
     summarize_trial,
     write_report,
 )
-from raydistill.tune.sweep import (
+from raydistill.tune.space import (
     Dimension,
     TuneSettings,
     load_sweep,
     param_space,
     parse_tune_section,
-    run_sweep,
     trial_config,
-    trial_driver,
 )
+from raydistill.tune.sweep import run_sweep, trial_driver
 
 __all__ = [
     "Dimension",

@@ -10,7 +10,7 @@ import pytest
 
 from raydistill.config import DistillConfig, load_config
 from raydistill.errors import ConfigError
-from raydistill.tune.sweep import (
+from raydistill.tune.space import (
     Dimension,
     default_max_concurrent,
     flatten,
@@ -196,7 +196,7 @@ def test_cli_reports_a_bad_tune_section_in_one_line(tmp_path, capsys):
 
 
 def test_expected_trials_count_grid_combinations_times_samples():
-    from raydistill.tune.sweep import expected_trials
+    from raydistill.tune.space import expected_trials
 
     space = section(student_decoder_layers={"grid": [1, 2, 3]}, alpha_hid={"choice": [0.0, 1.0]},
                     temperature={"uniform": [1, 2]})
