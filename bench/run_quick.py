@@ -62,11 +62,16 @@ def summary_lines(name: str) -> list[str]:
                 f"({rd['wall_seconds']:.0f} s vs {pl['wall_seconds']:.0f} s)"]
     if name == "vs_textbrewer":
         fmt = lambda x: "n/a" if x is None else f"{x:.2f}x"  # noqa: E731
-        return [f"steady tokens/s raydistill/TextBrewer {r['tokens_per_s_ratio']:.2f}x",
-                f"time to the same val loss TextBrewer/raydistill {fmt(r['time_to_target_ratio'])} "
-                f"from launch, {fmt(r['train_time_to_target_ratio'])} without start-up",
-                f"final val loss gap {100 * r['final_loss_gap']:+.2f}%; target (>= 1.5x, "
-                f"within 2%) {'met' if r['target_met'] else 'NOT met'}"]
+        out = []
+        for system, q in r["ratios"].items():
+            out.append(f"{system}: steady tokens/s {fmt(q['tokens_per_s'])} TextBrewer; time to "
+                       f"the same val loss {fmt(q['time_to_target'])} from launch, "
+                       f"{fmt(q['train_time_to_target'])} without start-up; final val loss "
+                       f"{100 * q['final_loss_gap']:+.2f}%")
+        for basis, met in r["target_met"].items():
+            out.append(f"target (>= 1.5x, within 2%), {basis}: "
+                       + "; ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in met.items()))
+        return out
     if name == "quality":
         out = []
         for model, m in r["models"].items():
