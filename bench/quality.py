@@ -198,7 +198,20 @@ def report(args, s, models: dict, pl_seconds: float, pl_error: str | None,
     print(table(rows, ["model", "# params (M)", "speedup", "ROUGE-1", "ROUGE-2", "ROUGE-L",
                        "ms/example", "output words", "train s"]))
     t_r2 = t["scores"]["rouge2"]
-    ok = [(n, sp, r2) for n, sp, r2 in candidates if sp >= 1.6 and r2 >= 0.97 * t_r2]
+    # A model that writes (nearly) the same summary for every input scores by luck: flag it, and
+    # never count it towards the target.
+    degenerate = []
+    for name, m in models.items():
+        gens = (Path(m["dir"]).parent / "test_eval" / "test_generations.txt").read_text().splitlines()
+        m["distinct_outputs"] = len(set(gens))
+        if len(set(gens)) < max(2, len(gens) // 10):
+            degenerate.append(name)
+    if degenerate:
+        print("WARNING: degenerate outputs (fewer than 10% distinct summaries on the test split): "
+              + ", ".join(f"{n} ({models[n]['distinct_outputs']} distinct)" for n in degenerate)
+              + "; their ROUGE says nothing about the model")
+    ok = [(n, sp, r2) for n, sp, r2 in candidates
+          if sp >= 1.6 and r2 >= 0.97 * t_r2 and not {n, t_name} & set(degenerate)]
     best = max(candidates, key=lambda c: c[2])
     print(f"\nteacher ROUGE-2 {t_r2:.2f}; best student {best[0]}: ROUGE-2 {best[2]:.2f} "
           f"({100 * (best[2] - t_r2) / max(t_r2, 1e-9):+.1f}%), speedup {best[1]:.2f}x")
@@ -212,7 +225,8 @@ def report(args, s, models: dict, pl_seconds: float, pl_error: str | None,
     write_result(NAME, {"settings": s, "device": args.device, "threads": threads(args),
                         "quick": args.quick,
                         "models": jsonable(models),
-                        "target_met_by": [n for n, _, _ in ok], "pl_seconds": pl_seconds,
+                        "target_met_by": [n for n, _, _ in ok], "degenerate": degenerate,
+                        "pl_seconds": pl_seconds,
                         "pl_error": pl_error,
                         "command": " ".join(sys.argv), "seconds": seconds})
 
