@@ -65,6 +65,18 @@ def thread_env(n: int) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(n)}
 
 
+def begin(args: argparse.Namespace, dataset: str, name: str) -> tuple[Path, Path]:
+    """A benchmark's start: its data folder (or a SKIP exit), its work folder (created) and
+    ``--threads`` torch threads in this process. Returns (data, work)."""
+    import torch
+
+    data = data_dir_or_skip(args.data_root, dataset, name)
+    work = Path(args.workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(threads(args))
+    return data, work
+
+
 def data_dir_or_skip(root: str | Path, name: str, bench: str) -> Path:
     """``root/name``, or exit 0 with a SKIP line (the benchmark needs the shared data)."""
     path = Path(root) / name
@@ -190,21 +202,11 @@ def tokenize_pairs(tokenizer, sources: Sequence[str], targets: Sequence[str],
 
 
 def pad(input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int):
-    """Pad to the longest row (inputs with ``pad_id``, labels with -100), as raydistill does:
-    numpy arrays filled row by row, handed to torch once (a tensor write per row costs ~5 ms
-    per batch of 8, a few percent of a small model's step)."""
-    import numpy as np
-    import torch
+    """raydistill's own collation (``pad_batch``: inputs padded with ``pad_id``, labels with
+    -100), so every compared system pads identically. It only pads: no Ray starts."""
+    from raydistill.data.tokenize import pad_batch
 
-    ids = np.full((len(input_ids), max(len(r) for r in input_ids)), pad_id, dtype=np.int64)
-    lab = np.full((len(labels), max(len(r) for r in labels)), -100, dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for i, (a, b) in enumerate(zip(input_ids, labels)):
-        ids[i, : len(a)] = a
-        mask[i, : len(a)] = 1
-        lab[i, : len(b)] = b
-    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
-            "labels": torch.from_numpy(lab)}
+    return pad_batch(input_ids, labels, pad_id)
 
 
 def useful_tokens(batch) -> int:

@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 
 from common import (
+    begin,
     RESULTS,
     add_common_args,
     build_bert2bert,
-    data_dir_or_skip,
     gpus_per_actor,
     jsonable,
     score_models,
@@ -119,16 +119,11 @@ def main() -> None:
                    "(default: all 618)")
     args = p.parse_args()
     s = settings(args)
-    data = data_dir_or_skip(args.data_root, "scitldr", NAME)
-    work = Path(args.workdir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
+    data, work = begin(args, "scitldr", NAME)
     t_all = time.time()
-
-    import torch
 
     from raydistill.data.pseudo_label import pseudo_label
 
-    torch.set_num_threads(threads(args))
     models: dict[str, dict] = {}
 
     print("== teacher: BERT2BERT (MiniLM-L6 encoder and decoder) fine-tuned with sft", flush=True)

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from common import (
+    begin,
     add_common_args,
-    data_dir_or_skip,
     jsonable,
     read_lines,
     score_models,
@@ -99,14 +99,8 @@ def main() -> None:
     p.add_argument("--student-decoder-layers", type=int, default=3)
     args = p.parse_args()
     s = settings(args)
-    data = data_dir_or_skip(args.data_root, "tatoeba_en_ro", NAME)
-    work = Path(args.workdir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
+    data, work = begin(args, "tatoeba_en_ro", NAME)
     t_all = time.time()
-
-    import torch
-
-    torch.set_num_threads(threads(args))
     d = s["student_decoder_layers"]
     print(f"== teacher: Marian {s['layers']}-{s['layers']} d{s['d_model']} from scratch (sft)",
           flush=True)

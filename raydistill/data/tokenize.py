@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     import ray.data
 
 IGNORE_INDEX = -100  # label value that torch's cross-entropy (and our losses) skip
+# Cached teacher hidden states: t_hidden_enc_<i> (source positions) / t_hidden_dec_<i> (target).
+HIDDEN_PREFIX = "t_hidden_"
 
 
 class Tokenize:
@@ -119,9 +121,9 @@ class PadCollate(NumpyBatchCollateFn):
         if "topk_values" in batch:  # cached teacher logits joined into the rows
             out.update(pad_topk(list(batch["topk_values"]), list(batch["topk_indices"]),
                                 [len(r) for r in batch["labels"]]))
-        for name in batch:  # cached teacher hidden states (t_hidden_enc_<i> / t_hidden_dec_<i>)
-            if name.startswith("t_hidden_"):
-                rows = batch["input_ids"] if name.startswith("t_hidden_enc_") else batch["labels"]
+        for name in batch:  # cached teacher hidden states
+            if name.startswith(HIDDEN_PREFIX):
+                rows = batch["input_ids"] if name.startswith(HIDDEN_PREFIX + "enc_") else batch["labels"]
                 out[name] = pad_hidden(list(batch[name]), [len(r) for r in rows], name)
         return out
 

@@ -56,6 +56,7 @@ from raydistill.data.fingerprint import (
     split_fingerprint,
     tokenizer_fingerprint,
 )
+from raydistill.data.tokenize import HIDDEN_PREFIX
 from raydistill.errors import ConfigError
 
 DEFAULT_TOP_K = 64
@@ -122,25 +123,29 @@ def check_cacheable(tb_config: Any) -> None:
                           "(the live teacher) or drop those options")
 
 
-HIDDEN_PREFIX = "t_hidden_"
+def normalize_hidden_layers(indices: Sequence[int], teacher_counts: tuple[int, int],
+                            where: str) -> list[int]:
+    """Teacher hidden-entry indices (negative count from the end) -> sorted non-negative ones,
+    into TextBrewer's ``hidden`` list (encoder embeddings + ``te`` layers, decoder embeddings +
+    ``td`` layers); ``where`` names the setting in the error."""
+    te, td = teacher_counts
+    n = te + 1 + td + 1
+    for idx in indices:
+        if not -n <= idx < n:
+            raise ConfigError(f"{where}={idx} is out of range: the teacher has {n} hidden entries "
+                              f"(0..{n - 1}: encoder embeddings + {te} layers, decoder embeddings "
+                              f"+ {td} layers)")
+    return sorted({idx % n for idx in indices})
 
 
 def cached_hidden_layers(tb_config: Any, teacher_counts: tuple[int, int]) -> list[int]:
-    """The teacher hidden entries the hidden-state matches read, as non-negative indices into
-    TextBrewer's ``hidden`` list (encoder embeddings + ``te`` layers, decoder embeddings + ``td``
-    layers), sorted; ``teacher_counts`` = (te, td)."""
-    te, td = teacher_counts
-    n = te + 1 + td + 1
+    """The teacher hidden entries the hidden-state matches read (``normalize_hidden_layers``)."""
     out: set[int] = set()
     for i, m in enumerate(tb_config.intermediate_matches or ()):
-        if m.feature != "hidden":
-            continue
-        for idx in m.layer_T if isinstance(m.layer_T, tuple) else (m.layer_T,):
-            if not -n <= idx < n:
-                raise ConfigError(f"distillation.intermediate_matches[{i}].layer_T={idx} is out of "
-                                  f"range: the teacher has {n} hidden entries (0..{n - 1}: encoder "
-                                  f"embeddings + {te} layers, decoder embeddings + {td} layers)")
-            out.add(idx % n)
+        if m.feature == "hidden":
+            layers = m.layer_T if isinstance(m.layer_T, tuple) else (m.layer_T,)
+            out.update(normalize_hidden_layers(
+                layers, teacher_counts, f"distillation.intermediate_matches[{i}].layer_T"))
     return sorted(out)
 
 
@@ -238,10 +243,9 @@ class TeacherTopK:
         flat_i = [indices[r, :n].reshape(-1).astype(np.int32) for r, n in enumerate(lens["dec"])]
         columns = {}
         for index, states in hidden.items():
-            name = hidden_column(index, self.encoder_layers)
-            side_lens = lens[parse_hidden_column(name)[0]]  # type: ignore[index]
-            columns[name] = [states[r, :n].reshape(-1).astype(self.dtype)
-                             for r, n in enumerate(side_lens)]
+            side_lens = lens["enc" if index <= self.encoder_layers else "dec"]
+            columns[hidden_column(index, self.encoder_layers)] = [
+                states[r, :n].reshape(-1).astype(self.dtype) for r, n in enumerate(side_lens)]
         return topk_table(np.asarray(batch["id"], dtype=np.int64), flat_v, flat_i, columns)
 
 
@@ -416,13 +420,8 @@ def cache_logits(teacher: str | list[str], data_dir: str, out: str, *, top_k: in
 
         from raydistill.models.layers import layer_counts
 
-        te, td = layer_counts(AutoConfig.from_pretrained(teachers[0]))
-        n_hidden = te + 1 + td + 1
-        bad = [i for i in hidden_layers if not -n_hidden <= i < n_hidden]
-        if bad:
-            raise ConfigError(f"--hidden-layers {bad[0]} is out of range: the teacher has {n_hidden} "
-                              f"hidden entries (0..{n_hidden - 1})")
-        hidden_layers = sorted({i % n_hidden for i in hidden_layers})
+        hidden_layers = normalize_hidden_layers(
+            hidden_layers, layer_counts(AutoConfig.from_pretrained(teachers[0])), "--hidden-layers")
     key = cache_key(teachers, tok_dir, data_dir, split=split, n=n,
                     max_source_length=max_source_length, max_target_length=max_target_length,
                     hidden_layers=hidden_layers)
@@ -476,6 +475,7 @@ def _cli(args: argparse.Namespace) -> int:
 
 __all__ = ["DEFAULT_TOP_K", "HIDDEN_PREFIX", "TeacherTopK", "build_cache", "cache_key",
            "cache_logits", "cached_hidden_layers", "check_cacheable", "ensure_cache",
-           "hidden_column", "is_valid", "load_cache", "parse_hidden_column", "read_manifest",
+           "hidden_column", "is_valid", "load_cache", "normalize_hidden_layers",
+           "parse_hidden_column", "read_manifest",
            "teacher_outputs_for_batch", "teacher_topk", "topk_for_batch", "topk_kd_loss",
            "topk_table"]

@@ -75,16 +75,11 @@ def preflight(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = Fal
         shown = ", ".join(f"{p}: {v}" for p, v in sizes.items())
         raise ModelError(f"teacher and student vocabularies differ ({shown}); KD compares logits "
                          "token by token, so all models must share one tokenizer")
-    if uses_cached_logits(cfg):
-        from transformers import AutoConfig
-
-        from raydistill.distill.logit_cache import cached_hidden_layers, check_cacheable
+    if uses_cached_logits(cfg):  # layer_T ranges: check_models above
+        from raydistill.distill.logit_cache import check_cacheable
         from raydistill.distill.textbrewer import DistillationConfig
-        from raydistill.models.layers import layer_counts
 
-        tb = DistillationConfig.from_dict(cfg.distillation or {})
-        check_cacheable(tb)
-        cached_hidden_layers(tb, layer_counts(AutoConfig.from_pretrained(cfg.teacher_paths[0])))
+        check_cacheable(DistillationConfig.from_dict(cfg.distillation or {}))
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()) and not (overwrite or resume):
         raise ConfigError(f"output_dir {out} is not empty; pass --resume to continue that run, "
