@@ -151,7 +151,7 @@ class LossStep:
             merged["logits"] = average_teacher_logits(results_t)
             results_t = [merged]
         loss, parts = textbrewer_loss(tb, results_s, results_t[0], step=step, total_steps=total_steps,
-                                      projections=self.projections)
+                                      projections=self.projections, sync_logs=False)
         parts = {k: (v if torch.is_tensor(v) else torch.tensor(float(v))) for k, v in parts.items()}
         parts.setdefault("hard_label_loss", hard.detach())
         return loss, parts
@@ -186,10 +186,9 @@ class LossStep:
             del results_s["losses"], results_s["logits"]  # KD and hard labels are added here
             matched, logs = textbrewer_loss(tb, results_s, self._cached_teacher(batch, tgt_mask),
                                             step=step, total_steps=total_steps,
-                                            projections=self.projections)
+                                            projections=self.projections, sync_logs=False)
             loss = loss + matched
-            parts.update({k: torch.tensor(float(v)) for k, v in logs.items()
-                          if k.startswith("unweighted_")})
+            parts.update({k: v for k, v in logs.items() if k.startswith("unweighted_")})
         return loss + hard * hl_w, parts
 
     def _cached_teacher(self, batch, tgt_mask) -> dict[str, Any]:

@@ -462,7 +462,8 @@ def textbrewer_loss(
     total_steps: int,
     projections: Optional[Sequence[Optional[nn.Module]]] = None,
     labels_mask: Optional[Tensor] = None,
-) -> tuple[Tensor, dict[str, float]]:
+    sync_logs: bool = True,
+) -> tuple[Tensor, dict[str, Any]]:
     """TextBrewer's total loss for one batch; returns ``(loss, logs)``.
 
     results_S / results_T: adaptor dicts (module doc). A list of teacher dicts averages their
@@ -472,6 +473,8 @@ def textbrewer_loss(
     ``proj``). labels_mask: (B, T_tgt) KD positions for a side whose dict has no ``logits_mask``.
     logs: TextBrewer's ``unweighted_*`` losses plus the weights and (mean) temperature used.
     Terms are added in TextBrewer's order: KD, matches, hard-label losses.
+    sync_logs=False leaves the logged losses as detached 0-d tensors: reading one waits for the
+    device, so a training loop reads them only when it logs.
     """
     if isinstance(results_T, (list, tuple)):
         _require(not config.intermediate_matches,
@@ -479,13 +482,13 @@ def textbrewer_loss(
         results_T = average_teacher_logits(results_T)
     kd_weight = scheduled_weight(config.kd_loss_weight, config.kd_loss_weight_scheduler, step, total_steps)
     hl_weight = scheduled_weight(config.hard_label_weight, config.hard_label_weight_scheduler, step, total_steps)
-    logs: dict[str, float] = {"kd_loss_weight": kd_weight, "hard_label_weight": hl_weight}
+    logs: dict[str, Any] = {"kd_loss_weight": kd_weight, "hard_label_weight": hl_weight}
     total: Optional[Tensor] = None
 
     if "logits" in results_S and "logits" in results_T:
         kd, logs["temperature"] = _kd_loss(config, results_S, results_T, labels_mask)
         total = kd * kd_weight
-        logs["unweighted_kd_loss"] = float(kd.detach())
+        logs["unweighted_kd_loss"] = kd.detach()
 
     matches = config.intermediate_matches
     if matches and projections is not None:
@@ -509,15 +512,17 @@ def textbrewer_loss(
         total = loss * match.weight if total is None else total + loss * match.weight
         name_S = "-".join(map(str, match.layer_S)) if isinstance(match.layer_S, tuple) else str(match.layer_S)
         name_T = "-".join(map(str, match.layer_T)) if isinstance(match.layer_T, tuple) else str(match.layer_T)
-        logs[f"unweighted_{match.feature}_{match.loss}_{name_S}_{name_T}"] = float(loss.detach())
+        logs[f"unweighted_{match.feature}_{match.loss}_{name_S}_{name_T}"] = loss.detach()
 
     if "losses" in results_S:
         hard = sum(loss.mean() for loss in _as_list(results_S["losses"]))
         total = hard * hl_weight if total is None else total + hard * hl_weight
-        logs["unweighted_hard_label_loss"] = float(hard.detach()) if isinstance(hard, Tensor) else float(hard)
+        logs["unweighted_hard_label_loss"] = hard.detach() if isinstance(hard, Tensor) else float(hard)
 
     _require(isinstance(total, Tensor),
              "textbrewer_loss: nothing to optimize; the adaptors returned no 'logits' (both), 'losses' or matched features")
+    if sync_logs:
+        logs = {k: float(v) for k, v in logs.items()}
     return total, logs  # type: ignore[return-value]
 
 

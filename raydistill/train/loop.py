@@ -159,6 +159,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = _validate(inner, tokenizer, val_rows, cfg, run, rank, world, device)
         metrics.update(step=state["global_step"], epoch=state["epoch"], final=final,
                        train_loss=running["sum"] / max(running["n"], 1))
+        if device.type == "cuda":  # this worker's peak so far: training, teacher and validation
+            metrics["gpu_peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         running.update(sum=0.0, n=0)
         name = cfg.val_metric
         if state["best_metric"] is None or metrics[name] > state["best_metric"]:
@@ -200,15 +202,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             seen += 1
             if i < skip:  # resume: these batches were consumed before the checkpoint
                 continue
+            # Counted on the host, before the copy: on a GPU every read of a device value
+            # waits for the queued work, and a step reads one (the loss) in all.
+            tokens += int(batch["attention_mask"].sum()) + int(batch["labels"].ne(-100).sum())
             batch = {k: v.to(device) for k, v in batch.items() if k != "id"}
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss, parts = loss_step(model, batch, state["global_step"], total_steps)
-            _check_finite(loss, parts, state["global_step"])
-            running["sum"] += float(loss.detach())
+            loss_value = float(loss.detach())  # the step's one read: finite check and the mean
+            _check_finite(loss_value, parts, state["global_step"])
+            running["sum"] += loss_value
             running["n"] += 1
             loss_scaled = loss / cfg.gradient_accumulation_steps
             (scaler.scale(loss_scaled) if scaler else loss_scaled).backward()
-            tokens += int(batch["attention_mask"].sum()) + int(batch["labels"].ne(-100).sum())
             micro += 1
             state["batch_in_epoch"] = i + 1
             stepped = micro % cfg.gradient_accumulation_steps == 0 or i + 1 == batches_per_epoch
@@ -295,12 +300,12 @@ def _load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def _check_finite(loss: torch.Tensor, parts: dict[str, torch.Tensor], step: int) -> None:
-    if torch.isfinite(loss):
+def _check_finite(loss: float, parts: dict[str, torch.Tensor], step: int) -> None:
+    if math.isfinite(loss):
         return
     bad = [k for k, v in parts.items() if not torch.isfinite(torch.as_tensor(v))] or ["loss"]
     raise TrainingError(
-        f"loss became {float(loss)} at step {step} (component {', '.join(bad)}); lower "
+        f"loss became {loss} at step {step} (component {', '.join(bad)}); lower "
         "learning_rate, set max_grad_norm, or use precision: fp32/bf16 instead of fp16")
 
 
