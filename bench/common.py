@@ -390,18 +390,33 @@ def train_run(cfg_dict: dict[str, Any]) -> tuple[Path, float]:
 
 def score_models(models: dict[str, dict[str, Any]], data: Path, task: str, *, num_beams: int,
                  max_length: int, max_source_length: int, n_test: int | None, latency_n: int,
-                 latency_rounds: int, num_workers: int, device: str) -> None:
+                 latency_rounds: int, num_workers: int, device: str,
+                 batch_size: int = 16) -> None:
     """Adds test ``scores`` (``evaluate``: parallel generation, all references) and batch-1
-    latency (``measure_latency``; interleaved rounds, median) to each entry of ``models``."""
+    latency (``measure_latency``; interleaved rounds, median) to each entry of ``models``.
+
+    A model entry with a ``key`` (its training settings) reuses the scores an earlier run saved
+    for the same key and generation settings; latency is always measured, all models in the
+    same rounds."""
     from raydistill.eval.evaluate import evaluate
     from raydistill.eval.generate import measure_latency
 
     for m in models.values():
-        res = evaluate(str(m["dir"]), str(data), split="test", task=task,
-                       out_dir=str(Path(m["dir"]).parent / "test_eval"), num_beams=num_beams,
-                       max_length=max_length, max_source_length=max_source_length, batch_size=16,
-                       num_workers=num_workers, num_gpus=gpus_per_actor(device, num_workers),
-                       n=n_test)
+        out = Path(m["dir"]).parent / "test_eval"
+        key = m.get("key") and json.dumps(
+            [m["key"], num_beams, max_length, max_source_length, n_test, task])
+        saved = out / "bench_scores.json"
+        if key and saved.is_file() and json.loads(saved.read_text()).get("key") == key:
+            res = json.loads(saved.read_text())["result"]
+            print(f"[bench] {out.parent.name}: test scores reused from an earlier run", flush=True)
+        else:
+            res = evaluate(str(m["dir"]), str(data), split="test", task=task, out_dir=str(out),
+                           num_beams=num_beams, max_length=max_length,
+                           max_source_length=max_source_length, batch_size=batch_size,
+                           num_workers=num_workers, num_gpus=gpus_per_actor(device, num_workers),
+                           n=n_test)
+            if key:
+                saved.write_text(json.dumps({"key": key, "result": res}, default=str))
         m.update(scores=res["scores"], references=res["references"]["file"],
                  n_test=res["n_examples"], gen_seconds=res["gen_seconds"],
                  mean_gen_words=res["mean_gen_words"])

