@@ -29,6 +29,7 @@ from raydistill.data.tokenize import (
     pad_hidden,
     pad_topk,
     tokenize_dataset,
+    tokenized_split,
 )
 
 __all__ = [
@@ -57,5 +58,6 @@ __all__ = [
     "token_budget_batches",
     "token_budget_plan",
     "tokenize_dataset",
+    "tokenized_split",
     "validate_data_dir",
 ]

@@ -105,21 +105,29 @@ def read_split(data_dir: str | Path, split: str, n: int | None = None) -> SplitD
 
 def split_dataset(data_dir: str | Path, split: str, n: int | None = None) -> ray.data.Dataset:
     """``split`` as a Ray Dataset with columns ``id`` (int64 line index), ``source``, ``target``."""
-    import numpy as np
-    import pyarrow as pa
     import ray.data
 
-    data = read_split(data_dir, split, n)
-    table = pa.table({
-        "id": np.arange(len(data), dtype=np.int64),
-        "source": data.sources,
-        "target": data.targets,
-    })
-    # A few blocks are enough to feed a handful of tokenizer actors; Ray's default of 200 blocks
-    # makes small datasets slow. (from_pandas(override_num_blocks=) breaks with pandas 3.)
-    num_blocks = max(1, min(len(data), 8))
-    step = -(-len(data) // num_blocks)
-    return ray.data.from_arrow([table.slice(i, step) for i in range(0, len(data), step)])
+    return ray.data.from_arrow(table_blocks(split_table(read_split(data_dir, split, n))))
+
+
+def split_table(data: SplitData):
+    """A split as one pyarrow table: ``id`` (int64 line index), ``source``, ``target``."""
+    import numpy as np
+    import pyarrow as pa
+
+    return pa.table({"id": np.arange(len(data), dtype=np.int64), "source": data.sources,
+                     "target": data.targets})
+
+
+def table_blocks(table, max_blocks: int = 8) -> list:
+    """``table`` cut into at most ``max_blocks`` slices, the blocks of a Ray Dataset.
+
+    A few blocks are enough to feed a handful of actors or split among workers; Ray's default of
+    200 blocks makes small datasets slow. (from_pandas(override_num_blocks=) breaks with
+    pandas 3.)"""
+    num_blocks = max(1, min(table.num_rows, max_blocks))
+    step = max(1, -(-table.num_rows // num_blocks))
+    return [table.slice(i, step) for i in range(0, table.num_rows, step)] or [table]
 
 
 def one_line(text: str) -> str:

@@ -81,6 +81,43 @@ def tokenize_dataset(
     )
 
 
+# Up to this many examples, tokenizing in the driver (~2,000 scitldr abstracts a second on one
+# core) beats starting tokenizer actors (10-25 s of process start and imports); more go to the
+# num_tokenize_workers actors of Ray Data, in parallel and across nodes.
+LOCAL_TOKENIZE_MAX_ROWS = 20_000
+
+
+def tokenized_split(
+    data_dir: str,
+    split: str,
+    n: int | None,
+    tokenizer_path: str,
+    max_source_length: int,
+    max_target_length: int,
+    num_actors: int = 1,
+    local_max_rows: int = LOCAL_TOKENIZE_MAX_ROWS,
+) -> ray.data.Dataset:
+    """``split`` of ``data_dir`` tokenized (``Tokenize``'s columns), as a materialized Dataset.
+
+    Splits of at most ``local_max_rows`` examples are tokenized here, in this process; larger
+    ones by ``tokenize_dataset`` on ``num_actors`` actors. The rows are the same either way.
+    """
+    import ray.data
+    from ray.data.block import BlockAccessor
+
+    from raydistill.data.files import read_split, split_table, table_blocks
+
+    table = split_table(read_split(data_dir, split, n))
+    if table.num_rows > local_max_rows:
+        return tokenize_dataset(ray.data.from_arrow(table_blocks(table)), tokenizer_path,
+                                max_source_length, max_target_length,
+                                num_actors=num_actors).materialize()
+    batch = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+    out = Tokenize(tokenizer_path, max_source_length, max_target_length)(batch)
+    # The block Ray Data builds from a map_batches result: ragged ids become its tensor column.
+    return ray.data.from_arrow(table_blocks(BlockAccessor.batch_to_block(out)))
+
+
 def pad_batch(
     input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_token_id: int
 ) -> dict[str, torch.Tensor]:

@@ -406,8 +406,8 @@ def cache_logits(teacher: str | list[str], data_dir: str, out: str, *, top_k: in
     """
     from transformers import AutoTokenizer
 
-    from raydistill.data.files import split_dataset, validate_data_dir
-    from raydistill.data.tokenize import tokenize_dataset
+    from raydistill.data.files import validate_data_dir
+    from raydistill.data.tokenize import tokenized_split
     from raydistill.train.run import check_model_dir, init_ray
 
     teachers = [teacher] if isinstance(teacher, str) else list(teacher)
@@ -430,8 +430,7 @@ def cache_logits(teacher: str | list[str], data_dir: str, out: str, *, top_k: in
         return read_manifest(out)  # type: ignore[return-value]
     pad_id = AutoTokenizer.from_pretrained(tok_dir).pad_token_id
     init_ray()
-    ds = tokenize_dataset(split_dataset(data_dir, split, n), tok_dir, max_source_length,
-                          max_target_length).materialize()
+    ds = tokenized_split(data_dir, split, n, tok_dir, max_source_length, max_target_length)
     return build_cache(ds, out, key, teachers=teachers, pad_token_id=pad_id, top_k=top_k,
                        dtype=dtype, batch_size=batch_size, num_workers=num_workers,
                        num_gpus=num_gpus)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from raydistill.data.files import split_dataset
-from raydistill.data.tokenize import Tokenize, make_collate_fn, pad_batch, tokenize_dataset
+from raydistill.data.tokenize import (Tokenize, make_collate_fn, pad_batch, tokenize_dataset,
+                                      tokenized_split)
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +66,20 @@ def test_tokenize_dataset_through_ray(ray_session, tiny_data_dir, tokenizer_dir,
         assert (batch["labels"] != pad).all()
         seen += batch["id"].tolist()
     assert sorted(seen) == list(range(6))
+
+
+def test_tokenized_split_in_the_driver_gives_the_actor_path_rows(ray_session, tiny_data_dir,
+                                                                  tokenizer_dir):
+    """Small splits skip the tokenizer actors; what the workers read must not change."""
+    kw = dict(max_source_length=6, max_target_length=8)
+    local = tokenized_split(str(tiny_data_dir), "train", 5, tokenizer_dir, **kw)
+    actors = tokenized_split(str(tiny_data_dir), "train", 5, tokenizer_dir, local_max_rows=0, **kw)
+    assert local.schema() == actors.schema()
+    rows = [sorted(ds.take_all(), key=lambda r: r["id"]) for ds in (local, actors)]
+    assert [r["id"] for r in rows[0]] == list(range(5))
+    for a, b in zip(*rows):
+        assert a.keys() == b.keys() and a["source"] == b["source"]
+        for col in ("input_ids", "labels"):
+            assert a[col].dtype == b[col].dtype == np.int32 and a[col].tolist() == b[col].tolist()
+        assert (a["src_len"], a["tgt_len"]) == (len(a["input_ids"]), len(a["labels"]))
+    assert local.num_blocks() > 1  # split among workers without a repartition
