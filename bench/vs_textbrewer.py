@@ -226,7 +226,8 @@ def raydistill_config(args, s, teacher, student, data, run_dir, budget, dist,
         "max_grad_norm": 1.0, "val_check_interval": 1.0 / s["evals_per_epoch"],
         # raydistill's own validation (generation + ROUGE): as small as it goes; its time is
         # subtracted. The comparison uses the val loss computed below for both systems.
-        "n_val": 4, "eval_beams": 1, "eval_max_gen_length": 8, "eval_batch_size": 4,
+        # eval_batch_size is also the teacher's batch when it builds the cache.
+        "n_val": 4, "eval_beams": 1, "eval_max_gen_length": 8, "eval_batch_size": 16,
         "do_predict": False, "logger": "tensorboard", "log_every_n_steps": s["log_every_n_steps"],
         "checkpoints_to_keep": n_points + 1,
         **({"logit_cache_top_k": top_k} if top_k is not None else {}),
