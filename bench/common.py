@@ -201,14 +201,6 @@ def tokenize_pairs(tokenizer, sources: Sequence[str], targets: Sequence[str],
     return src, tgt
 
 
-def pad(input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int):
-    """raydistill's own collation (``pad_batch``: inputs padded with ``pad_id``, labels with
-    -100), so every compared system pads identically. It only pads: no Ray starts."""
-    from raydistill.data.tokenize import pad_batch
-
-    return pad_batch(input_ids, labels, pad_id)
-
-
 def useful_tokens(batch) -> int:
     """Non-pad source tokens + target tokens: what raydistill's tokens/s counts."""
     return int(batch["attention_mask"].sum()) + int(batch["labels"].ne(-100).sum())
@@ -220,7 +212,9 @@ def val_batches(tokenizer, data_dir: Path, n: int, max_source_length: int, max_t
     src, tgt = tokenize_pairs(tokenizer, read_lines(data_dir / "val.source", n),
                               read_lines(data_dir / "val.target", n), max_source_length,
                               max_target_length)
-    return [pad(src[i:i + batch_size], tgt[i:i + batch_size], tokenizer.pad_token_id)
+    from raydistill.data.tokenize import pad_batch
+
+    return [pad_batch(src[i:i + batch_size], tgt[i:i + batch_size], tokenizer.pad_token_id)
             for i in range(0, len(src), batch_size)]
 
 
@@ -406,8 +400,9 @@ def score_models(models: dict[str, dict[str, Any]], data: Path, task: str, *, nu
         key = m.get("key") and json.dumps(
             [m["key"], num_beams, max_length, max_source_length, n_test, task])
         saved = out / "bench_scores.json"
-        if key and saved.is_file() and json.loads(saved.read_text()).get("key") == key:
-            res = json.loads(saved.read_text())["result"]
+        earlier = json.loads(saved.read_text()) if key and saved.is_file() else {}
+        if earlier.get("key") == key:
+            res = earlier["result"]
             print(f"[bench] {out.parent.name}: test scores reused from an earlier run", flush=True)
         else:
             res = evaluate(str(m["dir"]), str(data), split="test", task=task, out_dir=str(out),

@@ -113,7 +113,7 @@ def plain_loop(config_path: str, result_path: str, device: str) -> None:
     from raydistill.eval.metrics import score
     from raydistill.models.layers import decoder_inputs, load_seq2seq
 
-    from common import pad
+    from raydistill.data.tokenize import pad_batch
 
     cfg = DistillConfig.from_dict(yaml.safe_load(Path(config_path).read_text()))
     torch.set_num_threads(cfg.cpus_per_worker)
@@ -138,7 +138,7 @@ def plain_loop(config_path: str, result_path: str, device: str) -> None:
     while step < cfg.max_steps:
         for ids in epoch_plan([len(s) for s in src], [len(t) for t in tgt], spec, epoch).batches:
             batch = {k: v.to(device) for k, v in
-                     pad([src[i] for i in ids], [tgt[i] for i in ids], tok.pad_token_id).items()}
+                     pad_batch([src[i] for i in ids], [tgt[i] for i in ids], tok.pad_token_id).items()}
             dec_in = decoder_inputs(student, batch["labels"])
             kw = dict(attention_mask=batch["attention_mask"], decoder_input_ids=dec_in,
                       use_cache=False, return_dict=True)

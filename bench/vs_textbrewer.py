@@ -116,11 +116,10 @@ class Collate:
         self.pad_id, self.start_id = pad_id, start_id
 
     def __call__(self, rows):
+        from raydistill.data.tokenize import pad_batch
         from raydistill.models.layers import shift_labels_right
 
-        from common import pad
-
-        b = pad([r[0] for r in rows], [r[1] for r in rows], self.pad_id)
+        b = pad_batch([r[0] for r in rows], [r[1] for r in rows], self.pad_id)
         common = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"],
                   "decoder_input_ids": shift_labels_right(b["labels"], self.start_id, self.pad_id),
                   # Real decoder positions = target positions: the KD and hidden-state mask.

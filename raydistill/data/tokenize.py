@@ -16,6 +16,8 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 if TYPE_CHECKING:
     import ray.data
 
+    from raydistill.data.files import SplitData
+
 IGNORE_INDEX = -100  # label value that torch's cross-entropy (and our losses) skip
 # Cached teacher hidden states: t_hidden_enc_<i> (source positions) / t_hidden_dec_<i> (target).
 HIDDEN_PREFIX = "t_hidden_"
@@ -88,16 +90,15 @@ LOCAL_TOKENIZE_MAX_ROWS = 20_000
 
 
 def tokenized_split(
-    data_dir: str,
-    split: str,
-    n: int | None,
+    data: SplitData,
     tokenizer_path: str,
     max_source_length: int,
     max_target_length: int,
     num_actors: int = 1,
     local_max_rows: int = LOCAL_TOKENIZE_MAX_ROWS,
 ) -> ray.data.Dataset:
-    """``split`` of ``data_dir`` tokenized (``Tokenize``'s columns), as a materialized Dataset.
+    """A split read by ``read_split``, tokenized (``Tokenize``'s columns), as a materialized
+    Dataset.
 
     Splits of at most ``local_max_rows`` examples are tokenized here, in this process; larger
     ones by ``tokenize_dataset`` on ``num_actors`` actors. The rows are the same either way.
@@ -105,14 +106,15 @@ def tokenized_split(
     import ray.data
     from ray.data.block import BlockAccessor
 
-    from raydistill.data.files import read_split, split_table, table_blocks
+    from raydistill.data.files import split_table, table_blocks
 
-    table = split_table(read_split(data_dir, split, n))
-    if table.num_rows > local_max_rows:
-        return tokenize_dataset(ray.data.from_arrow(table_blocks(table)), tokenizer_path,
-                                max_source_length, max_target_length,
+    if len(data) > local_max_rows:
+        return tokenize_dataset(ray.data.from_arrow(table_blocks(split_table(data))),
+                                tokenizer_path, max_source_length, max_target_length,
                                 num_actors=num_actors).materialize()
-    batch = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+    batch = {"id": np.arange(len(data), dtype=np.int64),
+             "source": np.array(data.sources, dtype=object),
+             "target": np.array(data.targets, dtype=object)}
     out = Tokenize(tokenizer_path, max_source_length, max_target_length)(batch)
     # The block Ray Data builds from a map_batches result: ragged ids become its tensor column.
     return ray.data.from_arrow(table_blocks(BlockAccessor.batch_to_block(out)))

@@ -157,10 +157,14 @@ def cached_hidden_layers(tb_config: Any, teacher_counts: tuple[int, int]) -> lis
     return sorted(out)
 
 
+def hidden_side(index: int, teacher_encoder_layers: int) -> str:
+    """"enc" (source positions) or "dec" (target positions) for teacher hidden entry ``index``."""
+    return "enc" if index <= teacher_encoder_layers else "dec"
+
+
 def hidden_column(index: int, teacher_encoder_layers: int) -> str:
-    """The cache column of teacher hidden entry ``index`` (encoder side: source positions)."""
-    side = "enc" if index <= teacher_encoder_layers else "dec"
-    return f"{HIDDEN_PREFIX}{side}_{index}"
+    """The cache column of teacher hidden entry ``index``."""
+    return f"{HIDDEN_PREFIX}{hidden_side(index, teacher_encoder_layers)}_{index}"
 
 
 def parse_hidden_column(name: str) -> tuple[str, int] | None:
@@ -251,7 +255,7 @@ class TeacherTopK:
         flat_i = [indices[r, :n].reshape(-1).astype(np.int32) for r, n in enumerate(lens["dec"])]
         columns = {}
         for index, states in hidden.items():
-            side_lens = lens["enc" if index <= self.encoder_layers else "dec"]
+            side_lens = lens[hidden_side(index, self.encoder_layers)]
             columns[hidden_column(index, self.encoder_layers)] = [
                 states[r, :n].reshape(-1).astype(self.dtype) for r, n in enumerate(side_lens)]
         return topk_table(np.asarray(batch["id"], dtype=np.int64), flat_v, flat_i, columns)
@@ -414,7 +418,7 @@ def cache_logits(teacher: str | list[str], data_dir: str, out: str, *, top_k: in
     """
     from transformers import AutoTokenizer
 
-    from raydistill.data.files import validate_data_dir
+    from raydistill.data.files import read_split, validate_data_dir
     from raydistill.data.tokenize import tokenized_split
     from raydistill.train.run import check_model_dir, init_ray
 
@@ -438,7 +442,8 @@ def cache_logits(teacher: str | list[str], data_dir: str, out: str, *, top_k: in
         return read_manifest(out)  # type: ignore[return-value]
     pad_id = AutoTokenizer.from_pretrained(tok_dir).pad_token_id
     init_ray()
-    ds = tokenized_split(data_dir, split, n, tok_dir, max_source_length, max_target_length)
+    ds = tokenized_split(read_split(data_dir, split, n), tok_dir, max_source_length,
+                         max_target_length)
     return build_cache(ds, out, key, teachers=teachers, pad_token_id=pad_id, top_k=top_k,
                        dtype=dtype, batch_size=batch_size, num_workers=num_workers,
                        num_gpus=num_gpus)
@@ -482,7 +487,7 @@ def _cli(args: argparse.Namespace) -> int:
 
 __all__ = ["DEFAULT_TOP_K", "HIDDEN_PREFIX", "TeacherTopK", "build_cache", "cache_key",
            "cache_logits", "cached_hidden_layers", "check_cacheable", "ensure_cache",
-           "hidden_column", "is_valid", "load_cache", "normalize_hidden_layers",
+           "hidden_column", "hidden_side", "is_valid", "load_cache", "normalize_hidden_layers",
            "parse_hidden_column", "read_manifest",
            "teacher_outputs_for_batch", "teacher_topk", "topk_for_batch", "topk_kd_loss",
            "topk_table"]

@@ -252,14 +252,14 @@ def build_trainer(cfg: DistillConfig, out: Path, layers: dict[str, Any], *, stor
     from raydistill.train.loop import steps_per_epoch, train_loop_per_worker
 
     student_dir = str(out / "student")
-    n_train = len(read_split(cfg.data_dir, "train", cfg.n_train).sources)
+    train_split = read_split(cfg.data_dir, "train", cfg.n_train)
+    n_train = len(train_split)
     if n_train < cfg.num_workers:
         raise ConfigError(f"n_train={n_train} examples is fewer than num_workers={cfg.num_workers}; "
                           "use fewer workers or more data")
     # Tokenize once, before the workers take the CPUs: every epoch then reads the object store.
-    train_ds = tokenized_split(cfg.data_dir, "train", cfg.n_train, student_dir,
-                               cfg.max_source_length, cfg.max_target_length,
-                               num_actors=cfg.num_tokenize_workers)
+    train_ds = tokenized_split(train_split, student_dir, cfg.max_source_length,
+                               cfg.max_target_length, num_actors=cfg.num_tokenize_workers)
     val_ds = split_dataset(cfg.data_dir, "val", cfg.n_val).materialize()
     datasets = {"train": train_ds, "val": val_ds}
     cached = uses_cached_logits(cfg)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from raydistill.data.files import split_dataset
+from raydistill.data.files import read_split, split_dataset
 from raydistill.data.tokenize import (Tokenize, make_collate_fn, pad_batch, tokenize_dataset,
                                       tokenized_split)
 
@@ -72,8 +72,9 @@ def test_tokenized_split_in_the_driver_gives_the_actor_path_rows(ray_session, ti
                                                                   tokenizer_dir):
     """Small splits skip the tokenizer actors; what the workers read must not change."""
     kw = dict(max_source_length=6, max_target_length=8)
-    local = tokenized_split(str(tiny_data_dir), "train", 5, tokenizer_dir, **kw)
-    actors = tokenized_split(str(tiny_data_dir), "train", 5, tokenizer_dir, local_max_rows=0, **kw)
+    split = read_split(tiny_data_dir, "train", 5)
+    local = tokenized_split(split, tokenizer_dir, **kw)
+    actors = tokenized_split(split, tokenizer_dir, local_max_rows=0, **kw)
     assert local.schema() == actors.schema()
     rows = [sorted(ds.take_all(), key=lambda r: r["id"]) for ds in (local, actors)]
     assert [r["id"] for r in rows[0]] == list(range(5))
