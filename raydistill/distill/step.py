@@ -148,7 +148,7 @@ class LossStep:
             ]
         if len(results_t) > 1:
             merged = dict(results_t[0])
-            merged["logits"] = average_teacher_logits(results_t)
+            merged["logits"] = average_teacher_logits(results_t)["logits"]
             results_t = [merged]
         loss, parts = textbrewer_loss(tb, results_s, results_t[0], step=step, total_steps=total_steps,
                                       projections=self.projections, sync_logs=False)

@@ -84,6 +84,29 @@ def test_multi_teacher_averages_logits(models, batch):
         float(kd_kl_loss(s_logits, avg, batch["labels"].ne(-100), 2.0)), rel=1e-4)
 
 
+def test_textbrewer_section_with_two_teachers_averages_their_logits(models, batch):
+    """MultiTeacherDistiller: KD against the mean of the teachers' logits (it used to pass the
+    averaging helper's dict as the logits and fail)."""
+    from raydistill.distill.losses import kd_ce_loss
+
+    teacher, student, *_ = models
+    torch.manual_seed(1)
+    other = new_model("bart", teacher.config.vocab_size, encoder_layers=6, decoder_layers=6).eval()
+    cfg = DistillConfig(method="kd", teachers=["a", "b"], data_dir="d", output_dir="o",
+                        distillation={"temperature": 2, "hard_label_weight": 0})
+    loss, parts = LossStep(cfg, [teacher, other], student)(student, batch, 0, 10)
+    dec = decoder_inputs(student, batch["labels"])
+    kw = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+              decoder_input_ids=dec)
+    with torch.no_grad():
+        avg = (teacher(**kw).logits + other(**kw).logits) / 2
+        s_logits = student(**kw).logits
+    mask = batch["labels"].ne(-100)
+    expected = kd_ce_loss(s_logits[mask], avg[mask], 2.0)
+    assert float(parts["unweighted_kd_loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_textbrewer_section_with_projection_and_attention(models, batch):
     from raydistill.distill.textbrewer import build_projections
 
