@@ -14,13 +14,17 @@ Each system uses its best batching:
   padding), fed by Ray Data to one Ray Train worker; a real ``raydistill distill`` run.
 - TextBrewer: a torch DataLoader with a random sampler, padding to the longest row of the batch.
 
-raydistill runs twice per repetition: with the live teacher ("raydistill"), and with
-``is_caching_logits: true`` ("raydistill+cache"): the teacher runs once, before training, over
-the train set (Ray Data), and its top-k logits and the matched hidden state are read from the
-cache in every epoch; the build is counted in every time below. TextBrewer has the same key, but
-its GeneralDistiller switches caching off when intermediate matches are set (distiller_general.py),
-so it runs its teacher at every step. ``--top-k``: logits kept per position (default: the whole
-vocabulary for the scratch models, so the cached loss is exact; 256 otherwise).
+raydistill runs three times per repetition: with the live teacher ("raydistill"), and with
+``is_caching_logits: true`` and its two stores. "raydistill+cache" (``logit_cache: parquet``,
+the default): the teacher runs once, before training, over the train set (Ray Data), and its
+top-k logits and the matched hidden state are read from the Parquet cache in every epoch; the
+build is counted in every time below. "raydistill+memory" (``logit_cache: memory``): the first
+epoch runs the teacher and keeps its outputs in memory, the later epochs train from them; no
+build stage. TextBrewer has the same key, but its GeneralDistiller switches caching off when
+intermediate matches are set (distiller_general.py), so it runs its teacher at every step.
+``--top-k``: logits kept per position (default: the whole vocabulary for the scratch models, so
+the cached loss is exact; 256 otherwise). ``--systems`` runs a subset (TextBrewer always runs;
+``--quick`` leaves raydistill+cache out unless asked, to keep the quick set short).
 
 Validation loss is computed the same way for both, after the runs, by this file: the student's
 token-averaged cross-entropy on the first ``n_val`` val examples, for every checkpoint each system
@@ -71,8 +75,8 @@ from common import (
 )
 
 NAME = "vs_textbrewer"
-SYSTEMS = ("textbrewer", "raydistill", "raydistill+cache")
-RAYDISTILL = SYSTEMS[1:]
+SYSTEMS = ("textbrewer", "raydistill", "raydistill+cache", "raydistill+memory")
+CACHE_STORE = {"raydistill+cache": "parquet", "raydistill+memory": "memory"}
 
 
 def settings(args: argparse.Namespace) -> dict:
@@ -209,8 +213,9 @@ def textbrewer_windows(steps: list, points: list, every: int) -> list[tuple[floa
 # ---- the raydistill side ----------------------------------------------------------------------
 
 def raydistill_config(args, s, teacher, student, data, run_dir, budget, dist,
-                      top_k: int | None = None) -> dict:
-    """The run's config; ``top_k`` set: cached teacher logits (and hidden state), k per position."""
+                      top_k: int | None = None, store: str = "parquet") -> dict:
+    """The run's config; ``top_k`` set: cached teacher logits (and hidden state), k per position,
+    kept in ``store`` (``logit_cache``: parquet or memory)."""
     n_points = s["max_epochs"] * s["evals_per_epoch"]
     if top_k is not None:
         dist = {**dist, "is_caching_logits": True}
@@ -229,7 +234,7 @@ def raydistill_config(args, s, teacher, student, data, run_dir, budget, dist,
         "n_val": 4, "eval_beams": 1, "eval_max_gen_length": 8, "eval_batch_size": 16,
         "do_predict": False, "logger": "tensorboard", "log_every_n_steps": s["log_every_n_steps"],
         "checkpoints_to_keep": n_points + 1,
-        **({"logit_cache_top_k": top_k} if top_k is not None else {}),
+        **({"logit_cache_top_k": top_k, "logit_cache": store} if top_k is not None else {}),
     }
 
 
@@ -280,6 +285,10 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=None, help="repetitions per system")
     p.add_argument("--top-k", type=int, default=None, help="raydistill+cache: teacher logits "
                    "kept per position (default: the vocabulary for scratch models, else 256)")
+    p.add_argument("--systems", default=None,
+                   help="raydistill systems to run beside TextBrewer, comma-separated, from "
+                        + ",".join(SYSTEMS[1:]) + " (default: all; --quick: raydistill,"
+                        "raydistill+memory, to keep the quick set short)")
     p.add_argument("--textbrewer", help=argparse.SUPPRESS)  # internal: the TextBrewer run
     args = p.parse_args()
     if args.textbrewer:
@@ -296,6 +305,13 @@ def main() -> None:
     from raydistill.models.layers import load_seq2seq
 
     s = settings(args)
+    given = args.systems or ("raydistill,raydistill+memory" if args.quick else ",".join(SYSTEMS[1:]))
+    chosen = [x.strip() for x in given.split(",") if x.strip()]
+    unknown = [x for x in chosen if x not in SYSTEMS[1:]]
+    if unknown or not chosen:
+        sys.exit(f"--systems {given!r}: choose from {', '.join(SYSTEMS[1:])}")
+    systems = ["textbrewer"] + [x for x in SYSTEMS[1:] if x in chosen]
+    s["systems"] = systems
     data = data_dir_or_skip(args.data_root, "scitldr", NAME)
     work = Path(args.workdir).resolve()
     t_all = time.time()
@@ -318,8 +334,8 @@ def main() -> None:
     dist = distillation(teacher, student)
     s["top_k"] = args.top_k or (len(tok) if s["model"] == "scratch" else 256)
 
-    runs: dict[str, list[dict]] = {k: [] for k in SYSTEMS}
-    for rep, system in abba(s["reps"], SYSTEMS):
+    runs: dict[str, list[dict]] = {k: [] for k in systems}
+    for rep, system in abba(s["reps"], systems):
         out = work / "runs" / f"{system}_{rep}"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
@@ -345,7 +361,8 @@ def main() -> None:
             run_dir = out / "run"
             cfg = write_yaml(out / "config.yaml", raydistill_config(
                 args, s, teacher, student, data, run_dir, budget, dist,
-                top_k=s["top_k"] if system == "raydistill+cache" else None))
+                top_k=s["top_k"] if system in CACHE_STORE else None,
+                store=CACHE_STORE.get(system, "parquet")))
             wall = run_logged([*raydistill_cli(), "distill", str(cfg)], out / "log.txt")
             points = raydistill_points(run_dir, launched)
             rates = window_rates(raydistill_windows(run_dir / "tensorboard"), skip=0)
@@ -390,7 +407,7 @@ def summarize(args, s, runs, budget, dist, seconds) -> None:
                            "final_val_loss", "optimizer_steps", "source_padding",
                            "cache_build_seconds")}
            for k, v in runs.items()}
-    target = max(med[k]["final_val_loss"] for k in SYSTEMS)
+    target = max(m["final_val_loss"] for m in med.values())
     for system, reps in runs.items():
         for r in reps:
             hit = [pt["time"] for pt in r["points"] if pt["val_loss"] <= target * (1 + 1e-9)]
@@ -407,7 +424,7 @@ def summarize(args, s, runs, budget, dist, seconds) -> None:
         return a / b if a and b else None
 
     ratios = {}
-    for system in RAYDISTILL:
+    for system in [k for k in runs if k != "textbrewer"]:
         rd = med[system]
         ratios[system] = {
             "tokens_per_s": ratio(rd["steady_tokens_per_s"], tb["steady_tokens_per_s"]),
@@ -429,7 +446,7 @@ def summarize(args, s, runs, budget, dist, seconds) -> None:
                   fmt(med[k]["time_to_target"], ".1f"), fmt(med[k]["train_time_to_target"], ".1f"),
                   fmt(med[k]["cache_build_seconds"], ".1f"), fmt(med[k]["final_val_loss"], ".4f"),
                   fmt(100 * med[k]["source_padding"], ".1f"), fmt(med[k]["optimizer_steps"], ".0f")]
-                 for k in SYSTEMS],
+                 for k in runs],
                 ["system", "steady tokens/s", "end-to-end wall (s)",
                  f"time to val loss {target:.4f} from launch (s)",
                  "same, from end of first log window (s)", "cache build (s)", "final val loss",

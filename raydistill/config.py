@@ -23,6 +23,7 @@ METHODS = ("sft", "kd", "pl")
 TASKS = ("summarization", "translation")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOGGERS = ("tensorboard", "wandb", "none")
+LOGIT_CACHES = ("parquet", "memory")
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,10 @@ class DistillConfig:
     distillation: dict | None = None
     training: dict | None = None
     # distillation.is_caching_logits: teacher logits kept per position (None: reuse a cache of
-    # any k, build with 64).
+    # any k, build with 64), and where: "parquet" (built before training, reusable across runs)
+    # or "memory" (recorded during the first epoch, as TextBrewer does).
     logit_cache_top_k: int | None = None
+    logit_cache: str = "parquet"
 
     # Validation and test.
     val_check_interval: float = 1.0  # fraction of an epoch
@@ -121,6 +124,7 @@ class DistillConfig:
         _choice("task", self.task, TASKS)
         _choice("precision", self.precision, PRECISIONS)
         _choice("logger", self.logger, LOGGERS)
+        _choice("logit_cache", self.logit_cache, LOGIT_CACHES)
         if not self.data_dir:
             raise ConfigError("data_dir is required: set data_dir: PATH in the config or data_dir=PATH")
         if not self.output_dir:

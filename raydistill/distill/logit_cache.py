@@ -71,7 +71,7 @@ FORMAT_VERSION = 1
 def topk_kd_loss(
     s_logits: torch.Tensor,
     topk_values: torch.Tensor,
-    topk_indices: torch.Tensor,
+    topk_indices: torch.Tensor | None,
     mask: torch.Tensor,
     temperature: float,
     kind: str = "ce",
@@ -79,7 +79,8 @@ def topk_kd_loss(
     """KD from the teacher's top-k logits (formula in the module doc).
 
     s_logits: (B, T, V) student logits; topk_values: (B, T, k) teacher logits (any per-position
-    shift); topk_indices: (B, T, k) their token ids; mask: (B, T) True where the position counts.
+    shift); topk_indices: (B, T, k) their token ids, or None when every logit is kept in
+    vocabulary order (k = V: no gather); mask: (B, T) True where the position counts.
     kind: "ce" (TextBrewer's kd_ce_loss, no T^2) or "kl" (kd_kl_loss: KL x T^2).
     Returns a scalar averaged over selected positions; 0 (in the graph) when none is selected.
     """
@@ -90,8 +91,9 @@ def topk_kd_loss(
         return s_logits.sum() * 0.0
     s = s_logits[sel].float()  # (N, V)
     tv = topk_values[sel].float()  # (N, k)
-    ti = topk_indices[sel].long()
-    log_p_s = F.log_softmax(s / temperature, dim=-1).gather(-1, ti)  # (N, k)
+    log_p_s = F.log_softmax(s / temperature, dim=-1)
+    if topk_indices is not None:
+        log_p_s = log_p_s.gather(-1, topk_indices[sel].long())  # (N, k)
     log_p_t = F.log_softmax(tv / temperature, dim=-1)  # renormalized over the top-k
     p_t = log_p_t.exp()
     if kind == "ce":
@@ -400,6 +402,88 @@ def ensure_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teach
     print(f"[raydistill] teacher logits: building {cache_dir} ({reason})", flush=True)
     return build_cache(tokenized, cache_dir, key, teachers=teachers, pad_token_id=pad_token_id,
                        top_k=top_k or DEFAULT_TOP_K, **build_kw)
+
+
+# ---- in memory: TextBrewer's own caching ---------------------------------------------------
+
+class MemoryLogitCache:
+    """``logit_cache: memory``: the teacher's outputs of the first epoch, kept in memory and
+    reused by the later epochs (TextBrewer's ``is_caching_logits``: the teacher runs once, with
+    no build stage before training).
+
+    An example is kept as the Parquet cache keeps it: its top-k logits minus the position's
+    largest, in ``dtype``, with int32 token ids (none when k >= V: every logit, vocabulary
+    order), and the hidden entries the matches read. A batch whose every example is kept
+    trains through the same top-k loss as the Parquet cache; any other batch runs the live
+    teacher and is recorded (the first epoch, and after a resume). After each epoch the
+    workers exchange what they recorded, so every worker holds the whole cache: this suits
+    small and medium train sets, as TextBrewer advises; larger ones use the Parquet cache.
+    """
+
+    def __init__(self, top_k: int, dtype: str = "float16", hidden_layers: Sequence[int] = (),
+                 encoder_layers: int = 0) -> None:
+        if top_k < 1:
+            raise ValueError(f"top_k={top_k}: keep at least 1 logit per position")
+        self.top_k = top_k
+        self.dtype = getattr(torch, dtype)
+        self.hidden_layers = [int(i) for i in hidden_layers]
+        self.encoder_layers = encoder_layers
+        self.rows: dict[int, dict[str, np.ndarray]] = {}
+        self.new: dict[int, dict[str, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for row in self.rows.values() for a in row.values())
+
+    @torch.no_grad()
+    def record(self, ids: Sequence[int], logits: torch.Tensor, hidden: Sequence[Any],
+               src_mask: torch.Tensor, tgt_mask: torch.Tensor) -> None:
+        """Keep a batch's teacher outputs: ``logits`` (B, T, V); ``hidden`` TextBrewer's list
+        (encoder embeddings + layers, then decoder's), each (B, L, d); masks (B, S) / (B, T)."""
+        values, indices = teacher_topk(logits, self.top_k)
+        values = values.to("cpu", self.dtype).numpy()
+        indices = None if self.top_k >= logits.size(-1) else indices.to("cpu", torch.int32).numpy()
+        lens = {"enc": src_mask.sum(1).tolist(), "dec": tgt_mask.sum(1).tolist()}
+        states = {hidden_column(i, self.encoder_layers): (hidden_side(i, self.encoder_layers),
+                                                          hidden[i].to("cpu", self.dtype).numpy())
+                  for i in self.hidden_layers}
+        for r, example in enumerate(ids):
+            n = lens["dec"][r]  # copies: a row must not keep the whole batch's array alive
+            row = {"topk_values": values[r, :n].copy()}
+            if indices is not None:
+                row["topk_indices"] = indices[r, :n].copy()
+            for name, (side, array) in states.items():
+                row[name] = array[r, :lens[side][r]].copy()
+            self.rows[int(example)] = self.new[int(example)] = row
+
+    def lookup(self, ids: Sequence[int]) -> dict[str, torch.Tensor] | None:
+        """A batch's cached columns, padded as the batch (None unless every example is kept):
+        ``topk_values`` (B, T, k) float32, ``topk_indices`` (B, T, k) int64 when k < V, and
+        each ``t_hidden_*`` (B, L, d) float32; zeros at padded positions."""
+        rows = [self.rows.get(int(i)) for i in ids]
+        if not rows or any(r is None for r in rows):
+            return None
+        out = {}
+        for name in rows[0]:
+            arrays = [r[name] for r in rows]
+            padded = np.zeros((len(arrays), max(len(a) for a in arrays), arrays[0].shape[1]),
+                              dtype=np.float32 if name != "topk_indices" else np.int64)
+            for r, a in enumerate(arrays):
+                padded[r, :len(a)] = a
+            out[name] = torch.from_numpy(padded)
+        return out
+
+    def take_new(self) -> dict[int, dict[str, np.ndarray]]:
+        """The examples recorded since the last call (what this worker shares after an epoch)."""
+        new, self.new = self.new, {}
+        return new
+
+    def merge(self, rows: dict[int, dict[str, np.ndarray]]) -> None:
+        """Add another worker's examples."""
+        self.rows.update(rows)
 
 
 # ---- raydistill cache-logits -------------------------------------------------------------------

@@ -42,10 +42,15 @@ class LossStep:
 
             self.tb_config = DistillationConfig.from_dict(cfg.distillation)
         # Cached teacher logits: batches carry the teacher's top-k (and the hidden states the
-        # matches read), no teacher runs here.
-        self.cached_logits = bool(self.tb_config is not None and self.tb_config.is_caching_logits)
+        # matches read). From the Parquet cache no teacher runs here; with logit_cache: memory
+        # the teacher runs on batches not cached yet, and keeps its outputs in last_teacher
+        # for the loop to record.
+        caching = bool(self.tb_config is not None and self.tb_config.is_caching_logits)
+        self.cached_logits = caching and cfg.logit_cache == "parquet"
+        self.memory_logits = caching and cfg.logit_cache == "memory"
+        self.last_teacher: tuple[torch.Tensor, list[Any]] | None = None
         self.cached_hidden: list[int] = []
-        if self.cached_logits:
+        if caching:
             from raydistill.distill.logit_cache import cached_hidden_layers, check_cacheable
 
             check_cacheable(self.tb_config)
@@ -87,7 +92,7 @@ class LossStep:
         inner = getattr(student, "module", student)
         dec_in = decoder_inputs(inner, labels)
         cfg = self.cfg
-        if self.cached_logits:
+        if self.cached_logits or "topk_values" in batch:
             return self._cached(student, batch, dec_in, step, total_steps)
         if not self.teachers:
             out = seq2seq_forward(student, batch, dec_in)
@@ -150,6 +155,8 @@ class LossStep:
             merged = dict(results_t[0])
             merged["logits"] = average_teacher_logits(results_t)["logits"]
             results_t = [merged]
+        if self.memory_logits:
+            self.last_teacher = (results_t[0]["logits"], results_t[0]["hidden"])
         loss, parts = textbrewer_loss(tb, results_s, results_t[0], step=step, total_steps=total_steps,
                                       projections=self.projections, sync_logs=False)
         parts = {k: (v if torch.is_tensor(v) else torch.tensor(float(v))) for k, v in parts.items()}
@@ -169,7 +176,7 @@ class LossStep:
         tgt_mask = batch["labels"].ne(IGNORE_INDEX)
         s_out = seq2seq_forward(student, batch, dec_in, hidden=bool(self.cached_hidden))
         hard = lm_loss(s_out.logits, batch["labels"], self.cfg.label_smoothing)
-        kd = topk_kd_loss(s_out.logits, batch["topk_values"], batch["topk_indices"], tgt_mask,
+        kd = topk_kd_loss(s_out.logits, batch["topk_values"], batch.get("topk_indices"), tgt_mask,
                           float(tb.temperature), kind="ce")
         kd_w = scheduled_weight(tb.kd_loss_weight, tb.kd_loss_weight_scheduler, step, total_steps)
         hl_w = scheduled_weight(tb.hard_label_weight, tb.hard_label_weight_scheduler, step,

@@ -111,6 +111,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         projections = build_projections(step_probe.tb_config).to(device)
     loss_step = LossStep(cfg, teachers, student, run.get("e_layer_ids"), run.get("d_layer_ids"),
                          projections)
+    memory = None  # logit_cache: memory (the first epoch's teacher outputs, for the later ones)
+    if loss_step.memory_logits:
+        from raydistill.distill.logit_cache import DEFAULT_TOP_K, MemoryLogitCache
+
+        memory = MemoryLogitCache(cfg.logit_cache_top_k or DEFAULT_TOP_K,
+                                  hidden_layers=loss_step.cached_hidden,
+                                  encoder_layers=loss_step.teacher_counts[0]
+                                  if loss_step.cached_hidden else 0)
     layerdrop = bool(cfg.encoder_layerdrop or cfg.decoder_layerdrop)
     model = ray.train.torch.prepare_model(
         student, parallel_strategy_kwargs={"find_unused_parameters": layerdrop or cfg.freeze_encoder})
@@ -154,6 +162,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     logger = _Logger(cfg, run, rank) if rank == 0 else None
 
     running = {"sum": 0.0, "n": 0}  # mean training loss between validations
+    cache_use = {"batches": 0, "hits": 0}  # logit_cache: memory, between validations
 
     def validate_and_report(final: bool = False) -> None:
         metrics = _validate(inner, tokenizer, val_rows, cfg, run, rank, world, device)
@@ -162,6 +171,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if device.type == "cuda":  # this worker's peak so far: training, teacher and validation
             metrics["gpu_peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         running.update(sum=0.0, n=0)
+        if memory is not None:  # this worker's view: what it holds, how often it served a batch
+            metrics.update(logit_cache_examples=len(memory),
+                           logit_cache_hit_rate=cache_use["hits"] / max(cache_use["batches"], 1))
+            cache_use.update(batches=0, hits=0)
         name = cfg.val_metric
         if state["best_metric"] is None or metrics[name] > state["best_metric"]:
             state["best_metric"] = metrics[name]
@@ -205,9 +218,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # Counted on the host, before the copy: on a GPU every read of a device value
             # waits for the queued work, and a step reads one (the loss) in all.
             tokens += int(batch["attention_mask"].sum()) + int(batch["labels"].ne(-100).sum())
+            ids = batch["id"].tolist()
+            if memory is not None:  # the teacher's outputs, when this batch's are all kept
+                kept = memory.lookup(ids)
+                cache_use["batches"] += 1
+                cache_use["hits"] += kept is not None
+                batch.update(kept or {})
             batch = {k: v.to(device) for k, v in batch.items() if k != "id"}
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss, parts = loss_step(model, batch, state["global_step"], total_steps)
+            if loss_step.last_teacher is not None:  # the live teacher ran: keep its outputs
+                memory.record(ids, *loss_step.last_teacher, batch["attention_mask"],
+                              batch["labels"].ne(-100))
+                loss_step.last_teacher = None
             loss_value = float(loss.detach())  # the step's one read: finite check and the mean
             _check_finite(loss_value, parts, state["global_step"])
             running["sum"] += loss_value
@@ -259,6 +282,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             raise TrainingError(f"worker {rank} got no training batch in epoch {state['epoch']}: "
                                 "n_train is smaller than num_workers; add data or use fewer workers")
         if not done:
+            if memory is not None:  # every worker gets what the others recorded this epoch
+                added = 0
+                for part in _gather(memory.take_new(), world):
+                    memory.merge(part)
+                    added += len(part)
+                if logger and added:
+                    print(f"[raydistill] teacher logits: {len(memory)} examples kept in memory "
+                          f"({memory.nbytes / 2**20:.0f} MiB per worker) after epoch "
+                          f"{state['epoch']}", flush=True)
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
             if cfg.max_steps is None and state["epoch"] >= cfg.max_epochs:

@@ -201,8 +201,14 @@ def run_distill(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = F
 
 
 def uses_cached_logits(cfg: DistillConfig) -> bool:
-    """kd with ``distillation: {is_caching_logits: true}``: the teacher runs once, before training."""
+    """kd with ``distillation: {is_caching_logits: true}``: the teacher runs once, before
+    training (``logit_cache: parquet``) or during the first epoch (``memory``)."""
     return cfg.method == "kd" and bool((cfg.distillation or {}).get("is_caching_logits"))
+
+
+def prebuilds_logit_cache(cfg: DistillConfig) -> bool:
+    """Cached logits built before training (Parquet), joined to the train rows by id."""
+    return uses_cached_logits(cfg) and cfg.logit_cache == "parquet"
 
 
 def clear_previous_run(storage: str, run_name: str, owned: bool) -> None:
@@ -262,7 +268,7 @@ def build_trainer(cfg: DistillConfig, out: Path, layers: dict[str, Any], *, stor
                                cfg.max_target_length, num_actors=cfg.num_tokenize_workers)
     val_ds = split_dataset(cfg.data_dir, "val", cfg.n_val).materialize()
     datasets = {"train": train_ds, "val": val_ds}
-    cached = uses_cached_logits(cfg)
+    cached = prebuilds_logit_cache(cfg)
     if cached:  # the teacher runs now, while the CPUs/GPUs are still free
         from raydistill.distill.logit_cache import load_cache
 

@@ -1,9 +1,10 @@
-"""One kd run from cached teacher logits, with token-budget batches over two Ray Train workers.
+"""kd runs from cached teacher logits, with token-budget batches over two Ray Train workers.
 
-The cache is built first by ``raydistill cache-logits`` (the standalone command), with the
-teacher hidden state a hidden-state match reads; the run must find it valid (same teacher, data,
-tokenization and hidden states, through the student's copy of the tokenizer) and train from it
-instead of the teacher. One Ray Train fit.
+The Parquet cache is built first by ``raydistill cache-logits`` (the standalone command), with
+the teacher hidden state a hidden-state match reads; the run must find it valid (same teacher,
+data, tokenization and hidden states, through the student's copy of the tokenizer) and train from
+it instead of the teacher. The memory cache is recorded by the run's first epoch. One Ray Train
+fit each.
 """
 
 from __future__ import annotations
@@ -84,4 +85,39 @@ def test_kd_from_cached_logits_with_token_budget_on_two_workers(ray_session, tin
     assert history[-1]["step"] == total  # the LR schedule counted the plan's batches
     assert history[-1]["epoch"] == 1 and len(history) == 2
     assert all(math.isfinite(h["train_loss"]) for h in history if "train_loss" in h)
+    assert (out / "best_tfmr" / "config.json").is_file()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_kd_with_logits_kept_in_memory_on_two_workers(ray_session, tiny_bart_dir, data_dir,
+                                                      tmp_path):
+    """logit_cache: memory (TextBrewer's caching): the first epoch runs the teacher and keeps its
+    outputs, the workers exchange them, and the second epoch trains from them alone."""
+    from raydistill.train.run import run_distill
+
+    out = tmp_path / "run"
+    cfg = DistillConfig(
+        method="kd", teacher=str(tiny_bart_dir), student_encoder_layers=1,
+        student_decoder_layers=1, data_dir=str(data_dir), output_dir=str(out),
+        num_workers=2, max_source_length=32, max_target_length=8, val_max_target_length=8,
+        max_tokens_per_batch=48, max_epochs=2, learning_rate=1e-3, eval_beams=1,
+        eval_batch_size=4, logger="tensorboard", do_predict=False, log_every_n_steps=1,
+        logit_cache="memory",  # default k = 64 < V: token ids kept too
+        distillation={"is_caching_logits": True, "temperature": 1, "hard_label_weight": 0.5,
+                      "intermediate_matches": [{"layer_T": -1, "layer_S": -1, "feature": "hidden",
+                                                "loss": "hidden_mse", "weight": 1.0}]},
+    )
+    first, second = run_distill(cfg, overwrite=True)["val"]
+    # Epoch 0: the live teacher on every batch; rank 0 holds what it saw (its share).
+    assert first["logit_cache_hit_rate"] == 0.0 and 0 < first["logit_cache_examples"] < 24
+    # Epoch 1: after the exchange every worker holds all 24, and no batch runs the teacher.
+    assert second["logit_cache_hit_rate"] == 1.0 and second["logit_cache_examples"] == 24
+    assert not (out / "logit_cache").exists()  # nothing written: the cache lived in memory
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    match = [e.value for e in events.Scalars("train/unweighted_hidden_hidden_mse_-1_-1")]
+    assert len(match) >= 4 and all(math.isfinite(v) and v > 0 for v in match)
     assert (out / "best_tfmr" / "config.json").is_file()

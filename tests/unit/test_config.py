@@ -68,6 +68,7 @@ def test_overrides_are_typed_and_nested(tmp_path):
     ("method", "distil", r"method='distil' is not allowed: choose one of sft, kd, pl"),
     ("label_smoothing", 1.0, r"label_smoothing=1.0 is out of range"),
     ("logit_cache_top_k", 0, r"logit_cache_top_k=0 is out of range: it must be >= 1"),
+    ("logit_cache", "disk", r"logit_cache='disk' is not allowed: choose one of parquet, memory"),
 ])
 def test_bad_values_name_key_value_and_range(key, value, pattern):
     with pytest.raises(ConfigError, match=pattern):

@@ -263,6 +263,108 @@ def test_cached_hidden_states_round_trip_to_the_live_textbrewer_loss(tiny_bart_d
                step=0, total_steps=10)
 
 
+# ---- logit_cache: memory (TextBrewer's own caching: the first epoch's teacher outputs) -------
+
+@pytest.mark.parametrize("top_k", [None, 5])  # None: k = V (exact, no indices kept)
+def test_memory_cache_records_what_the_parquet_cache_holds(tiny_bart_dir, tmp_path, top_k):
+    """First epoch: the memory step is the live teacher's step and hands over the teacher's
+    outputs; recorded, they come back as the Parquet cache's batch columns (TeacherTopK ->
+    PadCollate), and a later epoch's step equals the Parquet-cached step."""
+    from transformers import AutoTokenizer
+
+    from raydistill.data.tokenize import make_collate_fn
+    from raydistill.distill.logit_cache import MemoryLogitCache
+    from raydistill.distill.textbrewer import build_projections
+    from raydistill.models.layers import load_seq2seq
+
+    tok = AutoTokenizer.from_pretrained(tiny_bart_dir)
+    enc = tok(["the cat sat on the mat", "a dog", "birds sang in the old tree by the river"])
+    tgt = tok(text_target=["cat sat .", "the dog ran in the park .", "birds ."])
+    rows = {"id": np.array([4, 0, 9]), "input_ids": _ragged(enc["input_ids"]),
+            "labels": _ragged(tgt["input_ids"])}
+    teacher = load_seq2seq(str(tiny_bart_dir)).eval()
+    student = load_seq2seq(str(tiny_bart_dir))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    k = top_k or teacher.config.vocab_size
+    dist = {"temperature": 2, "hard_label_weight": 0.5, "intermediate_matches": HIDDEN_MATCHES}
+    live_cfg = DistillConfig(method="kd", teacher=str(tiny_bart_dir), data_dir=str(tmp_path),
+                             output_dir=str(tmp_path), distillation=dist)
+    parquet_cfg = live_cfg.replace(distillation={**dist, "is_caching_logits": True})
+    memory_cfg = parquet_cfg.replace(logit_cache="memory")
+    torch.manual_seed(0)
+    projections = build_projections(DistillationConfig.from_dict(dist))
+    live = LossStep(live_cfg, [teacher], student, projections=projections)
+    memory = LossStep(memory_cfg, [teacher], student, projections=projections)
+    parquet = LossStep(parquet_cfg, [], student, projections=projections)
+    assert memory.memory_logits and not memory.cached_logits and parquet.cached_logits
+
+    batch = make_collate_fn(tok.pad_token_id)(rows)
+    ids = batch.pop("id").tolist()
+    loss_live, _ = live(student, batch, step=3, total_steps=10)
+    assert live.last_teacher is None  # only the memory mode hands its outputs over
+    loss_first, _ = memory(student, batch, step=3, total_steps=10)
+    assert torch.equal(loss_first, loss_live)  # the first epoch is the live teacher's step
+
+    cache = MemoryLogitCache(k, "float16", hidden_layers=memory.cached_hidden, encoder_layers=4)
+    cache.record(ids, *memory.last_teacher, batch["attention_mask"], batch["labels"].ne(-100))
+    kept = cache.lookup(ids)
+    table = TeacherTopK([str(tiny_bart_dir)], top_k=k, dtype="float16",
+                        pad_token_id=tok.pad_token_id, hidden_layers=memory.cached_hidden)(rows)
+    ref = make_collate_fn(tok.pad_token_id)(
+        {**rows, **{c: _ragged([v.as_py() for v in table.column(c)],
+                               np.int32 if c == "topk_indices" else np.float16)
+                    for c in table.column_names if c != "id"}})
+    expected = {c for c in ref if c not in ("id", "input_ids", "attention_mask", "labels")}
+    assert set(kept) == (expected if top_k else expected - {"topk_indices"})
+    for name, value in kept.items():
+        assert value.shape == ref[name].shape, name
+        torch.testing.assert_close(value, ref[name], rtol=0, atol=0, msg=name)
+
+    loss_memory, parts_memory = memory(student, {**batch, **kept}, step=3, total_steps=10)
+    loss_parquet, parts_parquet = parquet(student, {**batch, **{c: v for c, v in ref.items()
+                                                                if c != "id"}}, step=3, total_steps=10)
+    torch.testing.assert_close(loss_memory, loss_parquet, rtol=1e-6, atol=0)
+    assert set(parts_memory) == set(parts_parquet)
+    if top_k is None:  # exact: the live loss, up to float16 storage
+        torch.testing.assert_close(loss_memory, loss_live, rtol=2e-3, atol=0)
+
+
+def test_memory_cache_serves_only_whole_batches_and_merges_other_workers(tiny_bart_dir):
+    from raydistill.distill.logit_cache import MemoryLogitCache
+
+    logits = torch.randn(2, 4, 10)
+    tgt_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    src_mask = torch.ones(2, 6, dtype=torch.long)
+    mine, other = MemoryLogitCache(3), MemoryLogitCache(3)
+    mine.record([10, 11], logits, [], src_mask, tgt_mask)
+    assert mine.lookup([10, 12]) is None and mine.lookup([]) is None
+    kept = mine.lookup([11, 10])  # any order: rows follow the ids asked for
+    values, indices = teacher_topk(logits, 3)
+    assert torch.equal(kept["topk_indices"][0], indices[1])
+    torch.testing.assert_close(kept["topk_values"][1, :3], values[0, :3].half().float())
+    assert float(kept["topk_values"][1, 3].abs().sum()) == 0.0  # the padded position
+    assert len(mine) == 2 and mine.nbytes == (3 + 4) * 3 * (2 + 4)  # float16 values, int32 ids
+    new = mine.take_new()
+    assert sorted(new) == [10, 11] and mine.take_new() == {}
+    other.merge(new)
+    assert torch.equal(other.lookup([10, 11])["topk_values"], mine.lookup([10, 11])["topk_values"])
+
+
+def test_topk_loss_without_indices_is_the_full_vocabulary_loss():
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 1]], dtype=torch.bool)
+    values, indices = teacher_topk(t, 7)
+    for kind in ("ce", "kl"):
+        torch.testing.assert_close(topk_kd_loss(s, values, None, mask, 2.0, kind),
+                                   topk_kd_loss(s, values, indices, mask, 2.0, kind))
+    torch.testing.assert_close(topk_kd_loss(s, values, None, mask, 2.0),
+                               kd_ce_loss(s[mask], t[mask], 2.0))
+
+
 def test_key_names_the_hidden_states_kept(cache_inputs):
     teacher, data = cache_inputs
     plain, with_hidden = _key(teacher, data), _key(teacher, data, hidden_layers=[9, 2])
