@@ -9,3 +9,18 @@ def test_public_names_are_exported():
                  "DistillationConfig", "TrainingConfig", "token_budget_batches"):
         assert name in raydistill.__all__ and getattr(raydistill, name) is not None
     assert callable(raydistill.evaluate) and raydistill.LAYERS_TO_COPY[12][3] == [0, 6, 11]
+
+
+def test_every_config_key_is_in_the_readme_reference():
+    """The README's config reference names every DistillConfig key (first column of its tables)."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from raydistill.config import DistillConfig
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    first_cells = [line.split("|")[1] for line in readme.splitlines() if line.startswith("| `")]
+    named = set(re.findall(r"`([a-z_0-9]+)`", "\n".join(first_cells)))
+    missing = [f.name for f in dataclasses.fields(DistillConfig) if f.name not in named]
+    assert not missing, f"README config reference lacks {missing}"
