@@ -162,6 +162,11 @@ class DistillConfig:
             raise ConfigError(
                 f"val_check_interval={self.val_check_interval} is out of range: it must be in (0, 1]"
                 " (a fraction of an epoch)")
+        if self.logit_cache == "memory" and not (
+                self.method == "kd" and (self.distillation or {}).get("is_caching_logits")):
+            raise ConfigError("logit_cache: memory keeps cached teacher logits, but this run caches "
+                              "none; set distillation: {is_caching_logits: true} with method: kd, "
+                              "or drop logit_cache")
         if self.method == "kd" and self.distillation is None and \
                 self.alpha_ce + self.alpha_mlm + self.alpha_hid == 0:
             raise ConfigError("alpha_ce, alpha_mlm and alpha_hid are all 0: nothing to train; "

@@ -75,6 +75,14 @@ def test_bad_values_name_key_value_and_range(key, value, pattern):
         DistillConfig.from_dict({**BASE, key: value})
 
 
+def test_memory_logit_cache_needs_cached_logits():
+    with pytest.raises(ConfigError, match="logit_cache: memory .*is_caching_logits: true"):
+        DistillConfig.from_dict({**BASE, "method": "kd", "teacher": "t", "logit_cache": "memory"})
+    cfg = DistillConfig.from_dict({**BASE, "method": "kd", "teacher": "t", "logit_cache": "memory",
+                                   "distillation": {"is_caching_logits": True}})
+    assert cfg.logit_cache == "memory"
+
+
 def test_all_loss_weights_zero_is_an_error():
     with pytest.raises(ConfigError, match="all 0"):
         DistillConfig.from_dict({**BASE, "alpha_ce": 0, "alpha_mlm": 0, "alpha_hid": 0})
