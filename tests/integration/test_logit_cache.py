@@ -36,6 +36,22 @@ def data_dir(tmp_path):
     return d
 
 
+def _cached_kd_config(teacher, data_dir, out, **cache) -> DistillConfig:
+    """kd 4-4 -> 1-1 on two workers with token-budget batches, from cached logits and the
+    teacher's last hidden state (a hidden-state match)."""
+    return DistillConfig(
+        method="kd", teacher=str(teacher), student_encoder_layers=1,
+        student_decoder_layers=1, data_dir=str(data_dir), output_dir=str(out),
+        num_workers=2, max_source_length=32, max_target_length=8, val_max_target_length=8,
+        max_tokens_per_batch=48, max_epochs=2, learning_rate=1e-3, eval_beams=1,
+        eval_batch_size=4, logger="tensorboard", do_predict=False, log_every_n_steps=1,
+        distillation={"is_caching_logits": True, "temperature": 1, "hard_label_weight": 0.5,
+                      "intermediate_matches": [{"layer_T": -1, "layer_S": -1, "feature": "hidden",
+                                                "loss": "hidden_mse", "weight": 1.0}]},
+        **cache,
+    )
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_kd_from_cached_logits_with_token_budget_on_two_workers(ray_session, tiny_bart_dir,
@@ -54,17 +70,8 @@ def test_kd_from_cached_logits_with_token_budget_on_two_workers(ray_session, tin
     assert table.schema.field("topk_indices").type.value_type == pa.int32()
     assert table.schema.field("t_hidden_dec_9").type.value_type == pa.float16()
 
-    cfg = DistillConfig(
-        method="kd", teacher=str(tiny_bart_dir), student_encoder_layers=1,
-        student_decoder_layers=1, data_dir=str(data_dir), output_dir=str(out),
-        num_workers=2, max_source_length=32, max_target_length=8, val_max_target_length=8,
-        max_tokens_per_batch=48, max_epochs=2, learning_rate=1e-3, eval_beams=1,
-        eval_batch_size=4, logger="tensorboard", do_predict=False, log_every_n_steps=1,
-        logit_cache_top_k=16,  # the command's k: reused (another k would rebuild)
-        distillation={"is_caching_logits": True, "temperature": 1, "hard_label_weight": 0.5,
-                      "intermediate_matches": [{"layer_T": -1, "layer_S": -1, "feature": "hidden",
-                                                "loss": "hidden_mse", "weight": 1.0}]},
-    )
+    # The command's k: reused (another k would rebuild).
+    cfg = _cached_kd_config(tiny_bart_dir, data_dir, out, logit_cache_top_k=16)
     summary = run_distill(cfg, overwrite=True)
     printed = capsys.readouterr().out
     assert "teacher logits: reusing" in printed  # the command's cache fits the run
@@ -97,17 +104,8 @@ def test_kd_with_logits_kept_in_memory_on_two_workers(ray_session, tiny_bart_dir
     from raydistill.train.run import run_distill
 
     out = tmp_path / "run"
-    cfg = DistillConfig(
-        method="kd", teacher=str(tiny_bart_dir), student_encoder_layers=1,
-        student_decoder_layers=1, data_dir=str(data_dir), output_dir=str(out),
-        num_workers=2, max_source_length=32, max_target_length=8, val_max_target_length=8,
-        max_tokens_per_batch=48, max_epochs=2, learning_rate=1e-3, eval_beams=1,
-        eval_batch_size=4, logger="tensorboard", do_predict=False, log_every_n_steps=1,
-        logit_cache="memory",  # default k = 64 < V: token ids kept too
-        distillation={"is_caching_logits": True, "temperature": 1, "hard_label_weight": 0.5,
-                      "intermediate_matches": [{"layer_T": -1, "layer_S": -1, "feature": "hidden",
-                                                "loss": "hidden_mse", "weight": 1.0}]},
-    )
+    # The default k = 64 < V: token ids are kept too.
+    cfg = _cached_kd_config(tiny_bart_dir, data_dir, out, logit_cache="memory")
     first, second = run_distill(cfg, overwrite=True)["val"]
     # Epoch 0: the live teacher on every batch; rank 0 holds what it saw (its share).
     assert first["logit_cache_hit_rate"] == 0.0 and 0 < first["logit_cache_examples"] < 24

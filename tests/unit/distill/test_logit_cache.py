@@ -200,22 +200,17 @@ def test_cached_hidden_layers_are_normalized_and_range_checked():
     check_cacheable(tb)  # hidden matches no longer need the live teacher
 
 
-@pytest.mark.parametrize("dtype, rtol", [("float32", 1e-5), ("float16", 2e-3)])
-def test_cached_hidden_states_round_trip_to_the_live_textbrewer_loss(tiny_bart_dir, tmp_path,
-                                                                     dtype, rtol):
-    """TeacherTopK (k = V, hidden entries) -> Arrow rows -> PadCollate -> the cached LossStep
-    gives the live teacher's GeneralDistiller loss: KD + three kinds of hidden matches (one with
-    a projection, one pair loss) + hard labels, every logged component included."""
+def _rows_teacher_student(tiny_bart_dir, ids):
+    """Three tokenized rows (Ray Data's numpy layout) with ``ids``, the tiny teacher, and a
+    student that is the teacher perturbed (so KD and the matches are not zero)."""
     from transformers import AutoTokenizer
 
-    from raydistill.data.tokenize import make_collate_fn
-    from raydistill.distill.textbrewer import build_projections
     from raydistill.models.layers import load_seq2seq
 
     tok = AutoTokenizer.from_pretrained(tiny_bart_dir)
     enc = tok(["the cat sat on the mat", "a dog", "birds sang in the old tree by the river"])
     tgt = tok(text_target=["cat sat .", "the dog ran in the park .", "birds ."])
-    rows = {"id": np.array([0, 1, 2]), "input_ids": _ragged(enc["input_ids"]),
+    rows = {"id": np.array(ids), "input_ids": _ragged(enc["input_ids"]),
             "labels": _ragged(tgt["input_ids"])}
     teacher = load_seq2seq(str(tiny_bart_dir)).eval()
     student = load_seq2seq(str(tiny_bart_dir))
@@ -223,6 +218,19 @@ def test_cached_hidden_states_round_trip_to_the_live_textbrewer_loss(tiny_bart_d
     with torch.no_grad():
         for p in student.parameters():
             p.add_(0.05 * torch.randn_like(p))
+    return tok, rows, teacher, student
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float32", 1e-5), ("float16", 2e-3)])
+def test_cached_hidden_states_round_trip_to_the_live_textbrewer_loss(tiny_bart_dir, tmp_path,
+                                                                     dtype, rtol):
+    """TeacherTopK (k = V, hidden entries) -> Arrow rows -> PadCollate -> the cached LossStep
+    gives the live teacher's GeneralDistiller loss: KD + three kinds of hidden matches (one with
+    a projection, one pair loss) + hard labels, every logged component included."""
+    from raydistill.data.tokenize import make_collate_fn
+    from raydistill.distill.textbrewer import build_projections
+
+    tok, rows, teacher, student = _rows_teacher_student(tiny_bart_dir, ids=[0, 1, 2])
     vocab = teacher.config.vocab_size
     dist = {"temperature": 2, "hard_label_weight": 0.5, "intermediate_matches": HIDDEN_MATCHES}
     live_cfg = DistillConfig(method="kd", teacher=str(tiny_bart_dir), data_dir=str(tmp_path),
@@ -270,24 +278,11 @@ def test_memory_cache_records_what_the_parquet_cache_holds(tiny_bart_dir, tmp_pa
     """First epoch: the memory step is the live teacher's step and hands over the teacher's
     outputs; recorded, they come back as the Parquet cache's batch columns (TeacherTopK ->
     PadCollate), and a later epoch's step equals the Parquet-cached step."""
-    from transformers import AutoTokenizer
-
     from raydistill.data.tokenize import make_collate_fn
     from raydistill.distill.logit_cache import MemoryLogitCache
     from raydistill.distill.textbrewer import build_projections
-    from raydistill.models.layers import load_seq2seq
 
-    tok = AutoTokenizer.from_pretrained(tiny_bart_dir)
-    enc = tok(["the cat sat on the mat", "a dog", "birds sang in the old tree by the river"])
-    tgt = tok(text_target=["cat sat .", "the dog ran in the park .", "birds ."])
-    rows = {"id": np.array([4, 0, 9]), "input_ids": _ragged(enc["input_ids"]),
-            "labels": _ragged(tgt["input_ids"])}
-    teacher = load_seq2seq(str(tiny_bart_dir)).eval()
-    student = load_seq2seq(str(tiny_bart_dir))
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for p in student.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    tok, rows, teacher, student = _rows_teacher_student(tiny_bart_dir, ids=[4, 0, 9])
     k = top_k or teacher.config.vocab_size
     dist = {"temperature": 2, "hard_label_weight": 0.5, "intermediate_matches": HIDDEN_MATCHES}
     live_cfg = DistillConfig(method="kd", teacher=str(tiny_bart_dir), data_dir=str(tmp_path),
