@@ -213,11 +213,11 @@ def textbrewer_windows(steps: list, points: list, every: int) -> list[tuple[floa
 # ---- the raydistill side ----------------------------------------------------------------------
 
 def raydistill_config(args, s, teacher, student, data, run_dir, budget, dist,
-                      top_k: int | None = None, store: str = "parquet") -> dict:
-    """The run's config; ``top_k`` set: cached teacher logits (and hidden state), k per position,
-    kept in ``store`` (``logit_cache``: parquet or memory)."""
+                      store: str | None = None) -> dict:
+    """The run's config; ``store`` set (``logit_cache``: parquet or memory): cached teacher
+    logits (and hidden state), ``s["top_k"]`` per position; None: the live teacher."""
     n_points = s["max_epochs"] * s["evals_per_epoch"]
-    if top_k is not None:
+    if store is not None:
         dist = {**dist, "is_caching_logits": True}
     return {
         "method": "kd", "teacher": str(teacher), "student": str(student), "data_dir": str(data),
@@ -234,7 +234,7 @@ def raydistill_config(args, s, teacher, student, data, run_dir, budget, dist,
         "n_val": 4, "eval_beams": 1, "eval_max_gen_length": 8, "eval_batch_size": 16,
         "do_predict": False, "logger": "tensorboard", "log_every_n_steps": s["log_every_n_steps"],
         "checkpoints_to_keep": n_points + 1,
-        **({"logit_cache_top_k": top_k, "logit_cache": store} if top_k is not None else {}),
+        **({"logit_cache_top_k": s["top_k"], "logit_cache": store} if store is not None else {}),
     }
 
 
@@ -361,8 +361,7 @@ def main() -> None:
             run_dir = out / "run"
             cfg = write_yaml(out / "config.yaml", raydistill_config(
                 args, s, teacher, student, data, run_dir, budget, dist,
-                top_k=s["top_k"] if system in CACHE_STORE else None,
-                store=CACHE_STORE.get(system, "parquet")))
+                store=CACHE_STORE.get(system)))
             wall = run_logged([*raydistill_cli(), "distill", str(cfg)], out / "log.txt")
             points = raydistill_points(run_dir, launched)
             rates = window_rates(raydistill_windows(run_dir / "tensorboard"), skip=0)

@@ -162,8 +162,7 @@ class DistillConfig:
             raise ConfigError(
                 f"val_check_interval={self.val_check_interval} is out of range: it must be in (0, 1]"
                 " (a fraction of an epoch)")
-        if self.logit_cache == "memory" and not (
-                self.method == "kd" and (self.distillation or {}).get("is_caching_logits")):
+        if self.logit_cache == "memory" and not self.caches_logits:
             raise ConfigError("logit_cache: memory keeps cached teacher logits, but this run caches "
                               "none; set distillation: {is_caching_logits: true} with method: kd, "
                               "or drop logit_cache")
@@ -179,6 +178,12 @@ class DistillConfig:
     @property
     def teacher_paths(self) -> list[str]:
         return list(self.teachers or ([self.teacher] if self.teacher else []))
+
+    @property
+    def caches_logits(self) -> bool:
+        """kd with ``distillation: {is_caching_logits: true}``: the teacher runs once, before
+        training (``logit_cache: parquet``) or during the first epoch (``memory``)."""
+        return self.method == "kd" and bool((self.distillation or {}).get("is_caching_logits"))
 
     @property
     def uses_teacher(self) -> bool:

@@ -251,16 +251,35 @@ class TeacherTopK:
         padded = pad_batch(list(batch["input_ids"]), list(batch["labels"]), self.pad_token_id)
         values, indices, hidden = teacher_outputs_for_batch(self.teachers, padded, self.top_k,
                                                             self.device, self.hidden_layers)
-        lens = {"dec": [len(labels) for labels in batch["labels"]],
-                "enc": [len(ids) for ids in batch["input_ids"]]}
-        flat_v = [values[r, :n].reshape(-1).astype(self.dtype) for r, n in enumerate(lens["dec"])]
-        flat_i = [indices[r, :n].reshape(-1).astype(np.int32) for r, n in enumerate(lens["dec"])]
-        columns = {}
+        rows = example_rows(values, indices, hidden, [len(ids) for ids in batch["input_ids"]],
+                            [len(labels) for labels in batch["labels"]], self.encoder_layers,
+                            self.dtype)
+        flat = {name: [row[name].reshape(-1) for row in rows] for name in rows[0]}
+        return topk_table(np.asarray(batch["id"], dtype=np.int64), flat.pop("topk_values"),
+                          flat.pop("topk_indices"), flat)
+
+
+def example_rows(values: np.ndarray, indices: np.ndarray | None, hidden: dict[int, np.ndarray],
+                 src_lens: Sequence[int], tgt_lens: Sequence[int], encoder_layers: int,
+                 dtype: Any) -> list[dict[str, np.ndarray]]:
+    """A batch of padded teacher outputs -> what a cache keeps of each example (both stores).
+
+    values / indices: (B, T, k) top-k logits and token ids (indices None: not kept); hidden:
+    teacher hidden entry -> (B, L, d). Per example: ``topk_values`` (tgt_len, k) in ``dtype``,
+    ``topk_indices`` (tgt_len, k) int32, and one ``t_hidden_*`` (src_len or tgt_len, d) in
+    ``dtype`` per entry; copies, so a row never keeps the batch's arrays alive.
+    """
+    lens = {"enc": src_lens, "dec": tgt_lens}
+    rows = []
+    for r, n in enumerate(tgt_lens):
+        row = {"topk_values": np.array(values[r, :n], dtype=dtype)}
+        if indices is not None:
+            row["topk_indices"] = np.array(indices[r, :n], dtype=np.int32)
         for index, states in hidden.items():
-            side_lens = lens[hidden_side(index, self.encoder_layers)]
-            columns[hidden_column(index, self.encoder_layers)] = [
-                states[r, :n].reshape(-1).astype(self.dtype) for r, n in enumerate(side_lens)]
-        return topk_table(np.asarray(batch["id"], dtype=np.int64), flat_v, flat_i, columns)
+            m = lens[hidden_side(index, encoder_layers)][r]
+            row[hidden_column(index, encoder_layers)] = np.array(states[r, :m], dtype=dtype)
+        rows.append(row)
+    return rows
 
 
 def topk_table(ids: np.ndarray, values: list[np.ndarray], indices: list[np.ndarray],
@@ -425,11 +444,12 @@ class MemoryLogitCache:
         if top_k < 1:
             raise ValueError(f"top_k={top_k}: keep at least 1 logit per position")
         self.top_k = top_k
-        self.dtype = getattr(torch, dtype)
+        self.dtype = np.dtype(dtype)
         self.hidden_layers = [int(i) for i in hidden_layers]
         self.encoder_layers = encoder_layers
         self.rows: dict[int, dict[str, np.ndarray]] = {}
         self.new: dict[int, dict[str, np.ndarray]] = {}
+        self.lookups = self.hits = 0  # since the last take_hit_rate()
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -444,37 +464,41 @@ class MemoryLogitCache:
         """Keep a batch's teacher outputs: ``logits`` (B, T, V); ``hidden`` TextBrewer's list
         (encoder embeddings + layers, then decoder's), each (B, L, d); masks (B, S) / (B, T)."""
         values, indices = teacher_topk(logits, self.top_k)
-        values = values.to("cpu", self.dtype).numpy()
-        indices = None if self.top_k >= logits.size(-1) else indices.to("cpu", torch.int32).numpy()
-        lens = {"enc": src_mask.sum(1).tolist(), "dec": tgt_mask.sum(1).tolist()}
-        states = {hidden_column(i, self.encoder_layers): (hidden_side(i, self.encoder_layers),
-                                                          hidden[i].to("cpu", self.dtype).numpy())
-                  for i in self.hidden_layers}
-        for r, example in enumerate(ids):
-            n = lens["dec"][r]  # copies: a row must not keep the whole batch's array alive
-            row = {"topk_values": values[r, :n].copy()}
-            if indices is not None:
-                row["topk_indices"] = indices[r, :n].copy()
-            for name, (side, array) in states.items():
-                row[name] = array[r, :lens[side][r]].copy()
+        exact = self.top_k >= logits.size(-1)  # every logit in vocabulary order: no ids to keep
+        rows = example_rows(values.cpu().numpy(), None if exact else indices.cpu().numpy(),
+                            {i: hidden[i].float().cpu().numpy() for i in self.hidden_layers},
+                            src_mask.sum(1).tolist(), tgt_mask.sum(1).tolist(),
+                            self.encoder_layers, self.dtype)
+        for example, row in zip(ids, rows):
             self.rows[int(example)] = self.new[int(example)] = row
 
     def lookup(self, ids: Sequence[int]) -> dict[str, torch.Tensor] | None:
         """A batch's cached columns, padded as the batch (None unless every example is kept):
         ``topk_values`` (B, T, k) float32, ``topk_indices`` (B, T, k) int64 when k < V, and
-        each ``t_hidden_*`` (B, L, d) float32; zeros at padded positions."""
+        each ``t_hidden_*`` (B, L, d) float32; zeros at padded positions (as PadCollate pads
+        the Parquet cache's columns)."""
+        from raydistill.data.tokenize import pad_hidden, pad_topk
+
+        self.lookups += 1
         rows = [self.rows.get(int(i)) for i in ids]
         if not rows or any(r is None for r in rows):
             return None
-        out = {}
-        for name in rows[0]:
-            arrays = [r[name] for r in rows]
-            padded = np.zeros((len(arrays), max(len(a) for a in arrays), arrays[0].shape[1]),
-                              dtype=np.float32 if name != "topk_indices" else np.int64)
-            for r, a in enumerate(arrays):
-                padded[r, :len(a)] = a
-            out[name] = torch.from_numpy(padded)
+        self.hits += 1
+        flat = {name: [r[name].reshape(-1) for r in rows] for name in rows[0]}
+        lens = {name: [len(r[name]) for r in rows] for name in rows[0]}
+        values = flat.pop("topk_values")
+        if "topk_indices" in flat:
+            out = pad_topk(values, flat.pop("topk_indices"), lens["topk_values"])
+        else:
+            out = {"topk_values": pad_hidden(values, lens["topk_values"], "topk_values")}
+        out.update({name: pad_hidden(v, lens[name], name) for name, v in flat.items()})
         return out
+
+    def take_hit_rate(self) -> float:
+        """The share of lookups since the last call that found their whole batch kept."""
+        rate = self.hits / max(self.lookups, 1)
+        self.lookups = self.hits = 0
+        return rate
 
     def take_new(self) -> dict[int, dict[str, np.ndarray]]:
         """The examples recorded since the last call (what this worker shares after an epoch)."""
@@ -569,9 +593,9 @@ def _cli(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["DEFAULT_TOP_K", "HIDDEN_PREFIX", "TeacherTopK", "build_cache", "cache_key",
-           "cache_logits", "cached_hidden_layers", "check_cacheable", "ensure_cache",
-           "hidden_column", "hidden_side", "is_valid", "load_cache", "normalize_hidden_layers",
-           "parse_hidden_column", "read_manifest",
+__all__ = ["DEFAULT_TOP_K", "HIDDEN_PREFIX", "MemoryLogitCache", "TeacherTopK", "build_cache",
+           "cache_key", "cache_logits", "cached_hidden_layers", "check_cacheable", "ensure_cache",
+           "example_rows", "hidden_column", "hidden_side", "is_valid", "load_cache",
+           "normalize_hidden_layers", "parse_hidden_column", "read_manifest",
            "teacher_outputs_for_batch", "teacher_topk", "topk_for_batch", "topk_kd_loss",
            "topk_table"]

@@ -45,7 +45,7 @@ class LossStep:
         # matches read). From the Parquet cache no teacher runs here; with logit_cache: memory
         # the teacher runs on batches not cached yet, and keeps its outputs in last_teacher
         # for the loop to record.
-        caching = bool(self.tb_config is not None and self.tb_config.is_caching_logits)
+        caching = cfg.caches_logits
         self.cached_logits = caching and cfg.logit_cache == "parquet"
         self.memory_logits = caching and cfg.logit_cache == "memory"
         self.last_teacher: tuple[torch.Tensor, list[Any]] | None = None

@@ -162,7 +162,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     logger = _Logger(cfg, run, rank) if rank == 0 else None
 
     running = {"sum": 0.0, "n": 0}  # mean training loss between validations
-    cache_use = {"batches": 0, "hits": 0}  # logit_cache: memory, between validations
 
     def validate_and_report(final: bool = False) -> None:
         metrics = _validate(inner, tokenizer, val_rows, cfg, run, rank, world, device)
@@ -173,8 +172,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         running.update(sum=0.0, n=0)
         if memory is not None:  # this worker's view: what it holds, how often it served a batch
             metrics.update(logit_cache_examples=len(memory),
-                           logit_cache_hit_rate=cache_use["hits"] / max(cache_use["batches"], 1))
-            cache_use.update(batches=0, hits=0)
+                           logit_cache_hit_rate=memory.take_hit_rate())
         name = cfg.val_metric
         if state["best_metric"] is None or metrics[name] > state["best_metric"]:
             state["best_metric"] = metrics[name]
@@ -218,12 +216,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # Counted on the host, before the copy: on a GPU every read of a device value
             # waits for the queued work, and a step reads one (the loss) in all.
             tokens += int(batch["attention_mask"].sum()) + int(batch["labels"].ne(-100).sum())
-            ids = batch["id"].tolist()
             if memory is not None:  # the teacher's outputs, when this batch's are all kept
-                kept = memory.lookup(ids)
-                cache_use["batches"] += 1
-                cache_use["hits"] += kept is not None
-                batch.update(kept or {})
+                ids = batch["id"].tolist()
+                batch.update(memory.lookup(ids) or {})
             batch = {k: v.to(device) for k, v in batch.items() if k != "id"}
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss, parts = loss_step(model, batch, state["global_step"], total_steps)
@@ -283,11 +278,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                 "n_train is smaller than num_workers; add data or use fewer workers")
         if not done:
             if memory is not None:  # every worker gets what the others recorded this epoch
-                added = 0
-                for part in _gather(memory.take_new(), world):
+                parts = _gather(memory.take_new(), world)
+                for part in parts:
                     memory.merge(part)
-                    added += len(part)
-                if logger and added:
+                if logger and any(parts):
                     print(f"[raydistill] teacher logits: {len(memory)} examples kept in memory "
                           f"({memory.nbytes / 2**20:.0f} MiB per worker) after epoch "
                           f"{state['epoch']}", flush=True)

@@ -75,7 +75,7 @@ def preflight(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = Fal
         shown = ", ".join(f"{p}: {v}" for p, v in sizes.items())
         raise ModelError(f"teacher and student vocabularies differ ({shown}); KD compares logits "
                          "token by token, so all models must share one tokenizer")
-    if uses_cached_logits(cfg):  # layer_T ranges: check_models above
+    if cfg.caches_logits:  # layer_T ranges: check_models above
         from raydistill.distill.logit_cache import check_cacheable
         from raydistill.distill.textbrewer import DistillationConfig
 
@@ -200,15 +200,9 @@ def run_distill(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = F
     return summary
 
 
-def uses_cached_logits(cfg: DistillConfig) -> bool:
-    """kd with ``distillation: {is_caching_logits: true}``: the teacher runs once, before
-    training (``logit_cache: parquet``) or during the first epoch (``memory``)."""
-    return cfg.method == "kd" and bool((cfg.distillation or {}).get("is_caching_logits"))
-
-
 def prebuilds_logit_cache(cfg: DistillConfig) -> bool:
     """Cached logits built before training (Parquet), joined to the train rows by id."""
-    return uses_cached_logits(cfg) and cfg.logit_cache == "parquet"
+    return cfg.caches_logits and cfg.logit_cache == "parquet"
 
 
 def clear_previous_run(storage: str, run_name: str, owned: bool) -> None:
