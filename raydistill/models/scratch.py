@@ -69,7 +69,12 @@ def new_model(
             "marian": (tf.MarianConfig, tf.MarianMTModel),
             "pegasus": (tf.PegasusConfig, tf.PegasusForConditionalGeneration),
         }[arch]
-        extra = {"decoder_vocab_size": vocab_size} if arch == "marian" else {}
+        # Marian: scale token embeddings by sqrt(d_model), as every OPUS-MT checkpoint does
+        # (MarianConfig's default is off). Without it the sinusoidal positions (rms ~0.7) drown
+        # the 0.02-std token embeddings, and a from-scratch translator learns several times
+        # slower (en_de, d128 6-6, 5 min: loss 6.85 / greedy BLEU 0.1 off, 6.22 / 1.0 on).
+        extra = {"decoder_vocab_size": vocab_size, "scale_embedding": True} \
+            if arch == "marian" else {}
         cfg = cfg_cls(
             vocab_size=vocab_size, d_model=d_model, encoder_layers=encoder_layers,
             decoder_layers=decoder_layers, encoder_ffn_dim=ffn_dim, decoder_ffn_dim=ffn_dim,
