@@ -69,11 +69,16 @@ class DistillConfig:
     learning_rate: float = 5e-5
     weight_decay: float = 0.0
     adam_epsilon: float = 1e-8
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999  # 0.98 (fairseq, Marian) suits transformers trained from scratch
     warmup_steps: int = 0
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
     seed: int = 42
     precision: str = "auto"  # auto: bf16 on GPUs that have it, else fp16 with a scaler; fp32 on CPU
+    # The frozen teachers' weights (the student trains in fp32): auto = bf16 on a GPU that has
+    # it, fp16 on other GPUs, fp32 on CPU. KD losses are computed in fp32 either way.
+    teacher_dtype: str = "auto"
 
     # Student regularisation and freezing (finetune.py).
     freeze_encoder: bool = False
@@ -152,7 +157,7 @@ class DistillConfig:
         for key in ("weight_decay", "max_grad_norm", "alpha_ce", "alpha_mlm", "alpha_hid"):
             _at_least(key, getattr(self, key), 0.0)
         for key in ("label_smoothing", "dropout", "attention_dropout", "encoder_layerdrop",
-                    "decoder_layerdrop"):
+                    "decoder_layerdrop", "adam_beta1", "adam_beta2"):
             value = getattr(self, key)
             if value is not None and not 0.0 <= value < 1.0:
                 raise ConfigError(f"{key}={value} is out of range: it must be in [0, 1)")

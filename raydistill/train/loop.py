@@ -125,17 +125,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     inner = getattr(model, "module", model)
 
     # 3. Optimizer and schedule (linear warmup then linear decay to 0 at total_steps).
-    from transformers import get_linear_schedule_with_warmup
-
-    groups = [{"params": [p for p in inner.parameters() if p.requires_grad],
-               "weight_decay": cfg.weight_decay}]
-    if projections is not None:
-        from raydistill.distill.textbrewer import projection_param_groups
-
-        groups += projection_param_groups(loss_step.tb_config, projections, cfg.learning_rate)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, eps=cfg.adam_epsilon)
     total_steps = run["total_steps"]
-    scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, total_steps)
+    optimizer, scheduler = build_optimizer(cfg, inner, total_steps, projections,
+                                           loss_step.tb_config)
     amp_dtype, scaler = _autocast(cfg, device)
 
     state = {"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None,
@@ -293,6 +285,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         validate_and_report(final=True)
     if logger:
         logger.close()
+
+
+def build_optimizer(cfg: DistillConfig, student: torch.nn.Module, total_steps: int,
+                    projections=None, tb_config=None):
+    """AdamW over the trainable student weights (and TextBrewer projections, at their own
+    rate) + linear warmup to ``learning_rate``, then linear decay to 0 at ``total_steps``."""
+    from transformers import get_linear_schedule_with_warmup
+
+    groups = [{"params": [p for p in student.parameters() if p.requires_grad],
+               "weight_decay": cfg.weight_decay}]
+    if projections is not None:
+        from raydistill.distill.textbrewer import projection_param_groups
+
+        groups += projection_param_groups(tb_config, projections, cfg.learning_rate)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, eps=cfg.adam_epsilon,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2))
+    return optimizer, get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, total_steps)
 
 
 class _PlannedFeed:

@@ -67,6 +67,7 @@ def test_overrides_are_typed_and_nested(tmp_path):
     ("max_epochs", 1.5, r"max_epochs=1.5 has the wrong type"),
     ("method", "distil", r"method='distil' is not allowed: choose one of sft, kd, pl"),
     ("label_smoothing", 1.0, r"label_smoothing=1.0 is out of range"),
+    ("adam_beta2", 1.0, r"adam_beta2=1.0 is out of range: it must be in \[0, 1\)"),
     ("logit_cache_top_k", 0, r"logit_cache_top_k=0 is out of range: it must be >= 1"),
     ("logit_cache", "disk", r"logit_cache='disk' is not allowed: choose one of parquet, memory"),
 ])
