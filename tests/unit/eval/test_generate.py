@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raydistill.eval.generate import Generator, generate_local, generate_parallel
+from raydistill.eval.generate import (
+    Generator,
+    generate_local,
+    generate_parallel,
+    measure_latency,
+)
 
 # Different lengths, shuffled, so sorting by length really reorders them.
 SOURCES = [
@@ -83,3 +88,20 @@ def test_generate_parallel_two_actors_match_local(ray_session, model_dir, one_by
                                        max_source_length=512, **GREEDY)
     assert preds == one_by_one
     assert seconds > 0
+
+
+def test_measure_latency_batches_and_reports_throughput(model_dir, monkeypatch):
+    import raydistill.eval.generate as gen
+
+    sizes = []
+    real = gen.generate_local
+
+    def spy(model, tok, sources, **kw):
+        sizes.append((len(sources), kw["batch_size"]))
+        return real(model, tok, sources, **kw)
+
+    monkeypatch.setattr(gen, "generate_local", spy)
+    out = measure_latency(str(model_dir), SOURCES, n=6, batch_size=4, **GREEDY)
+    assert sizes == [(4, 4), (6, 4)]  # warm-up on one batch, then the n examples in batches of 4
+    assert out["examples_per_s"] * out["ms_per_example"] / 1000 == pytest.approx(1.0)
+    assert out["parameters"] > 0
