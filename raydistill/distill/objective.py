@@ -47,19 +47,23 @@ def hidden_mse_loss(
     matches: list[int],
     normalize_hidden: bool = False,
 ) -> torch.Tensor:
-    """Masked MSE between student hidden states and the teacher's at ``matches``.
+    """Masked MSE between the output of student layer ``i`` and that of teacher layer
+    ``matches[i]``, for ``i`` in ``0 .. len(matches)-1``.
 
-    As the original ``calc_hidden_loss``: student states ``0 .. len(matches)-1`` of the
-    ``hidden_states`` tuple (index 0 is the embedding output) against teacher states ``matches``;
-    ``normalize_hidden`` layer-norms each stack over (B, L, H) first.
+    The hidden tuples are transformers' ``hidden_states``: index 0 is the embedding output, so
+    layer ``k``'s output is entry ``k + 1``. The original ``calc_hidden_loss`` indexed the tuples
+    with the layer numbers themselves, one entry too early on both sides: it pulled the student's
+    *embedding output* towards a teacher layer (with tied embeddings, as in BART and Marian,
+    that is the output projection too) and never matched a last layer. ``normalize_hidden``
+    layer-norms each stack over (B, L, H) first.
     mask: (B, L); hidden tuples: (B, L, H) each. Returns a scalar, 0 when the mask is empty.
     """
     m = mask.to(student_hidden[0].dtype)
     valid = m.sum() * student_hidden[0].size(-1)
     if valid == 0:
         return student_hidden[0].sum() * 0.0
-    s = torch.stack([student_hidden[i] for i in range(len(matches))]).float()
-    t = torch.stack([teacher_hidden[j] for j in matches]).float()
+    s = torch.stack([student_hidden[i + 1] for i in range(len(matches))]).float()
+    t = torch.stack([teacher_hidden[j + 1] for j in matches]).float()
     if s.shape != t.shape:
         raise ValueError(f"student hidden states {tuple(s.shape)} != teacher's {tuple(t.shape)}: "
                          "alpha_hid needs equal hidden sizes; set alpha_hid: 0 or use a "

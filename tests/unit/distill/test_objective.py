@@ -29,8 +29,9 @@ def naive_kd(s, t, mask, T):
 
 
 def naive_hidden(mask, hs, ht, matches, normalize):
-    s = torch.stack([hs[i] for i in range(len(matches))]).double()
-    t = torch.stack([ht[j] for j in matches]).double()
+    # hs/ht are transformers' hidden_states: [embedding output, layer 0 output, layer 1, ...].
+    s = torch.stack([hs[1 + layer] for layer in range(len(matches))]).double()
+    t = torch.stack([ht[1 + layer] for layer in matches]).double()
     if normalize:
         s = (s - s.mean(dim=(1, 2, 3), keepdim=True)) / torch.sqrt(s.var(dim=(1, 2, 3), unbiased=False, keepdim=True) + 1e-5)
         t = (t - t.mean(dim=(1, 2, 3), keepdim=True)) / torch.sqrt(t.var(dim=(1, 2, 3), unbiased=False, keepdim=True) + 1e-5)
@@ -96,6 +97,21 @@ def test_hidden_mse_with_both_layer_maps(normalize, supervise_forward):
     assert got == pytest.approx(naive_hidden(mask, hs, ht, matches, normalize), rel=1e-4)
 
 
+def test_hidden_mse_matches_layer_outputs_not_the_embeddings():
+    # A student whose layers reproduce the teacher layers they are matched to has nothing to
+    # learn, whatever its embedding output (the original compared that embedding output with a
+    # teacher layer, and left the last student layer unmatched).
+    g = torch.Generator().manual_seed(2)
+    ht = [torch.randn(2, 3, 8, generator=g) for _ in range(7)]  # embeddings + 6 layers
+    matches = [0, 2, 5]
+    hs = [torch.randn(2, 3, 8, generator=g)] + [ht[1 + j].clone() for j in matches]
+    mask = torch.ones(2, 3)
+    assert float(hidden_mse_loss(mask, hs, ht, matches)) == 0.0
+    hs[-1] = hs[-1] + 1.0  # the last student layer is matched too
+    # the sum over matches, per valid position and unit (as the original): 1 for one match off by 1
+    assert float(hidden_mse_loss(mask, hs, ht, matches)) == pytest.approx(1.0)
+
+
 def test_hidden_mse_shape_mismatch_is_a_clear_error():
     h = [torch.zeros(1, 2, 4)] * 3
     with pytest.raises(ValueError, match="alpha_hid needs equal hidden sizes"):
@@ -110,8 +126,8 @@ def test_blend_weights_components(tensors):
     hd = [torch.randn(2, 5, 8, generator=g) for _ in range(3)]
     loss, parts = summarization_distiller_loss(
         s_logits=s, t_logits=t, labels=labels, alpha_ce=0.8, alpha_mlm=0.2, alpha_hid=3.0,
-        temperature=2.0, src_mask=src_mask, s_enc_hidden=he, t_enc_hidden=he[::-1], e_matches=[0, 2],
-        s_dec_hidden=hd, t_dec_hidden=hd[::-1], d_matches=[1, 2])
+        temperature=2.0, src_mask=src_mask, s_enc_hidden=he, t_enc_hidden=he[::-1], e_matches=[0, 1],
+        s_dec_hidden=hd, t_dec_hidden=hd[::-1], d_matches=[1, 0])
     expected = 0.8 * parts["ce_loss"] + 0.2 * parts["mlm_loss"] + 3.0 * (parts["hid_loss_enc"] + parts["hid_loss_dec"])
     assert float(loss) == pytest.approx(float(expected))
     assert float(parts["ce_loss"]) == pytest.approx(naive_kd(s, t, labels.ne(-100), 2.0), rel=1e-5)

@@ -1,5 +1,7 @@
 """LossStep on tiny real models (no Ray): sft, SummarizationDistiller kd, TextBrewer kd."""
 
+import copy
+
 import pytest
 import torch
 
@@ -47,7 +49,8 @@ def test_kd_uses_teacher_logits_and_copied_layer_matches(models, batch):
     cfg = DistillConfig(method="kd", alpha_ce=1.0, alpha_mlm=0.0, alpha_hid=1.0, **BASE)
     # Default: each student layer emulates the teacher layer it was copied from.
     assert LossStep(cfg, [teacher], student, e_ids, d_ids).d_matches == d_ids
-    step = LossStep(cfg.replace(supervise_forward=True), [teacher], student, e_ids, d_ids)
+    step = LossStep(cfg.replace(supervise_forward=True, freeze_encoder=True), [teacher], student,
+                    e_ids, d_ids)
     assert step.d_matches == get_layers_to_supervise(3, 6) and not step.different_encoder
     loss, parts = step(student, batch, 0, 10)
     dec = decoder_inputs(student, batch["labels"])
@@ -58,11 +61,32 @@ def test_kd_uses_teacher_logits_and_copied_layer_matches(models, batch):
                        decoder_input_ids=dec).logits
     ce = kd_kl_loss(s_logits, t_logits, batch["labels"].ne(-100), 2.0)
     assert float(parts["ce_loss"]) == pytest.approx(float(ce), rel=1e-4, abs=1e-6)  # tiny: float noise
-    assert float(parts["hid_loss_enc"]) == 0.0  # same encoder depth: no encoder loss (original)
+    assert float(parts["hid_loss_enc"]) == 0.0  # frozen copied encoder: no encoder loss
     assert float(parts["hid_loss_dec"]) > 0
     loss.backward()
     assert all(p.grad is None for p in teacher.parameters())  # the teacher stays frozen
     assert student.get_decoder().layers[0].fc1.weight.grad is not None
+
+
+def test_kd_teacher_reads_its_own_encoder_when_the_students_trains(models, batch):
+    teacher, student, e_ids, d_ids = models
+    student = copy.deepcopy(student)
+    with torch.no_grad():  # the trainable encoder has drifted from the teacher's
+        for p in student.get_encoder().parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    cfg = DistillConfig(method="kd", alpha_ce=1.0, alpha_mlm=0.0, alpha_hid=1.0, **BASE)
+    step = LossStep(cfg, [teacher], student, e_ids, d_ids)
+    assert step.different_encoder
+    _, parts = step(student, batch, 0, 10)
+    dec = decoder_inputs(student, batch["labels"])
+    with torch.no_grad():
+        t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           decoder_input_ids=dec).logits
+        s_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           decoder_input_ids=dec).logits
+    ce = kd_kl_loss(s_logits, t_logits, batch["labels"].ne(-100), 2.0)
+    assert float(parts["ce_loss"]) == pytest.approx(float(ce), rel=1e-4, abs=1e-6)
+    assert float(parts["hid_loss_enc"]) > 0  # and the encoder is pulled back to the teacher's
 
 
 def test_multi_teacher_averages_logits(models, batch):
@@ -76,9 +100,8 @@ def test_multi_teacher_averages_logits(models, batch):
     dec = decoder_inputs(student, batch["labels"])
     kw = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=dec)
     with torch.no_grad():
-        # The student's encoder is as deep as the teachers': their decoders read its output.
-        enc = student.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        avg = (teacher(**kw, encoder_outputs=enc).logits + other(**kw, encoder_outputs=enc).logits) / 2
+        # The student's encoder trains (freeze_encoder is off): each teacher runs its own.
+        avg = (teacher(**kw).logits + other(**kw).logits) / 2
         s_logits = student(**kw).logits
     assert float(parts["ce_loss"]) == pytest.approx(
         float(kd_kl_loss(s_logits, avg, batch["labels"].ne(-100), 2.0)), rel=1e-4)
