@@ -76,9 +76,6 @@ class DistillConfig:
     max_grad_norm: float = 1.0
     seed: int = 42
     precision: str = "auto"  # auto: bf16 on GPUs that have it, else fp16 with a scaler; fp32 on CPU
-    # The frozen teachers' weights (the student trains in fp32): auto = bf16 on a GPU that has
-    # it, fp16 on other GPUs, fp32 on CPU. KD losses are computed in fp32 either way.
-    teacher_dtype: str = "auto"
 
     # Student regularisation and freezing (finetune.py).
     freeze_encoder: bool = False
