@@ -167,6 +167,15 @@ def build_scratch_pair(data_dir: Path, out: Path, *, vocab_size: int = 4000, d_m
     return teacher_dir, student_dir
 
 
+def last_decoder_match(teacher_layers: tuple[int, int], student_layers: tuple[int, int]) -> dict:
+    """A TextBrewer ``intermediate_matches`` entry: hidden-state MSE between the last decoder
+    layers, given (encoder, decoder) layer counts. ``hidden`` lists encoder embeddings + E
+    layers, then decoder embeddings + D layers, so the last decoder layer is ``E + 1 + D``."""
+    (te, td), (se, sd) = teacher_layers, student_layers
+    return {"layer_T": te + 1 + td, "layer_S": se + 1 + sd, "feature": "hidden",
+            "loss": "hidden_mse", "weight": 1.0}
+
+
 def make_student_quietly(teacher_dir: Path, layers: tuple[int, int], out: Path) -> Path:
     import warnings
 

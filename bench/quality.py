@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -44,6 +45,7 @@ from common import (
     build_bert2bert,
     gpus_per_actor,
     jsonable,
+    last_decoder_match,
     read_lines,
     score_models,
     setup_env,
@@ -176,14 +178,8 @@ def cached_run(args, cfg: dict, after: str = "") -> tuple[Path, float, str]:
     if resume:
         print(f"[quality] {out.name}: resuming a run of these settings that stopped", flush=True)
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.iterdir():  # a run of other settings: start over
-            if stale.is_dir():
-                import shutil
-
-                shutil.rmtree(stale)
-            else:
-                stale.unlink()
+        shutil.rmtree(out, ignore_errors=True)  # a run of other settings: start over
+        out.mkdir(parents=True)
         started.write_text(resume_key)
     best, seconds = train_run(cfg, resume=resume)
     stamp.write_text(f"{key} {seconds:.1f}")
@@ -248,17 +244,15 @@ def translation_teacher(args, s, data: Path, work: Path) -> tuple[Path, float, s
 
 def hidden_match(teacher: Path, d: int) -> dict:
     """A TextBrewer ``distillation:`` section: KD at T=2 + the hard labels + one hidden-state
-    MSE between the last decoder layers of the teacher and a 6-``d`` student (``hidden`` lists
-    encoder embeddings + layers, then decoder embeddings + layers)."""
+    MSE between the last decoder layers of the teacher and a 6-``d`` student."""
     from transformers import AutoConfig
 
     from raydistill.models.layers import layer_counts
 
-    te, td = layer_counts(AutoConfig.from_pretrained(str(teacher)))
+    t_layers = layer_counts(AutoConfig.from_pretrained(str(teacher)))
     return {"temperature": 2, "kd_loss_type": "ce", "kd_loss_weight": 1.0,
             "hard_label_weight": 1.0,
-            "intermediate_matches": [{"layer_T": te + 1 + td, "layer_S": 6 + 1 + d,
-                                      "feature": "hidden", "loss": "hidden_mse", "weight": 1.0}]}
+            "intermediate_matches": [last_decoder_match(t_layers, (6, d))]}
 
 
 def student_config(args, s, method: str, d: int, seed: int, teacher: Path, data: Path,
@@ -393,11 +387,10 @@ def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
     metric = METRIC[args.task]
     t_name = next(iter(models))
     t = models[t_name]
-    for m in models.values():
-        m["dir_name"] = Path(m["dir"]).parent.name
-        gens = (Path(m["dir"]).parent / "test_eval" / "test_generations.txt").read_text(
-            encoding="utf-8").splitlines()
-        m["distinct_outputs"] = len(set(gens)) / max(len(gens), 1)
+    generations = {n: (Path(m["dir"]).parent / "test_eval" / "test_generations.txt").read_text(
+        encoding="utf-8").splitlines() for n, m in models.items()}
+    for n, m in models.items():
+        m["distinct_outputs"] = len(set(generations[n])) / max(len(generations[n]), 1)
     if args.task == "translation":
         header = ["model", "# params (M)", "BLEU", "chrF", "batch-1 ms", "speedup",
                   "batch-32 ex/s", "speedup (b32)", "output words", "distinct", "train s"]
@@ -430,7 +423,7 @@ def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
               + ", ".join(degenerate) + "; their scores say nothing about the model")
     t_score = t["scores"][metric]
     print(f"\nteacher {metric} {t_score:.2f}, {100 * t['distinct_outputs']:.0f}% distinct outputs")
-    examples = teacher_examples(t, data)
+    examples = teacher_examples(generations[t_name], data)
     for src, ref, hyp in examples:
         print(f"  source: {src}\n  reference: {ref}\n  teacher: {hyp}")
     verdicts = {}
@@ -468,12 +461,10 @@ def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
                   "command": " ".join(sys.argv), "seconds": seconds})
 
 
-def teacher_examples(t: dict, data: Path, n: int = 6) -> list[tuple[str, str, str]]:
+def teacher_examples(gens: list[str], data: Path, n: int = 6) -> list[tuple[str, str, str]]:
     """A few of the teacher's test outputs beside their sources and references."""
-    gens = (Path(t["dir"]).parent / "test_eval" / "test_generations.txt").read_text(
-        encoding="utf-8").splitlines()
-    src, ref = read_lines(data / "test.source"), read_lines(data / "test.target")
-    return [(src[i], ref[i], gens[i]) for i in range(min(n, len(gens)))]
+    src, ref = read_lines(data / "test.source", n), read_lines(data / "test.target", n)
+    return list(zip(src, ref, gens[:n]))
 
 
 if __name__ == "__main__":

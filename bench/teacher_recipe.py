@@ -6,9 +6,9 @@
 
 A plain PyTorch loop (no Ray, so a probe costs its minutes and nothing else) over the train pairs
 of at most ``--max-words`` source words: the Marian of ``raydistill.models.scratch.new_model``,
-raydistill's tokenizer, label-smoothed loss and decoder inputs, batches of similar lengths under
-a token budget, AdamW (0.9, 0.98) with an inverse-square-root schedule. Every ``--eval-every``
-minutes: greedy BLEU on the first 200 val pairs (evaluation time is not counted). Probes are
+raydistill's tokenizer, label-smoothed loss, decoder inputs and token-budget batch plan
+(``token_budget_plan``, as ``max_tokens_per_batch``), AdamW (0.9, 0.98) with an
+inverse-square-root schedule. Every ``--eval-every`` minutes: greedy BLEU on the first 200 val pairs (evaluation time is not counted). Probes are
 meant to be compared with each other on the same machine, a few minutes each; BENCHMARKS.md
 section 4 lists the ones that picked ``bench/quality.py``'s CPU settings.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ def main() -> None:
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--max-tokens", type=int, default=1000,
-                   help="rows x longest source (and target) per batch")
+                   help="rows x longest source (and target) per batch (max_tokens_per_batch)")
     p.add_argument("--max-words", type=int, default=16)
     p.add_argument("--no-scale-embedding", action="store_true",
                    help="token embeddings unscaled (MarianConfig's default)")
@@ -49,6 +48,8 @@ def main() -> None:
     import sacrebleu
     import torch
 
+    from raydistill.data.batching import token_budget_plan
+    from raydistill.data.tokenize import pad_batch
     from raydistill.distill.objective import lm_loss
     from raydistill.eval.generate import generate_local
     from raydistill.models.layers import decoder_inputs
@@ -56,7 +57,6 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    random.seed(0)
     data = Path(args.data_dir)
     pairs = [(s, t) for s, t in zip(read_lines(data / "train.source"),
                                     read_lines(data / "train.target"))
@@ -74,24 +74,7 @@ def main() -> None:
 
     src = tok([s for s, _ in pairs], max_length=64, truncation=True)["input_ids"]
     tgt = tok(text_target=[t for _, t in pairs], max_length=64, truncation=True)["input_ids"]
-    batches, cur, longest = [], [], 0
-    for i in sorted(range(len(src)), key=lambda i: (max(len(src[i]), len(tgt[i])), random.random())):
-        length = max(len(src[i]), len(tgt[i]))
-        if cur and max(longest, length) * (len(cur) + 1) > args.max_tokens:
-            batches.append(cur)
-            cur, longest = [], 0
-        cur.append(i)
-        longest = max(longest, length)
-    batches.append(cur)
-
-    def tensors(rows):
-        pad = tok.pad_token_id
-        x = torch.full((len(rows), max(len(src[i]) for i in rows)), pad)
-        y = torch.full((len(rows), max(len(tgt[i]) for i in rows)), -100)
-        for r, i in enumerate(rows):
-            x[r, :len(src[i])] = torch.tensor(src[i])
-            y[r, :len(tgt[i])] = torch.tensor(tgt[i])
-        return x, x.ne(pad).long(), y
+    src_lens, tgt_lens = [len(r) for r in src], [len(r) for r in tgt]
 
     val_src, val_ref = read_lines(data / "val.source", 200), read_lines(data / "val.target", 200)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), eps=1e-9)
@@ -102,11 +85,14 @@ def main() -> None:
           f"parameters; {name}", flush=True)
     clock, step, tokens, losses, next_eval = 0.0, 0, 0, [], args.eval_every * 60
     model.train()
+    epoch = 0
     while clock < args.minutes * 60:
-        random.shuffle(batches)
-        for rows in batches:
+        plan = token_budget_plan(src_lens, tgt_lens, args.max_tokens, seed=0, epoch=epoch)
+        epoch += 1
+        for rows in plan.batches:
             t0 = time.perf_counter()
-            x, mask, y = tensors(rows)
+            b = pad_batch([src[i] for i in rows], [tgt[i] for i in rows], tok.pad_token_id)
+            x, mask, y = b["input_ids"], b["attention_mask"], b["labels"]
             out = model(input_ids=x, attention_mask=mask, decoder_input_ids=decoder_inputs(model, y))
             loss = lm_loss(out.logits, y, args.label_smoothing)
             loss.backward()
@@ -117,7 +103,7 @@ def main() -> None:
             clock += time.perf_counter() - t0
             step += 1
             tokens += int(mask.sum()) + int(y.ne(-100).sum())
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if clock >= next_eval or clock >= args.minutes * 60:
                 hyps = generate_local(model, tok, val_src, num_beams=1, max_length=64,
                                       batch_size=50)

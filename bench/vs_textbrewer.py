@@ -56,6 +56,7 @@ from common import (
     build_bert2bert,
     build_scratch_pair,
     data_dir_or_skip,
+    last_decoder_match,
     make_student_quietly,
     median,
     raydistill_cli,
@@ -103,11 +104,9 @@ def distillation(teacher: Path, student: Path) -> dict:
     """The DistillationConfig both systems get (TextBrewer's keys and meanings)."""
     from raydistill.models.layers import layer_counts, load_seq2seq
 
-    (te, td), (se, sd) = (layer_counts(load_seq2seq(str(p)).config) for p in (teacher, student))
-    # `hidden` lists encoder embeddings + E layers, then decoder embeddings + D layers.
+    counts = [layer_counts(load_seq2seq(str(p)).config) for p in (teacher, student)]
     return {"temperature": 4, "kd_loss_type": "ce", "kd_loss_weight": 1.0, "hard_label_weight": 1.0,
-            "intermediate_matches": [{"layer_T": te + 1 + td, "layer_S": se + 1 + sd,
-                                      "feature": "hidden", "loss": "hidden_mse", "weight": 1.0}]}
+            "intermediate_matches": [last_decoder_match(*counts)]}
 
 
 # ---- the TextBrewer side (its own process: `--textbrewer SPEC`) -------------------------------

@@ -32,6 +32,16 @@ def batch(tiny_tokenizer):
     return pad_batch(src, tgt, tiny_tokenizer.pad_token_id)
 
 
+def own_forward_kd(student, teacher, batch, temperature: float = 2.0) -> float:
+    """KL(teacher || student) at T over the target positions, each model running its own
+    encoder and decoder on the batch: the reference for the kd steps below."""
+    kw = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+              decoder_input_ids=decoder_inputs(student, batch["labels"]))
+    with torch.no_grad():
+        t_logits, s_logits = teacher(**kw).logits, student(**kw).logits
+    return float(kd_kl_loss(s_logits, t_logits, batch["labels"].ne(-100), temperature))
+
+
 def test_sft_is_label_cross_entropy(models, batch):
     _, student, *_ = models
     step = LossStep(DistillConfig(method="sft", **BASE), [], student)
@@ -53,14 +63,8 @@ def test_kd_uses_teacher_logits_and_copied_layer_matches(models, batch):
                     e_ids, d_ids)
     assert step.d_matches == get_layers_to_supervise(3, 6) and not step.different_encoder
     loss, parts = step(student, batch, 0, 10)
-    dec = decoder_inputs(student, batch["labels"])
-    with torch.no_grad():
-        t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           decoder_input_ids=dec).logits
-    s_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       decoder_input_ids=dec).logits
-    ce = kd_kl_loss(s_logits, t_logits, batch["labels"].ne(-100), 2.0)
-    assert float(parts["ce_loss"]) == pytest.approx(float(ce), rel=1e-4, abs=1e-6)  # tiny: float noise
+    ce = own_forward_kd(student, teacher, batch)
+    assert float(parts["ce_loss"]) == pytest.approx(ce, rel=1e-4, abs=1e-6)  # tiny: float noise
     assert float(parts["hid_loss_enc"]) == 0.0  # frozen copied encoder: no encoder loss
     assert float(parts["hid_loss_dec"]) > 0
     loss.backward()
@@ -78,14 +82,8 @@ def test_kd_teacher_reads_its_own_encoder_when_the_students_trains(models, batch
     step = LossStep(cfg, [teacher], student, e_ids, d_ids)
     assert step.different_encoder
     _, parts = step(student, batch, 0, 10)
-    dec = decoder_inputs(student, batch["labels"])
-    with torch.no_grad():
-        t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           decoder_input_ids=dec).logits
-        s_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           decoder_input_ids=dec).logits
-    ce = kd_kl_loss(s_logits, t_logits, batch["labels"].ne(-100), 2.0)
-    assert float(parts["ce_loss"]) == pytest.approx(float(ce), rel=1e-4, abs=1e-6)
+    assert float(parts["ce_loss"]) == pytest.approx(own_forward_kd(student, teacher, batch),
+                                                    rel=1e-4, abs=1e-6)
     assert float(parts["hid_loss_enc"]) > 0  # and the encoder is pulled back to the teacher's
 
 
