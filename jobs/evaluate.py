@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 from raydistill.eval.evaluate import evaluate
+from raydistill.hub import is_local_ref
 from raydistill.jobkit import function_keys, read_stage_config, require_durable, run_stage
 
 # `model` reads better in a config than evaluate()'s `model_dir`.
@@ -33,9 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model=PATH")
     args = parser.parse_args(argv)
 
-    # 1. Config: results go beside the model unless out_dir says otherwise.
+    # 1. Config: results go beside the model unless out_dir says otherwise (a Hub id, e.g.
+    # model=facebook/bart-large-xsum, has no folder to write beside: evaluate asks for out_dir).
     cfg = read_config(args.config, args.overrides)
-    require_durable(cfg.get("out_dir") or str(cfg["model_dir"]), "out_dir")
+    model = str(cfg["model_dir"])
+    require_durable(cfg.get("out_dir") or (model if is_local_ref(model) else None), "out_dir")
 
     # 2-3. Read the split, generate on the actor pool, score against every reference.
     results = evaluate(**cfg)

@@ -7,7 +7,8 @@
 
 parse config -> load the teacher -> copy layers and save -> summary. No Ray: one process on
 whichever node runs the script; distill's workers then read ``save_path`` (shared storage on a
-cluster).
+cluster). ``teacher`` may be a Hub id (``teacher=facebook/bart-large-xsum``, pinned with
+``@revision``), downloaded into ``model_cache_dir`` (default: Hugging Face's cache).
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from pathlib import Path
 
 from raydistill.jobkit import read_stage_config, require_durable, run_stage
 from raydistill.models.student import make_student
-from raydistill.train.run import check_model_dir
 
 # Config keys -> make_student arguments; the names match DistillConfig's where they overlap.
 KEYS = {"teacher": "teacher", "save_path": "save_path", "student_encoder_layers": "e",
         "student_decoder_layers": "d", "e_layers_to_copy": "e_layers_to_copy",
         "d_layers_to_copy": "d_layers_to_copy",
-        "copy_first_teacher_layers": "copy_first_teacher_layers"}
+        "copy_first_teacher_layers": "copy_first_teacher_layers",
+        "model_cache_dir": "model_cache_dir"}
 REQUIRED = ("teacher", "save_path")
 
 
@@ -40,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     # 1. Config.
     cfg = read_config(args.config, args.overrides)
     require_durable(cfg["save_path"], "save_path")
-    check_model_dir(cfg["teacher"], "teacher")
 
-    # 2. The student: the teacher's class and config with fewer layers, weights copied.
+    # 2. The student: the teacher's class and config with fewer layers, weights copied (a Hub
+    # id is resolved first: found in the cache or downloaded, with one-line errors).
     student, e_ids, d_ids = make_student(**{KEYS[k]: v for k, v in cfg.items()})
 
     # 3. Summary.

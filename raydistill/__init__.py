@@ -7,6 +7,7 @@ from raydistill.data.batching import token_budget_batches  # noqa: E402
 from raydistill.distill.textbrewer import DistillationConfig, TrainingConfig  # noqa: E402
 from raydistill.eval.evaluate import evaluate  # noqa: E402
 from raydistill.eval.metrics import calculate_bleu, calculate_rouge  # noqa: E402
+from raydistill.hub import ResolvedModel, resolve_model  # noqa: E402
 from raydistill.models.student import (  # noqa: E402
     LAYERS_TO_COPY,
     LAYERS_TO_SUPERVISE,
@@ -30,4 +31,6 @@ __all__ = [
     "DistillationConfig",
     "TrainingConfig",
     "token_budget_batches",
+    "resolve_model",
+    "ResolvedModel",
 ]

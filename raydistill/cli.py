@@ -12,17 +12,17 @@ from collections.abc import Callable
 
 from raydistill.errors import RaydistillError
 
+# HF_HUB_OFFLINE is the user's to set: a Hub id downloads unless it is (raydistill.hub).
 for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-               "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}.items():
+               "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(_k, _v)
 
 
 def _make_student(args: argparse.Namespace) -> int:
     from raydistill.models.student import make_student
-    from raydistill.train.run import check_model_dir
 
-    check_model_dir(args.teacher, "teacher")
-    student, e_ids, d_ids = make_student(args.teacher, e=args.e, d=args.d, save_path=args.save_path)
+    student, e_ids, d_ids = make_student(args.teacher, e=args.e, d=args.d, save_path=args.save_path,
+                                         model_cache_dir=args.model_cache_dir)
     n = sum(p.numel() for p in student.parameters())
     print(f"student saved to {args.save_path}: {n / 1e6:.2f}M parameters; copied encoder layers "
           f"{e_ids if e_ids is not None else 'all'}, decoder layers {d_ids if d_ids is not None else 'all'}")
@@ -68,10 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("make-student", help="copy alternating teacher layers into a smaller student")
-    p.add_argument("teacher", help="teacher model folder (save_pretrained)")
+    p.add_argument("teacher", help="teacher: a model folder (save_pretrained) or a Hub id "
+                   "(org/name, org/name@revision)")
     p.add_argument("--save-path", "--save_path", required=True, help="where to write the student")
     p.add_argument("-e", type=int, default=None, help="student encoder layers (default: all)")
     p.add_argument("-d", type=int, default=None, help="student decoder layers (default: all)")
+    p.add_argument("--model-cache-dir", default=None, help="where a Hub id is downloaded "
+                   "(default: $HF_HUB_CACHE, else Hugging Face's cache)")
     p.set_defaults(func=_make_student)
 
     p = sub.add_parser("distill", help="train a student (sft, kd or pl) on Ray Train")

@@ -35,6 +35,9 @@ class DistillConfig:
     teacher: str | None = None
     teachers: list[str] | None = None  # several teachers: logits averaged (TextBrewer multi-teacher)
     student: str | None = None  # a saved student; otherwise make_student(teacher, e, d)
+    # teacher/teachers/student may be folders or Hub ids (org/name, org/name@revision), resolved
+    # once on the driver into this cache (None: $HF_HUB_CACHE, else Hugging Face's default).
+    model_cache_dir: str | None = None
     student_encoder_layers: int | None = None
     student_decoder_layers: int | None = None
     data_dir: str = ""
@@ -76,6 +79,9 @@ class DistillConfig:
     max_grad_norm: float = 1.0
     seed: int = 42
     precision: str = "auto"  # auto: bf16 on GPUs that have it, else fp16 with a scaler; fp32 on CPU
+    # The frozen teachers' weights (the student trains in fp32): auto = bf16 on a GPU that has
+    # it, fp16 on other GPUs, fp32 on CPU. KD losses are computed in fp32 either way.
+    teacher_dtype: str = "auto"
 
     # Student regularisation and freezing (finetune.py).
     freeze_encoder: bool = False
@@ -125,6 +131,7 @@ class DistillConfig:
         _choice("method", self.method, METHODS)
         _choice("task", self.task, TASKS)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("teacher_dtype", self.teacher_dtype, PRECISIONS)
         _choice("logger", self.logger, LOGGERS)
         _choice("logit_cache", self.logit_cache, LOGIT_CACHES)
         if not self.data_dir:

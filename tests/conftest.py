@@ -73,6 +73,37 @@ def tiny_bart_dir(tmp_path_factory, tiny_tokenizer):
     return save_model_and_tokenizer(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny_bart"))
 
 
+HUB_ID = "org/tiny-bart"
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="session")
+def hub_snapshot(tmp_path_factory, tiny_bart_dir):
+    """A Hugging Face Hub cache on disk, in the layout huggingface_hub reads, holding HUB_ID
+    (the tiny BART of ``tiny_bart_dir`` and its tokenizer) at HUB_COMMIT:
+    ``models--org--tiny-bart/refs/main`` names the commit; ``snapshots/<commit>/`` holds the
+    files. Returns the snapshot folder; the cache is its parents[2]."""
+    import shutil
+
+    repo = tmp_path_factory.mktemp("hub") / "models--org--tiny-bart"
+    snapshot = repo / "snapshots" / HUB_COMMIT
+    shutil.copytree(tiny_bart_dir, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(HUB_COMMIT)  # read as is: no newline
+    return snapshot
+
+
+@pytest.fixture
+def hub_cache(hub_snapshot, monkeypatch):
+    """HF_HUB_CACHE pointed at ``hub_snapshot``'s cache, offline: ``org/tiny-bart`` resolves
+    from disk and nothing touches the network. (huggingface_hub reads both variables when it
+    is imported; raydistill.hub reads them at each call, so setting them here takes effect.)"""
+    cache = hub_snapshot.parents[2]
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
 @pytest.fixture
 def tiny_data_dir(tmp_path):
     """A six-file data folder of tiny examples (copied texts, short targets)."""

@@ -8,9 +8,12 @@ shards in flight and a re-run generates only the missing ones. ``--out`` then ho
     {split}.source / {split}.target      the six-file layout; .target = the teacher's outputs
     val.* / test.* (the other splits)    copied from --data-dir
     pseudo_labels/part-NNNNNN.parquet    id, source, target (pseudo-label), score, reference
-    pseudo_label.json                    teacher, settings, counts, throughput (examples/s)
+    pseudo_label.json                    teacher (and its Hub id and commit), settings, counts,
+                                         throughput (examples/s)
 
 ``score`` is the sequence's length-normalized log-probability (beam search's sequences_scores).
+The teacher may be a folder or a Hub id (resolved once, here, before the actors start); it
+generates in ``teacher_dtype`` (auto: bf16 or fp16 on GPU actors, fp32 on CPU).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from raydistill.data.files import (
     write_text,
 )
 from raydistill.data.fingerprint import digest, model_fingerprint, split_fingerprint
-from raydistill.errors import ConfigError, ModelError
+from raydistill.errors import ConfigError
 
 PARTS = "pseudo_labels"
 SETTINGS_FILE = "_settings.json"
@@ -76,7 +79,8 @@ def generate_batches(rows: dict[str, np.ndarray], settings: dict[str, Any],
     ds = ds.map_batches(
         Generator,
         fn_constructor_kwargs=dict(
-            model_dir=settings["teacher"], num_beams=settings["num_beams"],
+            model_dir=settings["teacher"], teacher_dtype=settings.get("teacher_dtype", "fp32"),
+            num_beams=settings["num_beams"],
             length_penalty=settings["length_penalty"], max_length=settings["max_length"],
             max_source_length=settings["max_source_length"], batch_size=settings["batch_size"],
             device="cuda" if num_gpus > 0 else "cpu", return_scores=True),
@@ -90,13 +94,20 @@ def pseudo_label(teacher: str, data_dir: str, out: str, *, split: str = "train",
                  num_beams: int = 2, max_length: int = 142, length_penalty: float = 1.0,
                  batch_size: int = 16, num_workers: int = 1, num_gpus: float = 0.0,
                  max_source_length: int = 1024, shard_size: int = 1000, n: int | None = None,
-                 overwrite: bool = False) -> dict[str, Any]:
-    """Pseudo-label ``split`` of ``data_dir`` into ``out`` (module doc); returns the report."""
+                 overwrite: bool = False, teacher_dtype: str = "auto",
+                 model_cache_dir: str | None = None) -> dict[str, Any]:
+    """Pseudo-label ``split`` of ``data_dir`` into ``out`` (module doc); returns the report.
+
+    ``teacher`` is a folder or a Hub id (``org/name[@revision]``, downloaded into
+    ``model_cache_dir``, default HF's cache); it generates in ``teacher_dtype``.
+    """
+    from raydistill.hub import resolve_model
+    from raydistill.models.layers import teacher_dtype_label, teacher_torch_dtype
+
     t_start = time.perf_counter()
-    teacher_dir = Path(teacher)
-    if not (teacher_dir / "config.json").is_file():
-        raise ModelError(f"teacher: {teacher} holds no model (config.json missing); pass a folder "
-                         "written by save_pretrained")
+    teacher_torch_dtype(teacher_dtype)  # a bad name fails here, not in an actor
+    source = resolve_model(teacher, "teacher", model_cache_dir)
+    teacher_dir = Path(source.path)
     validate_data_dir(data_dir, (split,))
     out_dir = Path(out)
     if out_dir.resolve() == Path(data_dir).resolve():
@@ -105,11 +116,18 @@ def pseudo_label(teacher: str, data_dir: str, out: str, *, split: str = "train",
     settings = {"teacher": str(teacher_dir.resolve()), "split": split, "n": len(data),
                 "num_beams": num_beams, "max_length": max_length, "length_penalty": length_penalty,
                 "max_source_length": max_source_length, "batch_size": batch_size,
-                "shard_size": shard_size}
+                "shard_size": shard_size, "teacher_dtype": teacher_dtype}
     # What the parts depend on; batch size does not change what greedy/beam search writes.
-    identity = {k: v for k, v in settings.items() if k not in ("batch_size", "teacher")} | {
+    # A Hub commit and a teacher dtype other than fp32 join it (so fp32 runs of local folders
+    # keep the identity they had before either existed).
+    skipped = ("batch_size", "teacher", "teacher_dtype")
+    identity = {k: v for k, v in settings.items() if k not in skipped} | {
         "teacher": digest(model_fingerprint(teacher_dir)),
         "data": digest(split_fingerprint(data_dir, split))}
+    if source.commit:
+        identity["teacher_commit"] = source.commit
+    if teacher_dtype_label(teacher_dtype, num_gpus > 0) != "fp32":
+        identity["teacher_dtype"] = teacher_dtype_label(teacher_dtype, num_gpus > 0)
     _check_or_start(out_dir, identity, overwrite)
 
     shards = shard_ranges(len(data), shard_size)
@@ -133,6 +151,8 @@ def pseudo_label(teacher: str, data_dir: str, out: str, *, split: str = "train",
     timed = [r for r in runs if r["examples_generated"]]
     report = {
         "teacher": settings["teacher"], "teacher_fingerprint": identity["teacher"],
+        "teacher_id": source.id, "teacher_revision": source.revision,
+        "teacher_commit": source.commit,
         "data_dir": str(Path(data_dir).resolve()), "split": split, "settings": settings,
         "examples": len(data), "shards": len(shards), "written": kept,
         "dropped_empty": dropped, "copied_splits": copied,
@@ -253,7 +273,8 @@ def _copy_other_splits(data_dir: str, out_dir: Path, split: str) -> list[str]:
 def register_cli(sub: argparse._SubParsersAction) -> None:
     """``raydistill pseudo-label``."""
     p = sub.add_parser("pseudo-label", help="teacher outputs as training targets (Ray Data, resumable)")
-    p.add_argument("--teacher", required=True, help="teacher model folder")
+    p.add_argument("--teacher", required=True, help="teacher model folder or Hub id "
+                   "(org/name[@revision])")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--out", required=True, help="new data folder (six-file layout + Parquet)")
     p.add_argument("--split", default="train", choices=SPLITS)
@@ -268,6 +289,10 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    help="examples per Parquet part (the unit a re-run skips)")
     p.add_argument("--n", type=int, default=None, help="first n examples only")
     p.add_argument("--overwrite", action="store_true", help="discard earlier parts in --out")
+    p.add_argument("--teacher-dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="the teacher's weights (auto: bf16 or fp16 on GPU actors, fp32 on CPU)")
+    p.add_argument("--model-cache-dir", default=None, help="where a Hub id is downloaded "
+                   "(default: $HF_HUB_CACHE, else Hugging Face's cache)")
     p.set_defaults(func=_cli)
 
 
@@ -277,7 +302,8 @@ def _cli(args: argparse.Namespace) -> int:
                           length_penalty=args.length_penalty, batch_size=args.batch_size,
                           num_workers=args.num_workers, num_gpus=args.num_gpus,
                           max_source_length=args.max_source_length, shard_size=args.shard_size,
-                          n=args.n, overwrite=args.overwrite)
+                          n=args.n, overwrite=args.overwrite, teacher_dtype=args.teacher_dtype,
+                          model_cache_dir=args.model_cache_dir)
     last = report["runs"][-1]
     speed = f"{last['examples_per_second']} examples/s" if last["examples_generated"] else "nothing left to do"
     print(f"pseudo-labels of {report['examples']} examples in {args.out} "

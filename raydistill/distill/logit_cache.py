@@ -57,6 +57,7 @@ from raydistill.data.fingerprint import (
     tokenizer_fingerprint,
 )
 from raydistill.data.tokenize import HIDDEN_PREFIX
+from raydistill.distill.chunked import chunked_kd_loss, compute_dtype, use_chunked
 from raydistill.errors import ConfigError
 
 DEFAULT_TOP_K = 64
@@ -73,7 +74,7 @@ def topk_kd_loss(
     topk_values: torch.Tensor,
     topk_indices: torch.Tensor | None,
     mask: torch.Tensor,
-    temperature: float,
+    temperature: float | torch.Tensor,
     kind: str = "ce",
 ) -> torch.Tensor:
     """KD from the teacher's top-k logits (formula in the module doc).
@@ -81,24 +82,38 @@ def topk_kd_loss(
     s_logits: (B, T, V) student logits; topk_values: (B, T, k) teacher logits (any per-position
     shift); topk_indices: (B, T, k) their token ids, or None when every logit is kept in
     vocabulary order (k = V: no gather); mask: (B, T) True where the position counts.
-    kind: "ce" (TextBrewer's kd_ce_loss, no T^2) or "kl" (kd_kl_loss: KL x T^2).
+    temperature: a number, or one per position broadcastable to (B, T) (each KL then scaled by
+    its own T^2). kind: "ce" (TextBrewer's kd_ce_loss, no T^2) or "kl" (kd_kl_loss: KL x T^2).
+    From V >= ``CHUNKED_MIN_VOCAB`` it runs chunked (``raydistill.distill.chunked``): the same
+    value without the (N, V) temporaries of the student's log-softmax.
     Returns a scalar averaged over selected positions; 0 (in the graph) when none is selected.
     """
     if kind not in ("ce", "kl"):
         raise ValueError(f"kind={kind!r}: use 'ce' or 'kl'")
+    if use_chunked(s_logits.size(-1), temperature):
+        return chunked_kd_loss(s_logits, topk_values, temperature, mask=mask,
+                               t_indices=topk_indices, kind=kind)
     sel = mask.bool()
     if not sel.any():
         return s_logits.sum() * 0.0
-    s = s_logits[sel].float()  # (N, V)
-    tv = topk_values[sel].float()  # (N, k)
-    log_p_s = F.log_softmax(s / temperature, dim=-1)
+    dtype = compute_dtype(s_logits, topk_values)
+    s = s_logits[sel].to(dtype)  # (N, V)
+    tv = topk_values[sel].to(dtype)  # (N, k)
+    per_position = isinstance(temperature, torch.Tensor) and temperature.dim() > 0
+    temp = temperature
+    if per_position:  # (N, 1)
+        temp = torch.broadcast_to(temperature, sel.shape)[sel].to(dtype).unsqueeze(-1)
+    log_p_s = F.log_softmax(s / temp, dim=-1)
     if topk_indices is not None:
         log_p_s = log_p_s.gather(-1, topk_indices[sel].long())  # (N, k)
-    log_p_t = F.log_softmax(tv / temperature, dim=-1)  # renormalized over the top-k
+    log_p_t = F.log_softmax(tv / temp, dim=-1)  # renormalized over the top-k
     p_t = log_p_t.exp()
     if kind == "ce":
         return -(p_t * log_p_s).sum(-1).mean()
-    return (p_t * (log_p_t - log_p_s)).sum(-1).mean() * temperature**2
+    kl = (p_t * (log_p_t - log_p_s)).sum(-1)
+    if per_position:
+        return (kl * temp.squeeze(-1) ** 2).mean()
+    return kl.mean() * temperature**2
 
 
 def teacher_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,9 +196,17 @@ def parse_hidden_column(name: str) -> tuple[str, int] | None:
 
 def cache_key(teachers: list[str], tokenizer_dir: str, data_dir: str, *, split: str = "train",
               n: int | None = None, max_source_length: int, max_target_length: int,
-              hidden_layers: Sequence[int] = ()) -> dict[str, Any]:
+              hidden_layers: Sequence[int] = (), teacher_dtype: str = "fp32") -> dict[str, Any]:
     """Everything the cached logits depend on (content hashes, not paths or mtimes), and the
-    teacher hidden entries kept beside them (absent when none, as in caches of logits only)."""
+    teacher hidden entries kept beside them (absent when none, as in caches of logits only).
+
+    A teacher from the Hub cache (a ``models--org--name/snapshots/<commit>`` folder) adds its id
+    and commit, so a cache built at one revision is never reused for another; a teacher run in
+    another dtype than fp32 (``teacher_dtype``, as ``teacher_dtype_label`` gives it) adds that.
+    Keys of local fp32 teachers are unchanged.
+    """
+    from raydistill.hub import snapshot_identity
+
     key = {
         "format": FORMAT_VERSION,
         "teachers": [model_fingerprint(t) for t in teachers],
@@ -194,6 +217,11 @@ def cache_key(teachers: list[str], tokenizer_dir: str, data_dir: str, *, split: 
     }
     if hidden_layers:
         key["hidden_layers"] = sorted(int(i) for i in hidden_layers)
+    hub = [snapshot_identity(t) for t in teachers]
+    if any(hub):
+        key["teacher_hub"] = [{"id": h[0], "commit": h[1]} if h else None for h in hub]
+    if teacher_dtype != "fp32":
+        key["teacher_dtype"] = teacher_dtype
     return key
 
 
@@ -228,10 +256,11 @@ class TeacherTopK:
     """
 
     def __init__(self, teachers: list[str], top_k: int, dtype: str, pad_token_id: int,
-                 device: str = "cpu", hidden_layers: Sequence[int] = ()) -> None:
+                 device: str = "cpu", hidden_layers: Sequence[int] = (),
+                 teacher_dtype: str = "fp32") -> None:
         import ray
 
-        from raydistill.models.layers import load_seq2seq
+        from raydistill.models.layers import load_teacher
 
         cpus = 1.0
         if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
@@ -240,7 +269,8 @@ class TeacherTopK:
         self.device = device
         from raydistill.models.layers import layer_counts
 
-        self.teachers = [load_seq2seq(t).to(device).eval() for t in teachers]
+        # In teacher_dtype (weights, not autocast); the top-k are taken from fp32 logits.
+        self.teachers = [load_teacher(t, teacher_dtype, device) for t in teachers]
         self.top_k, self.dtype, self.pad_token_id = top_k, np.dtype(dtype), pad_token_id
         self.hidden_layers = [int(i) for i in hidden_layers]
         self.encoder_layers = layer_counts(self.teachers[0])[0]
@@ -341,7 +371,8 @@ def build_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teache
                 num_gpus: float = 0.0) -> dict[str, Any]:
     """Run the teachers over the tokenized Ray Dataset and write the cache; returns the manifest.
 
-    The teacher hidden entries kept are the key's ``hidden_layers`` (none by default).
+    The teacher hidden entries kept are the key's ``hidden_layers`` (none by default), and the
+    teachers run in the key's ``teacher_dtype`` (fp32 by default).
 
     Parts and manifest go to a temporary folder beside ``cache_dir`` that is renamed into place
     when complete, so a killed build never leaves a cache that looks valid. On a cluster,
@@ -368,7 +399,8 @@ def build_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teache
             fn_constructor_kwargs=dict(teachers=[str(t) for t in teachers], top_k=top_k, dtype=dtype,
                                        pad_token_id=pad_token_id,
                                        device="cuda" if num_gpus > 0 else "cpu",
-                                       hidden_layers=key.get("hidden_layers", [])),
+                                       hidden_layers=key.get("hidden_layers", []),
+                                       teacher_dtype=key.get("teacher_dtype", "fp32")),
             compute=ray.data.ActorPoolStrategy(size=num_workers),
             batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus, num_gpus=num_gpus,
         )
@@ -517,22 +549,28 @@ def cache_logits(teacher: str | list[str], data_dir: str, out: str, *, top_k: in
                  max_source_length: int = 1024, max_target_length: int = 56,
                  dtype: str = "float16", batch_size: int = 16, num_workers: int = 1,
                  num_gpus: float = 0.0, force: bool = False,
-                 hidden_layers: Sequence[int] = ()) -> dict[str, Any]:
+                 hidden_layers: Sequence[int] = (), teacher_dtype: str = "auto",
+                 model_cache_dir: str | None = None) -> dict[str, Any]:
     """Tokenize ``split`` and cache the teacher's top-k logits in ``out``; returns the manifest.
 
-    For a kd run to pick the cache up, write it to ``<output_dir>/logit_cache`` with the same
-    n_train and max lengths (the student's tokenizer is a copy of the teacher's) and, for
-    hidden-state matches, ``hidden_layers`` = the matches' ``layer_T``.
+    ``teacher``: folder(s) or Hub id(s) (resolved here, once; ``model_cache_dir``), run in
+    ``teacher_dtype`` (auto: bf16/fp16 on GPU actors, fp32 on CPU). For a kd run to pick the
+    cache up, write it to ``<output_dir>/logit_cache`` with the same n_train, max lengths and
+    teacher_dtype (the student's tokenizer is a copy of the teacher's) and, for hidden-state
+    matches, ``hidden_layers`` = the matches' ``layer_T``.
     """
     from transformers import AutoTokenizer
 
     from raydistill.data.files import read_split, validate_data_dir
     from raydistill.data.tokenize import tokenized_split
-    from raydistill.train.run import check_model_dir, init_ray
+    from raydistill.hub import resolve_path
+    from raydistill.models.layers import teacher_dtype_label, teacher_torch_dtype
+    from raydistill.train.run import init_ray
 
-    teachers = [teacher] if isinstance(teacher, str) else list(teacher)
-    for t in teachers:
-        check_model_dir(t, "teacher")
+    teacher_torch_dtype(teacher_dtype)  # a bad name fails here, not in an actor
+    refs = [teacher] if isinstance(teacher, str) else list(teacher)
+    teachers = [resolve_path(t, "teacher" if len(refs) == 1 else f"teacher[{i}]", model_cache_dir)
+                for i, t in enumerate(refs)]
     validate_data_dir(data_dir, (split,))
     tok_dir = tokenizer or teachers[0]
     if hidden_layers:  # negative layer_T counts from the end, as in intermediate_matches
@@ -544,7 +582,8 @@ def cache_logits(teacher: str | list[str], data_dir: str, out: str, *, top_k: in
             hidden_layers, layer_counts(AutoConfig.from_pretrained(teachers[0])), "--hidden-layers")
     key = cache_key(teachers, tok_dir, data_dir, split=split, n=n,
                     max_source_length=max_source_length, max_target_length=max_target_length,
-                    hidden_layers=hidden_layers)
+                    hidden_layers=hidden_layers,
+                    teacher_dtype=teacher_dtype_label(teacher_dtype, num_gpus > 0))
     if not force and is_valid(out, key, top_k):
         print(f"{out} already holds these logits (same teacher, data, tokenization and k)")
         return read_manifest(out)  # type: ignore[return-value]
@@ -560,7 +599,8 @@ def cache_logits(teacher: str | list[str], data_dir: str, out: str, *, top_k: in
 def register_cli(sub: argparse._SubParsersAction) -> None:
     """``raydistill cache-logits``."""
     p = sub.add_parser("cache-logits", help="run the teacher once; store its top-k logits (Parquet)")
-    p.add_argument("--teacher", required=True, nargs="+", help="teacher folder(s); several are averaged")
+    p.add_argument("--teacher", required=True, nargs="+", help="teacher folder(s) or Hub id(s) "
+                   "(org/name[@revision]); several are averaged")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--out", required=True, help="cache folder; for a kd run: <output_dir>/logit_cache")
     p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
@@ -577,6 +617,11 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden-layers", type=int, nargs="*", default=[], metavar="LAYER_T",
                    help="teacher hidden entries to keep for hidden-state matches (TextBrewer "
                         "layer_T: encoder embeddings + layers, then decoder embeddings + layers)")
+    p.add_argument("--teacher-dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="the teacher's weights (auto: bf16 or fp16 on GPU actors, fp32 on CPU); "
+                        "a kd run reuses the cache only with the same teacher_dtype")
+    p.add_argument("--model-cache-dir", default=None, help="where a Hub id is downloaded "
+                   "(default: $HF_HUB_CACHE, else Hugging Face's cache)")
     p.set_defaults(func=_cli)
 
 
@@ -587,7 +632,8 @@ def _cli(args: argparse.Namespace) -> int:
                             max_target_length=args.max_target_length, dtype=args.dtype,
                             batch_size=args.batch_size, num_workers=args.num_workers,
                             num_gpus=args.num_gpus, force=args.force,
-                            hidden_layers=args.hidden_layers)
+                            hidden_layers=args.hidden_layers, teacher_dtype=args.teacher_dtype,
+                            model_cache_dir=args.model_cache_dir)
     print(f"cached top-{manifest['top_k']} logits of {manifest['num_examples']} examples in "
           f"{args.out} ({manifest['bytes'] / 1e6:.1f} MB, {manifest.get('examples_per_second')} ex/s)")
     return 0

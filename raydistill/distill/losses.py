@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from raydistill.distill.chunked import chunked_kd_loss, use_chunked
+
 Temperature = Union[float, Tensor]
 
 _ATTENTION_FLOOR = -1e-3  # TextBrewer zeroes attention scores at or below this (masked -inf/-1e4 scores)
@@ -40,13 +42,26 @@ def _per_position_temperature(temperature: Temperature) -> Temperature:
     return temperature
 
 
-def kd_ce_loss(logits_S: Tensor, logits_T: Tensor, temperature: Temperature = 1) -> Tensor:
+def kd_ce_loss(logits_S: Tensor, logits_T: Tensor, temperature: Temperature = 1, *,
+               mask: Tensor | None = None) -> Tensor:
     """Soft cross-entropy ``-sum_v p_T log p_S`` at temperature, averaged over positions.
 
     logits_S, logits_T: (N, V) or (B, L, V). temperature: a float, or a tensor (N,) / (B, L)
     from the flsw/cwsm schedulers. Not multiplied by temperature**2 (as TextBrewer).
+    mask (not in TextBrewer): bool, the logits' positions; gives the value of
+    ``kd_ce_loss(logits_S[mask], logits_T[mask], temperature[mask])``, which the chunked path
+    reads in place (no masked copies). From V >= ``CHUNKED_MIN_VOCAB`` the loss runs chunked
+    (``raydistill.distill.chunked``: the same value without the (N, V) temporaries, computed in
+    float32 whatever the logits' dtype).
     Zero positions (N == 0) give 0, not nan.
     """
+    if use_chunked(logits_S.size(-1), temperature):
+        return chunked_kd_loss(logits_S, logits_T, temperature, mask=mask, kind="ce")
+    if mask is not None:
+        keep = mask.to(torch.bool)
+        if isinstance(temperature, Tensor) and temperature.dim() > 0:
+            temperature = torch.broadcast_to(temperature, keep.shape)[keep]
+        logits_S, logits_T = logits_S[keep], logits_T[keep]
     if logits_S.numel() == 0:
         return _zero(logits_S)
     temperature = _per_position_temperature(temperature)

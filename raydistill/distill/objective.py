@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from raydistill.distill.chunked import chunked_kd_loss, compute_dtype, use_chunked
+
 IGNORE_INDEX = -100
 
 
@@ -28,13 +30,25 @@ def kd_kl_loss(
     """KL(teacher || student) at temperature T, times T^2, averaged over selected positions.
 
     s_logits, t_logits: (B, T, V); mask: (B, T) bool, True where the position counts.
+    temperature: a number (or 0-d tensor), or one per position broadcastable to (B, T): then each
+    position's KL is scaled by its own T^2. Computed in float32 (float64 inputs: float64).
+    From V >= ``CHUNKED_MIN_VOCAB`` it runs chunked (``raydistill.distill.chunked``): the same
+    value, without the (N, V) temporaries.
     Returns a scalar; 0 when no position is selected (e.g. an all-pad batch).
     """
+    if use_chunked(s_logits.size(-1), temperature):
+        return chunked_kd_loss(s_logits, t_logits, temperature, mask=mask, kind="kl")
     sel = mask.bool()
     if not sel.any():
         return s_logits.sum() * 0.0
-    s = s_logits[sel].float()  # (N, V)
-    t = t_logits[sel].float()
+    dtype = compute_dtype(s_logits, t_logits)
+    s = s_logits[sel].to(dtype)  # (N, V)
+    t = t_logits[sel].to(dtype)
+    if isinstance(temperature, torch.Tensor) and temperature.dim() > 0:  # one per position
+        temp = torch.broadcast_to(temperature, sel.shape)[sel].to(dtype).unsqueeze(-1)  # (N, 1)
+        kl = F.kl_div(F.log_softmax(s / temp, dim=-1), F.softmax(t / temp, dim=-1),
+                      reduction="none").sum(-1)
+        return (kl * temp.squeeze(-1) ** 2).mean()
     kl = F.kl_div(F.log_softmax(s / temperature, dim=-1), F.softmax(t / temperature, dim=-1),
                   reduction="batchmean")
     return kl * temperature**2

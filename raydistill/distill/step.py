@@ -13,6 +13,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
 from raydistill.config import DistillConfig
+from raydistill.distill.chunked import use_chunked
 from raydistill.distill.objective import IGNORE_INDEX, lm_loss, summarization_distiller_loss
 from raydistill.models.adaptor import seq2seq_forward, textbrewer_results
 from raydistill.models.layers import decoder_inputs, layer_counts
@@ -129,15 +130,17 @@ class LossStep:
                 enc_states = enc.last_hidden_state
                 if i == 0:
                     enc_h = enc.hidden_states
-            else:
-                enc_states = s_out.encoder_last_hidden_state.detach()
+            else:  # in the teacher's dtype: a bf16/fp16 teacher (teacher_dtype) reads it too
+                enc_states = s_out.encoder_last_hidden_state.detach().to(teacher.dtype)
             out = seq2seq_forward(teacher, batch, dec_in, hidden=want_hidden,
                                   encoder_outputs=BaseModelOutput(last_hidden_state=enc_states))
             logits.append(out.logits)
             if i == 0:
                 dec_h = out.decoder_hidden_states
-        # Several teachers: average their logits (TextBrewer's MultiTeacherDistiller).
-        return torch.stack(logits).mean(0) if len(logits) > 1 else logits[0], enc_h, dec_h
+        # Several teachers: average their logits (TextBrewer's MultiTeacherDistiller), in fp32.
+        if len(logits) > 1:
+            return torch.stack([t.float() for t in logits]).mean(0), enc_h, dec_h
+        return logits[0], enc_h, dec_h  # the KD and hidden losses upcast to fp32 themselves
 
     def _textbrewer(self, student, batch, dec_in, step, total_steps):
         from raydistill.distill.textbrewer import average_teacher_logits, textbrewer_loss
@@ -149,10 +152,14 @@ class LossStep:
         s_out = seq2seq_forward(student, batch, dec_in, hidden=hidden, attentions=attn)
         hard = lm_loss(s_out.logits, batch["labels"], self.cfg.label_smoothing)
         results_s = textbrewer_results(s_out, batch, tgt_mask, losses=[hard])
+        # The chunked KD loss reads half-precision teacher logits in fp32 itself, a chunk at a
+        # time; every other loss gets fp32 teacher tensors (see _fp32).
+        keep_logits = tb.kd_loss_type == "ce" and use_chunked(s_out.logits.size(-1))
         with torch.no_grad():
             results_t = [
-                textbrewer_results(seq2seq_forward(t, batch, dec_in, hidden=hidden, attentions=attn),
-                                   batch, tgt_mask)
+                _fp32(textbrewer_results(seq2seq_forward(t, batch, dec_in, hidden=hidden,
+                                                         attentions=attn), batch, tgt_mask),
+                      keep_logits)
                 for t in self.teachers
             ]
         if len(results_t) > 1:
@@ -221,6 +228,21 @@ class LossStep:
                              f"{missing[0]} for intermediate_matches; rebuild the cache (delete "
                              "<output_dir>/logit_cache or run cache-logits with --hidden-layers)")
         return {"hidden": hidden, "hidden_mask": masks}
+
+
+def _fp32(results: dict[str, Any], keep_logits: bool = False) -> dict[str, Any]:
+    """A teacher's TextBrewer results with every floating tensor in fp32 (a no-op for an fp32
+    teacher); ``keep_logits`` leaves the logits as they are (for a loss that upcasts them).
+    A bf16/fp16 teacher (``teacher_dtype``) saves memory in its weights and forward pass;
+    TextBrewer's losses, which mix both sides' tensors, then still compute in fp32."""
+    def up(value: Any) -> Any:
+        if torch.is_tensor(value):
+            return value.float() if value.is_floating_point() else value
+        if isinstance(value, (list, tuple)):
+            return type(value)(up(v) for v in value)
+        return value
+
+    return {k: v if keep_logits and k == "logits" else up(v) for k, v in results.items()}
 
 
 def _teacher_counts(teachers: list[nn.Module], cfg: DistillConfig) -> tuple[int, int]:

@@ -34,6 +34,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from raydistill.distill.chunked import use_chunked
 from raydistill.distill.losses import KD_LOSS_MAP, MATCH_LOSS_MAP, PAIR_LOSSES
 from raydistill.distill.schedulers import (
     build_temperature_scheduler,
@@ -403,6 +404,18 @@ def average_teacher_logits(results_T: Sequence[Mapping[str, Any]]) -> dict[str, 
     return out
 
 
+def _kd_reads_mask(config: DistillationConfig, l_S: Tensor, l_T: Tensor, mask_S: Optional[Tensor],
+                   mask_T: Optional[Tensor]) -> bool:
+    """Whether kd_ce_loss can take the mask instead of selected logits: a large vocabulary (the
+    chunked loss), (B, T, V) logits of the same positions under one mask, and nothing that reads
+    the selected logits first (probability_shift, a dynamic temperature scheduler)."""
+    return (config.kd_loss_type == "ce" and not config.probability_shift
+            and config.temperature_scheduler in ("none", "constant")
+            and use_chunked(l_S.size(-1)) and l_S.dim() == 3 and l_S.shape == l_T.shape
+            and mask_S is not None and mask_T is not None and mask_S.shape == l_S.shape[:-1]
+            and (mask_S is mask_T or torch.equal(mask_S.bool(), mask_T.bool())))
+
+
 def _kd_loss(config: DistillationConfig, results_S: Mapping[str, Any], results_T: Mapping[str, Any],
              labels_mask: Optional[Tensor]) -> tuple[Tensor, float]:
     """Sum of KD losses over the logits pairs, and the (mean) temperature used last."""
@@ -418,6 +431,13 @@ def _kd_loss(config: DistillationConfig, results_S: Mapping[str, Any], results_T
     total, temperature = None, config.temperature
     for i, (l_S, l_T) in enumerate(zip(logits_S, logits_T)):
         mask_S, mask_T = masks_S[i if len(masks_S) > 1 else 0], masks_T[i if len(masks_T) > 1 else 0]
+        if _kd_reads_mask(config, l_S, l_T, mask_S, mask_T):
+            # The chunked kd_ce_loss reads the kept positions in place: the same value as
+            # selecting them first, without two (N, V) copies and their gradient.
+            temperature = config.temperature
+            loss = kd_loss(l_S, l_T, temperature, mask=mask_S)
+            total = loss if total is None else total + loss
+            continue
         l_S, l_T = select_logits_with_mask(l_S, mask_S), select_logits_with_mask(l_T, mask_T)
         if config.probability_shift:
             label = labels[i if len(labels) > 1 else 0]

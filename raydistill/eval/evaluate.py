@@ -21,21 +21,26 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _check_model(model_dir: str | os.PathLike) -> None:
-    """Fail on the driver, with a clear message, before Ray actors fail to load the model."""
+def _check_model(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
+    """Fail on the driver, with a clear message, before Ray actors fail to load the model; a
+    Hub id is resolved (downloaded once) here, so the actors load its local snapshot."""
     from transformers import AutoConfig
 
+    from raydistill.hub import is_local_ref, resolve_model
+
     local = Path(model_dir)
-    if not local.exists() and (local.is_absolute() or str(model_dir).startswith(".")):
+    if is_local_ref(str(model_dir)) and not local.exists():
         raise ModelError(f"model path {local} does not exist; check the path")
     if local.exists() and not (local / "config.json").is_file():
         raise ModelError(f"{local} holds no saved model (config.json missing); "
                          "pass a folder written by save_pretrained or by raydistill train")
+    source = resolve_model(model_dir, "model", cache_dir)
     try:
-        AutoConfig.from_pretrained(str(model_dir))
+        AutoConfig.from_pretrained(source.path)
     except (OSError, ValueError) as err:
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ModelError(f"cannot load a model config from {model_dir}: {first_line}") from err
+    return source
 
 
 def evaluate(
@@ -53,8 +58,12 @@ def evaluate(
     num_workers: int = 1,
     num_gpus: float = 0.0,
     n: int | None = None,
+    model_cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Generate for ``split`` of ``data_dir`` and score it against its references.
+
+    ``model_dir`` is a saved model's folder or a Hub id (``org/name[@revision]``, downloaded
+    into ``model_cache_dir``, default HF's cache); the results record its id and commit.
 
     Uses ``{split}.refs.jsonl`` (several references per example) when the data folder has it,
     else ``{split}.target``. Writes ``{split}_generations.txt`` and ``{split}_results.json`` into
@@ -62,7 +71,7 @@ def evaluate(
     """
     if task not in METRICS:
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(METRICS)}")
-    _check_model(model_dir)
+    source = _check_model(model_dir, model_cache_dir)
     if out_dir is None and not Path(model_dir).is_dir():
         raise ConfigError(f"{model_dir} is not a local folder; pass out_dir (--out-dir) "
                           "to say where the results go")
@@ -71,7 +80,7 @@ def evaluate(
     refs = data.refs if data.refs is not None else data.targets
 
     preds, seconds = generate_parallel(
-        model_dir, data.sources, num_beams=num_beams, length_penalty=length_penalty,
+        source.path, data.sources, num_beams=num_beams, length_penalty=length_penalty,
         max_length=max_length, max_source_length=max_source_length, batch_size=batch_size,
         num_workers=num_workers, num_gpus=num_gpus,
     )
@@ -80,6 +89,8 @@ def evaluate(
     n_refs = [1] * len(preds) if data.refs is None else [len(r) for r in data.refs]
     results: dict[str, Any] = {
         "model_dir": str(model_dir),
+        "model_id": source.id,
+        "model_commit": source.commit,
         "data_dir": str(data_dir),
         "split": split,
         "task": task,
@@ -112,7 +123,8 @@ def evaluate(
 def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of ``raydistill evaluate``."""
     p = parser
-    p.add_argument("--model", required=True, help="folder of a saved model and its tokenizer")
+    p.add_argument("--model", required=True, help="folder of a saved model and its tokenizer, "
+                   "or a Hub id (org/name[@revision])")
     p.add_argument("--data-dir", required=True, help="folder with {split}.source/.target")
     p.add_argument("--split", default="test")
     p.add_argument("--task", default="summarization", choices=sorted(METRICS))
@@ -124,7 +136,10 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--num-workers", type=int, default=1, help="generation actors")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor")
     p.add_argument("--n", type=int, default=None, help="only the first N examples")
-    p.add_argument("--out-dir", default=None, help="where to write results (default: --model)")
+    p.add_argument("--out-dir", default=None, help="where to write results (default: --model; "
+                   "required for a Hub id)")
+    p.add_argument("--model-cache-dir", default=None, help="where a Hub id is downloaded "
+                   "(default: $HF_HUB_CACHE, else Hugging Face's cache)")
     return p
 
 
@@ -135,6 +150,7 @@ def run_evaluate_cli(args: argparse.Namespace) -> int:
         num_beams=args.num_beams, length_penalty=args.length_penalty, max_length=args.max_length,
         max_source_length=args.max_source_length, batch_size=args.batch_size,
         num_workers=args.num_workers, num_gpus=args.num_gpus, n=args.n,
+        model_cache_dir=args.model_cache_dir,
     )
     print(f"{r['split']}: {r['n_examples']} examples, references from {r['references']['file']}, "
           f"{r['gen_seconds']:.1f} s generation")

@@ -88,11 +88,14 @@ class Generator:
 
     def __init__(self, model_dir: str, num_beams: int = 4, length_penalty: float = 1.0,
                  max_length: int = 64, max_source_length: int = 512, batch_size: int = 16,
-                 device: str = "cpu", return_scores: bool = False) -> None:
+                 device: str = "cpu", return_scores: bool = False,
+                 teacher_dtype: str | None = None) -> None:
+        """``teacher_dtype`` (auto | bf16 | fp16 | fp32): load the model as a frozen teacher in
+        that dtype (``load_teacher``: the weights themselves); None: as saved, for evaluation."""
         import ray
         from transformers import AutoTokenizer
 
-        from raydistill.models.layers import load_seq2seq
+        from raydistill.models.layers import load_seq2seq, load_teacher
 
         # Use the CPUs Ray gave this actor, not every core of the node (actors share the node).
         cpus = 1.0
@@ -100,7 +103,8 @@ class Generator:
             cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         torch.set_num_threads(max(1, int(cpus)))
         self.device = device
-        self.model = load_seq2seq(model_dir).to(device).eval()
+        self.model = (load_teacher(model_dir, teacher_dtype, device) if teacher_dtype
+                      else load_seq2seq(model_dir).to(device).eval())
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.kw = dict(num_beams=num_beams, length_penalty=length_penalty, max_length=max_length,
                        max_source_length=max_source_length, batch_size=batch_size)

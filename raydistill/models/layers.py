@@ -31,16 +31,46 @@ WEIGHT_FILES = (
 )
 
 
-def _is_hub_id(path: str) -> bool:
-    """``org/name`` or ``name``: not a local-looking path (absolute, relative, ``~``)."""
-    return not path.startswith((".", "/", "~")) and path.count("/") <= 1
+TEACHER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def teacher_torch_dtype(name: str, device: str | torch.device = "cpu") -> torch.dtype:
+    """``teacher_dtype`` (auto | bf16 | fp16 | fp32) -> the dtype of a frozen teacher's weights
+    on ``device``: auto is bf16 on a GPU that has it, fp16 on other GPUs, fp32 on CPU."""
+    if name == "auto":
+        if torch.device(device).type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name not in TEACHER_DTYPES:
+        raise ModelError(f"teacher_dtype={name!r} is not allowed: choose one of auto, "
+                         f"{', '.join(TEACHER_DTYPES)}")
+    return TEACHER_DTYPES[name]
+
+
+def teacher_dtype_label(name: str, use_gpu: bool) -> str:
+    """What a cache key records of ``teacher_dtype``: auto on CPU is fp32; on a GPU, auto stays
+    auto (bf16 or fp16, decided by the GPU that runs the teacher)."""
+    return "fp32" if name == "auto" and not use_gpu else name
+
+
+def load_teacher(path: str | os.PathLike, teacher_dtype: str = "auto",
+                 device: str | torch.device = "cpu", **kwargs) -> PreTrainedModel:
+    """A frozen teacher on ``device``: eval mode, no gradients, weights loaded directly in
+    ``teacher_torch_dtype(teacher_dtype, device)`` (bf16 holds half the bytes of fp32).
+    ``kwargs`` go to ``from_pretrained`` (``attn_implementation="eager"`` for attention maps)."""
+    dtype = teacher_torch_dtype(teacher_dtype, device)
+    model = load_seq2seq(path, dtype=dtype, **kwargs).to(device).eval()
+    return model.requires_grad_(False)
 
 
 def load_seq2seq(path: str | os.PathLike, **kwargs) -> PreTrainedModel:
-    """Load a seq2seq model from a folder (or a hub id): ``AutoModelForSeq2SeqLM`` or, for
-    ``model_type == "encoder-decoder"``, ``EncoderDecoderModel``. ``kwargs`` go to
-    ``from_pretrained`` (``attn_implementation="eager"``, ``dropout=0.0``, ``dtype=...``)."""
+    """Load a seq2seq model from a folder (or a Hub id, resolved by ``raydistill.hub``):
+    ``AutoModelForSeq2SeqLM`` or, for ``model_type == "encoder-decoder"``,
+    ``EncoderDecoderModel``. ``kwargs`` go to ``from_pretrained`` (``attn_implementation="eager"``,
+    ``dropout=0.0``, ``dtype=...``; without ``dtype`` transformers keeps the checkpoint's)."""
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, EncoderDecoderModel
+
+    from raydistill.hub import is_local_ref, resolve_path
 
     local = Path(path).expanduser()
     if local.exists():
@@ -53,16 +83,15 @@ def load_seq2seq(path: str | os.PathLike, **kwargs) -> PreTrainedModel:
             raise ModelError(f"no weights in {local} (expected one of {', '.join(WEIGHT_FILES)}); "
                              "save the model with save_pretrained")
         source: str = str(local)
-    elif _is_hub_id(str(path)):
-        source = str(path)  # let the hub (or its offline cache) answer
+    elif not is_local_ref(str(path)):
+        source = resolve_path(str(path), "model")  # a Hub id: its local snapshot
     else:
         raise ModelError(f"model path {path} does not exist; check the path")
     try:
         config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as err:  # hub id not found, offline without a cache, bad name
+    except (OSError, ValueError) as err:  # a config transformers cannot read
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"cannot load a model from {path} (not a local folder, so tried as a hub "
-                         f"id): {first}; check the path") from err
+        raise ModelError(f"cannot load a model from {path}: {first}; check the path") from err
     # AutoModelForSeq2SeqLM maps EncoderDecoderConfig too, but be explicit: it is the one family
     # whose weights live in two nested models.
     cls = EncoderDecoderModel if config.model_type == "encoder-decoder" else AutoModelForSeq2SeqLM

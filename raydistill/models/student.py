@@ -14,6 +14,7 @@ import os
 import warnings
 from pathlib import Path
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -132,27 +133,36 @@ def make_student(
     copy_first_teacher_layers: bool = False,
     e_layers_to_copy: list[int] | None = None,
     d_layers_to_copy: list[int] | None = None,
+    model_cache_dir: str | os.PathLike | None = None,
     **extra_config_kwargs,
 ) -> tuple[PreTrainedModel, list[int], list[int]]:
     """Build a student with ``e`` encoder and ``d`` decoder layers copied from ``teacher``.
 
     Args:
-        teacher: a model, or a folder/hub id (then loaded with ``load_seq2seq``, and its
-            tokenizer is saved beside the student when ``save_path`` is given).
+        teacher: a model, or a folder or Hub id (``org/name``, ``org/name@revision``; then
+            loaded in fp32 with ``load_seq2seq``, and its tokenizer is saved beside the student
+            when ``save_path`` is given).
         e, d: student layer counts; ``None`` keeps that side whole (or, with
             ``{e,d}_layers_to_copy`` given, takes their length).
         save_path: where to ``save_pretrained`` the student (safetensors); ``None`` saves nothing.
         copy_first_teacher_layers: copy teacher layers ``0..n-1`` instead of the table's choice.
         e_layers_to_copy, d_layers_to_copy: explicit teacher layer indices, one per student layer.
+        model_cache_dir: where a Hub id is downloaded (default: ``$HF_HUB_CACHE`` or HF's own).
         **extra_config_kwargs: config attributes to change on the student (e.g. ``dropout=0.0``).
 
     Returns:
         (student, encoder layers copied, decoder layers copied). The lists are also recorded in
-        ``student.config.init_metadata`` as in the original.
+        ``student.config.init_metadata`` as in the original (with the teacher's Hub id and
+        commit when it came from the Hub).
     """
-    teacher_path = None
+    teacher_path, source = None, None
     if isinstance(teacher, (str, os.PathLike)):
-        teacher_path, teacher = teacher, load_seq2seq(teacher).eval()
+        from raydistill.hub import resolve_model
+
+        source = resolve_model(teacher, "teacher", model_cache_dir)
+        # fp32: the student trains from these weights, and transformers 5 would otherwise keep
+        # a checkpoint's half precision.
+        teacher_path, teacher = source.path, load_seq2seq(source.path, dtype=torch.float32).eval()
     elif not isinstance(teacher, PreTrainedModel):
         raise ModelError(f"teacher must be a PreTrainedModel or a path, got {type(teacher).__name__}")
 
@@ -187,6 +197,8 @@ def make_student(
         copied_encoder_layers=e_layers,
         copied_decoder_layers=d_layers,
     )
+    if source is not None and source.id:
+        student.config.init_metadata.update(teacher=source.id, teacher_commit=source.commit)
     if getattr(teacher, "generation_config", None) is not None:
         student.generation_config = copy.deepcopy(teacher.generation_config)
     logger.info("copied encoder layers %s and decoder layers %s", e_layers, d_layers)

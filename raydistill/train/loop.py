@@ -25,7 +25,7 @@ from raydistill.distill.step import LossStep
 from raydistill.errors import TrainingError
 from raydistill.eval.generate import generate_local
 from raydistill.eval.metrics import score
-from raydistill.models.layers import load_seq2seq
+from raydistill.models.layers import load_seq2seq, load_teacher
 from raydistill.train.checkpoint import load_training_state, rng_state, save_training_state
 
 
@@ -89,7 +89,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _seed_everything(cfg.seed + rank)
 
     # 2. Models. The student starts from output_dir/student (written by the driver); the
-    # teachers load only for kd, with eager attention only when an attention match needs it.
+    # teachers load only for kd, frozen, in teacher_dtype (bf16/fp16 on a GPU: half the bytes)
+    # and with SDPA attention unless an attention match needs the weights (eager). Paths here
+    # are local: the driver resolved any Hub id to its snapshot.
     student = load_seq2seq(run["student_init"], **_student_overrides(cfg))
     tokenizer = _load_tokenizer(run["tokenizer"])
     _freeze(student, cfg)
@@ -99,7 +101,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # With cached logits the teacher ran before training (top-k in the batches): none loads here.
     if step_probe is not None and not step_probe.cached_logits:
         attn = {"attn_implementation": "eager"} if step_probe.needs_attentions else {}
-        teachers = [load_seq2seq(p, **attn).to(device) for p in cfg.teacher_paths]
+        teachers = [load_teacher(p, cfg.teacher_dtype, device, **attn) for p in cfg.teacher_paths]
         if step_probe.needs_attentions:
             student = load_seq2seq(run["student_init"], attn_implementation="eager",
                                    **_student_overrides(cfg))

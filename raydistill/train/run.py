@@ -19,6 +19,7 @@ from typing import Any
 
 from raydistill.config import DistillConfig
 from raydistill.errors import ConfigError, ModelError
+from raydistill.hub import check_model_dir, resolve_model  # noqa: F401 (check_model_dir: API)
 from raydistill.train.preflight import check_models
 from raydistill.train.checkpoint import (
     STATE_FILE,
@@ -34,22 +35,35 @@ RAY_ENV = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
     "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"),
 }
+# Passed to the workers only when the user set them: workers load local folders (the driver
+# resolves Hub ids), so offline or not is the user's choice, never ours.
+PASSED_THROUGH = ("HF_HUB_OFFLINE",)
 
 
-def check_model_dir(path: str, key: str) -> None:
-    """A model folder must exist and hold a config and weights (checked without loading)."""
-    p = Path(path)
-    if not p.is_dir():
-        raise ModelError(f"{key}: {path} does not exist; pass a folder written by save_pretrained "
-                         "(or by raydistill make-student)")
-    has_weights = any(p.glob("*.safetensors")) or any(p.glob("*.bin")) or any(
-        p.glob("*.safetensors.index.json"))
-    if not (p / "config.json").is_file() or not has_weights:
-        raise ModelError(f"{key}: {path} holds no model (needs config.json and *.safetensors); "
-                         "pass a folder written by save_pretrained")
+def resolve_models(cfg: DistillConfig) -> tuple[DistillConfig, dict[str, Any]]:
+    """``teacher`` / ``teachers`` / ``student`` Hub ids -> their local snapshots, once, here on
+    the driver (a copy of ``cfg``; local folders stay as they are).
+
+    The copy is what travels to the workers, so they never download. Also returns what
+    ``hparams.json`` records of each model: the reference as given, the Hub id, the revision
+    asked for, the commit it resolved to, and the local path.
+    """
+    changes: dict[str, Any] = {}
+    records: dict[str, Any] = {}
+    if cfg.teachers:
+        found = [resolve_model(t, f"teachers[{i}]", cfg.model_cache_dir)
+                 for i, t in enumerate(cfg.teachers)]
+        changes["teachers"] = [r.path for r in found]
+        records["teachers"] = [r.record() for r in found]
+    elif cfg.teacher:
+        found_one = resolve_model(cfg.teacher, "teacher", cfg.model_cache_dir)
+        changes["teacher"], records["teacher"] = found_one.path, found_one.record()
+    if cfg.student:
+        found_one = resolve_model(cfg.student, "student", cfg.model_cache_dir)
+        changes["student"], records["student"] = found_one.path, found_one.record()
+    return dataclasses.replace(cfg, **changes), records
 
 
 def _vocab_size(path: str) -> int:
@@ -59,16 +73,15 @@ def _vocab_size(path: str) -> int:
     return int(cfg.get("tgt_vocab_size") or cfg.get("decoder_vocab_size") or cfg["vocab_size"])
 
 
-def preflight(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = False) -> None:
-    """All the input checks, before any cluster resource is spent."""
+def preflight(cfg: DistillConfig, *, overwrite: bool = False,
+              resume: bool = False) -> tuple[DistillConfig, dict[str, Any]]:
+    """All the input checks, before any cluster resource is spent. Returns ``cfg`` with its
+    models resolved and what ``hparams.json`` records of them (``resolve_models``)."""
     from raydistill.data.files import validate_data_dir
 
     splits = ("train", "val", "test") if cfg.do_predict else ("train", "val")
-    validate_data_dir(cfg.data_dir, splits)
-    for i, path in enumerate(cfg.teacher_paths):
-        check_model_dir(path, "teacher" if not cfg.teachers else f"teachers[{i}]")
-    if cfg.student:
-        check_model_dir(cfg.student, "student")
+    validate_data_dir(cfg.data_dir, splits)  # first: a typo here must not wait for a download
+    cfg, models = resolve_models(cfg)  # every model folder checked, Hub ids found or fetched
     check_models(cfg)
     sizes = {p: _vocab_size(p) for p in cfg.teacher_paths + ([cfg.student] if cfg.student else [])}
     if len(set(sizes.values())) > 1:
@@ -86,6 +99,24 @@ def preflight(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = Fal
                           "--overwrite to start over there, or choose another output_dir")
     if resume and not (out / "hparams.json").exists():
         raise ConfigError(f"--resume: {out} holds no earlier run (no hparams.json); drop --resume")
+    if resume:
+        check_same_models(out, models)
+    return cfg, models
+
+
+def check_same_models(out: Path, records: dict[str, Any]) -> None:
+    """--resume: a Hub id must still resolve to the commit the run started from."""
+    path = out / "hparams.json"
+    before = json.loads(path.read_text()).get("models", {}) if path.is_file() else {}
+    for key, now in records.items():
+        pairs = zip(before.get(key) or [], now) if isinstance(now, list) else [(before.get(key), now)]
+        for i, (old, new) in enumerate(pairs):
+            if old and old.get("commit") and old.get("ref") == new["ref"] \
+                    and old["commit"] != new["commit"]:
+                where = f"{key}[{i}]" if isinstance(now, list) else key
+                raise ConfigError(f"--resume: {where}: {new['ref']} now resolves to commit "
+                                  f"{new['commit']}, but this run started from {old['commit']}; "
+                                  f"pin it with {where}={new['id']}@{old['commit']}")
 
 
 def prepare_student(cfg: DistillConfig, out: Path, resume: bool) -> dict[str, Any]:
@@ -99,7 +130,10 @@ def prepare_student(cfg: DistillConfig, out: Path, resume: bool) -> dict[str, An
         return json.loads(layers_file.read_text())
     tmp = Path(tempfile.mkdtemp(prefix=".student.", dir=out))
     if cfg.student:
-        model = load_seq2seq(cfg.student)
+        import torch
+
+        # fp32 master weights, whatever dtype the checkpoint was saved in.
+        model = load_seq2seq(cfg.student, dtype=torch.float32)
         model.save_pretrained(tmp)
         _save_tokenizer(cfg.student, tmp)
         e_ids = d_ids = None
@@ -151,7 +185,8 @@ def init_ray(address: str | None = None) -> None:
     # to merge two values for one variable, so the job's own win.
     job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
     taken = set(((job_env.get("runtime_env") or {}).get("env_vars") or {}))
-    env = {k: v for k, v in RAY_ENV.items() if k not in taken}
+    passed = {k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}
+    env = {k: v for k, v in {**RAY_ENV, **passed}.items() if k not in taken}
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
     quiet_ray_data()
 
@@ -169,8 +204,13 @@ def quiet_ray_data() -> None:
 
 def run_distill(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = False,
                 address: str | None = None) -> dict[str, Any]:
-    """Run the whole job; returns the summary written to ``metrics.json``."""
-    preflight(cfg, overwrite=overwrite, resume=resume)
+    """Run the whole job; returns the summary written to ``metrics.json``.
+
+    Hub ids are resolved first, once: the rest of the run (student, caches, workers) sees local
+    snapshot folders; ``hparams.json`` keeps the config as given plus each model's id and commit.
+    """
+    given = cfg
+    cfg, models = preflight(cfg, overwrite=overwrite, resume=resume)
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     recover_dir(out / "best_tfmr")
@@ -180,7 +220,7 @@ def run_distill(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = F
         clear_previous_run(storage, run_name, owned=cfg.storage_path is None or overwrite)
 
     layers = prepare_student(cfg, out, resume)
-    write_json_atomic(out / "hparams.json", cfg.to_dict())
+    write_json_atomic(out / "hparams.json", {**given.to_dict(), "models": models})
     write_json_atomic(out / "git_log.json", git_log())
 
     init_ray(address)
@@ -366,14 +406,15 @@ def prepare_logit_cache(cfg: DistillConfig, student_dir: str, train_ds,
 
     from raydistill.distill.logit_cache import cache_key, cached_hidden_layers, ensure_cache
     from raydistill.distill.textbrewer import DistillationConfig
-    from raydistill.models.layers import layer_counts
+    from raydistill.models.layers import layer_counts, teacher_dtype_label
 
     # Hidden-state matches: the teacher entries they read are cached beside the logits.
     hidden = cached_hidden_layers(DistillationConfig.from_dict(cfg.distillation or {}),
                                   layer_counts(AutoConfig.from_pretrained(cfg.teacher_paths[0])))
     key = cache_key(cfg.teacher_paths, student_dir, cfg.data_dir, split="train", n=cfg.n_train,
                     max_source_length=cfg.max_source_length,
-                    max_target_length=cfg.max_target_length, hidden_layers=hidden)
+                    max_target_length=cfg.max_target_length, hidden_layers=hidden,
+                    teacher_dtype=teacher_dtype_label(cfg.teacher_dtype, cfg.use_gpu))
     pad_id = AutoTokenizer.from_pretrained(student_dir).pad_token_id
     ensure_cache(train_ds, cache_dir, key, teachers=cfg.teacher_paths, pad_token_id=pad_id,
                  top_k=cfg.logit_cache_top_k, batch_size=cfg.eval_batch_size,

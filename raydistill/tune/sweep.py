@@ -128,7 +128,7 @@ def run_sweep(cfg: DistillConfig, settings: TuneSettings, *, resume: str | None 
     from ray import tune
 
     from raydistill.train.checkpoint import write_json_atomic
-    from raydistill.train.run import init_ray
+    from raydistill.train.run import init_ray, resolve_models
 
     out, storage, name = sweep_paths(cfg, settings)
     experiment = f"{storage}/{name}"
@@ -143,12 +143,15 @@ def run_sweep(cfg: DistillConfig, settings: TuneSettings, *, resume: str | None 
             cfg, settings = started, parse_tune_section(info["tune"], started)
     else:
         _prepare_fresh(out, experiment, overwrite)
+    # Hub ids -> local snapshots, once, here: every trial (and its workers) loads local folders.
+    run_cfg, models = resolve_models(cfg)
+    if not resume:
         write_json_atomic(out / SWEEP_FILE, {"config": cfg.to_dict(),
                                              "tune": _settings_dict(settings),
-                                             "experiment_path": experiment})
+                                             "experiment_path": experiment, "models": models})
     init_ray(address)
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, base=cfg.to_dict(), trials_dir=str(out / "trials")),
+        tune.with_parameters(trial_driver, base=run_cfg.to_dict(), trials_dir=str(out / "trials")),
         {"cpu": DRIVER_CPU})
     if resume:
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,

@@ -216,3 +216,18 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
 
     with pytest.raises(ConfigError):
         main(["--debug", "distill", str(tmp_path / "missing.yaml")])
+
+
+def test_hub_id_rows_stop_before_ray(tmp_path, data_dir, hub_cache, distill, run_cli):
+    """Hub ids: one line each, exit 2, Ray never started (offline, on-disk cache: no network)."""
+    code, err = distill(base(data_dir, "org/absent", tmp_path))
+    assert_one_line(code, err, "teacher: org/absent", "HF_HUB_OFFLINE=1", "unset HF_HUB_OFFLINE")
+    code, err = distill(base(data_dir, "org/tiny-bart", tmp_path, student="org/bad--id"))
+    assert_one_line(code, err, "student: 'org/bad--id'", "not a valid Hub id")
+    code, err = distill(base(data_dir, "org/tiny-bart", tmp_path, teachers=["org/tiny-bart", "x/y@"]))
+    assert_one_line(code, err, "teachers[1]", "no revision")
+    code, err = run_cli(["make-student", "org/absent", "--save-path", str(tmp_path / "s")])
+    assert code == 2 and "\n" not in err and "org/absent" in err and "HF_HUB_OFFLINE" in err
+    code, err = run_cli(["evaluate", "--model", "org/absent", "--data-dir", str(data_dir),
+                         "--out-dir", str(tmp_path / "ev")])
+    assert code == 2 and "\n" not in err and "org/absent" in err and "HF_HUB_OFFLINE" in err

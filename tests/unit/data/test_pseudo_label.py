@@ -231,6 +231,7 @@ def test_cli_registers_the_data_commands(data_dir, tmp_path, monkeypatch, capsys
     teacher = tmp_path / "t"
     teacher.mkdir()
     (teacher / "config.json").write_text("{}")
+    (teacher / "model.safetensors").write_bytes(b"weights")  # a model folder: config + weights
     assert main(["pseudo-label", "--teacher", str(teacher), "--data-dir", str(data_dir),
                  "--out", str(out), "--shard-size", "5", "--num-beams", "1"]) == 0
     assert "pseudo-labels of 11 examples" in capsys.readouterr().out
