@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common import RESULTS, setup_env
 
-BENCHMARKS = ("overhead", "vs_textbrewer", "quality")
+BENCHMARKS = ("overhead", "vs_textbrewer", "quality", "kd_memory")
 # Where a benchmark's quick mode writes its figures, when not bench/results/<name>.json.
 RESULT_FILES = {"quality": "quality_en_de_quick"}
 HERE = Path(__file__).resolve().parent
@@ -75,6 +75,12 @@ def summary_lines(name: str) -> list[str]:
             out.append(f"target (>= 1.5x, within 2%), {basis}: "
                        + "; ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in met.items()))
         return out
+    if name == "kd_memory":
+        out = [f"{loss}: peak memory chunked/unchunked {q['peak_ratio']:.2f}x, time "
+               f"{q['time_ratio']:.2f}x (CPU time {q['cpu_time_ratio']:.2f}x)"
+               for loss, q in r["losses"].items()]
+        return out + [f"target (peak <= 0.5x at <= 1.1x the time, V = {r['vocab']:,}): "
+                      + ("met" if r["target_met"] else "NOT met")]
     if name == "quality":
         metric = "bleu" if r["task"] == "translation" else "rouge2"
         out = [f"{model}: {metric} {m['scores'][metric]:.2f}, speedup {m['speedup']:.2f}x"
