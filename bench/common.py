@@ -386,7 +386,7 @@ def train_run(cfg_dict: dict[str, Any], resume: bool = False) -> tuple[Path, flo
 
     ``resume``: continue the run in ``output_dir`` from its last checkpoint (``--resume``)."""
     from raydistill.config import DistillConfig
-    from raydistill.train.run import run_distill
+    from raydistill.pipeline import run_distill
 
     t0 = time.time()
     run_distill(DistillConfig.from_dict(cfg_dict), overwrite=not resume, resume=resume)

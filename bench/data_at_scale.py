@@ -111,7 +111,7 @@ def epochs(teacher: Path, student: Path, data_dir: Path, work: Path, s: dict, n_
     from raydistill.data.files import split_dataset
     from raydistill.data.plan import PlanSpec, epoch_plan, planned_batches
     from raydistill.data.tokenize import make_collate_fn, tokenize_dataset
-    from raydistill.distill.logit_cache import build_cache, cache_key, load_cache
+    from raydistill.models.teacher_cache import build_cache, cache_key, load_cache
     from raydistill.distill.step import LossStep
     from raydistill.models.layers import load_seq2seq
 
@@ -282,7 +282,7 @@ def main() -> None:
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    from raydistill.train.run import quiet_ray_data
+    from raydistill.runtime import quiet_ray_data
 
     quiet_ray_data()
     print("2. epoch: live teacher vs cached logits", flush=True)

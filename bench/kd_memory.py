@@ -83,7 +83,7 @@ def make_inputs(vocab: int, device: str) -> dict[str, torch.Tensor]:
 
 def step_fn(loss: str, x: dict[str, torch.Tensor]) -> Callable[[], float]:
     """One KD step (forward + backward) of ``loss``; returns the loss value."""
-    from raydistill.distill.logit_cache import topk_kd_loss
+    from raydistill.distill.losses import topk_kd_loss
     from raydistill.distill.objective import kd_kl_loss
     from raydistill.distill.textbrewer import DistillationConfig, textbrewer_loss
 

@@ -18,7 +18,7 @@ import time
 import raydistill
 from raydistill.config import load_config
 from raydistill.jobkit import require_durable, run_stage
-from raydistill.train.run import run_distill
+from raydistill.pipeline import run_distill
 
 
 def main(argv: list[str] | None = None) -> int:

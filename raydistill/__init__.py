@@ -14,7 +14,7 @@ from raydistill.models.student import (  # noqa: E402
     get_layers_to_supervise,
     make_student,
 )
-from raydistill.train.run import run_distill  # noqa: E402
+from raydistill.pipeline import run_distill  # noqa: E402
 
 __all__ = [
     "__version__",

@@ -31,7 +31,7 @@ def _make_student(args: argparse.Namespace) -> int:
 
 def _distill(args: argparse.Namespace) -> int:
     from raydistill.config import load_config
-    from raydistill.train.run import run_distill
+    from raydistill.pipeline import run_distill
 
     cfg, _ = load_config(args.config, args.overrides)
     summary = run_distill(cfg, overwrite=args.overwrite, resume=args.resume, address=args.address)
@@ -111,7 +111,7 @@ _EXTRA_COMMANDS.append(_register_tune)
 
 from raydistill.data.combine import register_cli as _register_combine  # noqa: E402
 from raydistill.data.pseudo_label import register_cli as _register_pseudo_label  # noqa: E402
-from raydistill.distill.logit_cache import register_cli as _register_cache_logits  # noqa: E402
+from raydistill.models.teacher_cache import register_cli as _register_cache_logits  # noqa: E402
 
 _EXTRA_COMMANDS += [_register_pseudo_label, _register_combine, _register_cache_logits]
 

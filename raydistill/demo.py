@@ -74,7 +74,7 @@ def run_demo(workdir: str | Path = "demo_runs", fresh: bool = False) -> dict:
     """Run the demo in ``workdir``; returns the table rows."""
     from raydistill.eval.evaluate import evaluate
     from raydistill.eval.generate import measure_latency
-    from raydistill.train.run import run_distill
+    from raydistill.pipeline import run_distill
 
     t0 = time.time()
     work = Path(workdir).resolve()

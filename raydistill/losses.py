@@ -15,6 +15,7 @@ from raydistill.distill.losses import (
     kd_mse_loss,
     mmd_loss,
     pkd_loss,
+    topk_kd_loss,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "kd_mse_loss",
     "mmd_loss",
     "pkd_loss",
+    "topk_kd_loss",
 ]

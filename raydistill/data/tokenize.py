@@ -23,6 +23,25 @@ IGNORE_INDEX = -100  # label value that torch's cross-entropy (and our losses) s
 HIDDEN_PREFIX = "t_hidden_"
 
 
+
+def hidden_side(index: int, teacher_encoder_layers: int) -> str:
+    """"enc" (source positions) or "dec" (target positions) for teacher hidden entry ``index``."""
+    return "enc" if index <= teacher_encoder_layers else "dec"
+
+
+def hidden_column(index: int, teacher_encoder_layers: int) -> str:
+    """The cache column of teacher hidden entry ``index``."""
+    return f"{HIDDEN_PREFIX}{hidden_side(index, teacher_encoder_layers)}_{index}"
+
+
+def parse_hidden_column(name: str) -> tuple[str, int] | None:
+    """``t_hidden_dec_7`` -> ("dec", 7); None for other columns."""
+    if not name.startswith(HIDDEN_PREFIX):
+        return None
+    side, index = name[len(HIDDEN_PREFIX):].split("_")
+    return side, int(index)
+
+
 class Tokenize:
     """``map_batches`` callable class: loads the tokenizer once per actor, then tokenizes batches.
 

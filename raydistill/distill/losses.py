@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from raydistill.distill.chunked import chunked_kd_loss, use_chunked
+from raydistill.distill.chunked import chunked_kd_loss, compute_dtype, use_chunked
 
 Temperature = Union[float, Tensor]
 
@@ -218,6 +218,70 @@ def mmd_loss(state_S: Sequence[Tensor], state_T: Sequence[Tensor], mask: Tensor 
     return _div_count(se.sum(), valid_count)
 
 
+# ---- KD from cached top-k teacher logits (raydistill.models.teacher_cache) -----------------
+#
+# The loss from top-k logits (``topk_kd_loss``), per target position, with K the teacher's top-k
+# token ids at that position and T the temperature:
+#
+#     p~_T(v)   = exp(z_T(v) / T) / sum_{u in K} exp(z_T(u) / T)       for v in K, 0 elsewhere
+#     log p_S(v) = z_S(v) / T - logsumexp_{u in V} (z_S(u) / T)          full-vocabulary student
+#     CE_k = - sum_{v in K} p~_T(v) log p_S(v)                            (TextBrewer kd_ce_loss)
+#     KL_k = T^2 * sum_{v in K} p~_T(v) (log p~_T(v) - log p_S(v))        (kd_kl_loss)
+#
+# averaged over target positions. The teacher distribution is renormalized over its top-k (the
+# tail mass outside K is dropped); the student keeps its full-vocabulary normalizer, so its
+# gradient is p_S - p~_T over the whole vocabulary and mass it puts outside K is still pushed down.
+# With k = V both are exact. The error at k < V is measured in tests/unit/distill/test_logit_cache.py
+# and docs/data_at_scale.md.
+
+def topk_kd_loss(
+    s_logits: torch.Tensor,
+    topk_values: torch.Tensor,
+    topk_indices: torch.Tensor | None,
+    mask: torch.Tensor,
+    temperature: float | torch.Tensor,
+    kind: str = "ce",
+) -> torch.Tensor:
+    """KD from the teacher's top-k logits (formula in the module doc).
+
+    s_logits: (B, T, V) student logits; topk_values: (B, T, k) teacher logits (any per-position
+    shift); topk_indices: (B, T, k) their token ids, or None when every logit is kept in
+    vocabulary order (k = V: no gather); mask: (B, T) True where the position counts.
+    temperature: a number, or one per position broadcastable to (B, T) (each KL then scaled by
+    its own T^2). kind: "ce" (TextBrewer's kd_ce_loss, no T^2) or "kl" (kd_kl_loss: KL x T^2).
+    From V >= ``CHUNKED_MIN_VOCAB`` it runs chunked (``raydistill.distill.chunked``): the same
+    value without the (N, V) temporaries of the student's log-softmax.
+    Returns a scalar averaged over selected positions; 0 (in the graph) when none is selected.
+    """
+    if kind not in ("ce", "kl"):
+        raise ValueError(f"kind={kind!r}: use 'ce' or 'kl'")
+    if use_chunked(s_logits.size(-1), temperature):
+        return chunked_kd_loss(s_logits, topk_values, temperature, mask=mask,
+                               t_indices=topk_indices, kind=kind)
+    sel = mask.bool()
+    if not sel.any():
+        return s_logits.sum() * 0.0
+    dtype = compute_dtype(s_logits, topk_values)
+    s = s_logits[sel].to(dtype)  # (N, V)
+    tv = topk_values[sel].to(dtype)  # (N, k)
+    per_position = isinstance(temperature, torch.Tensor) and temperature.dim() > 0
+    temp = temperature
+    if per_position:  # (N, 1)
+        temp = torch.broadcast_to(temperature, sel.shape)[sel].to(dtype).unsqueeze(-1)
+    log_p_s = F.log_softmax(s / temp, dim=-1)
+    if topk_indices is not None:
+        log_p_s = log_p_s.gather(-1, topk_indices[sel].long())  # (N, k)
+    log_p_t = F.log_softmax(tv / temp, dim=-1)  # renormalized over the top-k
+    p_t = log_p_t.exp()
+    if kind == "ce":
+        return -(p_t * log_p_s).sum(-1).mean()
+    kl = (p_t * (log_p_t - log_p_s)).sum(-1)
+    if per_position:
+        return (kl * temp.squeeze(-1) ** 2).mean()
+    return kl.mean() * temperature**2
+
+
+
 KD_LOSS_MAP: dict[str, Callable[..., Tensor]] = {"mse": kd_mse_loss, "ce": kd_ce_loss}
 """``kd_loss_type`` -> KD loss on logits (TextBrewer's ``presets.KD_LOSS_MAP``)."""
 
@@ -255,4 +319,5 @@ __all__ = [
     "kd_mse_loss",
     "mmd_loss",
     "pkd_loss",
+    "topk_kd_loss",
 ]

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,6 +19,33 @@ from raydistill.distill.objective import IGNORE_INDEX, lm_loss, summarization_di
 from raydistill.models.adaptor import seq2seq_forward, textbrewer_results
 from raydistill.models.layers import decoder_inputs, layer_counts
 from raydistill.models.student import get_layers_to_supervise
+
+
+@dataclass(frozen=True)
+class RunNeeds:
+    """What a run's objective needs in each worker, decided from the config alone."""
+
+    tb_config: Any = None  # the DistillationConfig of a kd run's ``distillation:`` section
+    live_teachers: bool = False  # teachers load in the worker (kd without the Parquet cache)
+    attentions: bool = False  # an attention match: student and teachers with eager attention
+    projections: bool = False  # TextBrewer projections for the intermediate matches
+    cached_logits: bool = False  # batches carry the Parquet cache's teacher top-k
+    memory_cache: bool = False  # logit_cache: memory (first epoch's teacher outputs reused)
+
+
+def run_needs(cfg: DistillConfig) -> RunNeeds:
+    """The models and stores a run of ``cfg`` needs (a pure function of the config)."""
+    tb = None
+    if cfg.method == "kd" and cfg.distillation is not None:
+        from raydistill.distill.textbrewer import DistillationConfig
+
+        tb = DistillationConfig.from_dict(cfg.distillation)
+    matches = (tb.intermediate_matches or []) if tb is not None else []
+    cached = cfg.caches_logits and cfg.logit_cache == "parquet"
+    return RunNeeds(tb_config=tb, live_teachers=cfg.uses_teacher and not cached,
+                    attentions=any(m.feature == "attention" for m in matches),
+                    projections=bool(matches), cached_logits=cached,
+                    memory_cache=cfg.caches_logits and cfg.logit_cache == "memory")
 
 
 class LossStep:
@@ -37,22 +65,19 @@ class LossStep:
         for t in teachers:
             t.eval().requires_grad_(False)
         self.projections = projections
-        self.tb_config = None
-        if cfg.method == "kd" and cfg.distillation is not None:
-            from raydistill.distill.textbrewer import DistillationConfig
-
-            self.tb_config = DistillationConfig.from_dict(cfg.distillation)
+        self.needs = needs = run_needs(cfg)
+        self.tb_config = needs.tb_config
         # Cached teacher logits: batches carry the teacher's top-k (and the hidden states the
         # matches read). From the Parquet cache no teacher runs here; with logit_cache: memory
         # the teacher runs on batches not cached yet, and keeps its outputs in last_teacher
         # for the loop to record.
         caching = cfg.caches_logits
-        self.cached_logits = caching and cfg.logit_cache == "parquet"
-        self.memory_logits = caching and cfg.logit_cache == "memory"
+        self.cached_logits = needs.cached_logits
+        self.memory_logits = needs.memory_cache
         self.last_teacher: tuple[torch.Tensor, list[Any]] | None = None
         self.cached_hidden: list[int] = []
         if caching:
-            from raydistill.distill.logit_cache import cached_hidden_layers, check_cacheable
+            from raydistill.models.teacher_cache import cached_hidden_layers, check_cacheable
 
             check_cacheable(self.tb_config)
             if self.tb_config.intermediate_matches:
@@ -81,8 +106,7 @@ class LossStep:
 
     @property
     def needs_attentions(self) -> bool:
-        return self.tb_config is not None and any(
-            m.feature == "attention" for m in (self.tb_config.intermediate_matches or []))
+        return self.needs.attentions
 
     def temperature_at(self, step: int, total_steps: int) -> float:
         """The KD temperature in force at ``step`` (for logging)."""
@@ -177,7 +201,7 @@ class LossStep:
 
     def _cached(self, student, batch, dec_in, step, total_steps):
         """TextBrewer's KD + hard-label blend, KD from the cached top-k teacher logits."""
-        from raydistill.distill.logit_cache import topk_kd_loss
+        from raydistill.distill.losses import topk_kd_loss
         from raydistill.distill.schedulers import scheduled_weight
 
         if "topk_values" not in batch:
@@ -212,7 +236,7 @@ class LossStep:
     def _cached_teacher(self, batch, tgt_mask) -> dict[str, Any]:
         """TextBrewer's teacher results from the batch's ``t_hidden_*`` columns (no logits:
         KD is the top-k loss); entries no match reads stay None."""
-        from raydistill.distill.logit_cache import parse_hidden_column
+        from raydistill.data.tokenize import parse_hidden_column
 
         te, td = self.teacher_counts
         hidden: list[Any] = [None] * (te + td + 2)

@@ -11,6 +11,7 @@ import os
 import random
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,13 @@ import torch.distributed as dist
 
 from raydistill.config import DistillConfig
 from raydistill.data.tokenize import make_collate_fn
-from raydistill.distill.step import LossStep
+from raydistill.distill.step import LossStep, run_needs
 from raydistill.errors import TrainingError
 from raydistill.eval.generate import generate_local
 from raydistill.eval.metrics import score
 from raydistill.models.layers import load_seq2seq, load_teacher
 from raydistill.train.checkpoint import load_training_state, rng_state, save_training_state
+from raydistill.train.targets import TargetSource, make_targets
 
 
 def _world() -> tuple[int, int]:
@@ -76,62 +78,84 @@ def _freeze(student, cfg: DistillConfig) -> None:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point; ``config`` is ``DistillConfig.to_dict()`` plus a ``_run`` section."""
+    """Ray Train entry point; ``config`` is ``DistillConfig.to_dict()`` plus a ``_run`` section.
+
+    Ray Train's documented shape: restore and set up, run the epochs (validating and reporting
+    when due), report the final state, clean up.
+    """
+    w = setup(config)
+    while not w.done:
+        run_epoch(w)
+        end_epoch(w)
+    if w.state["global_step"] != w.last_val_step:
+        validate_and_report(w, final=True)
+    if w.logger:
+        w.logger.close()
+
+
+@dataclass
+class Worker:
+    """One worker's run: what ``setup`` built and the state the epochs advance."""
+
+    cfg: DistillConfig
+    run: dict[str, Any]
+    rank: int
+    world: int
+    device: torch.device
+    model: torch.nn.Module  # the student as trained (DDP-wrapped with several workers)
+    inner: torch.nn.Module  # the student itself
+    tokenizer: Any
+    loss_step: LossStep
+    targets: TargetSource
+    projections: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    amp_dtype: Any
+    state: dict[str, Any]
+    resumed: bool
+    train_shard: Any
+    val_rows: list[dict[str, Any]]
+    collate: Any
+    feed: Any
+    logger: Any
+    last_val_step: int
+    done: bool = False
+    loss_sum: float = 0.0  # training loss since the last validation
+    loss_n: int = 0
+    t0: float = field(default_factory=time.time)  # the logging window: start, tokens seen
+    tokens: int = 0
+    last_loss: Any = None  # the last micro-batch's loss and components (for the step line)
+    last_parts: Any = None
+
+
+def setup(config: dict[str, Any]) -> Worker:
+    """Restore -> models -> optimizer -> state -> data, in that order: the checkpoint decides
+    the weights, the RNG and where the data restarts; the config alone decides which models
+    and stores the run needs (``run_needs``)."""
     config = dict(config)
     run = config.pop("_run")
     cfg = DistillConfig.from_dict(config)
     rank, world = _world()
     torch.set_num_threads(max(1, cfg.cpus_per_worker))
     device = ray.train.torch.get_device()
-
-    # 1. Restore first: the checkpoint decides the weights, the RNG and where the data restarts.
     checkpoint = ray.train.get_checkpoint()
     _seed_everything(cfg.seed + rank)
 
-    # 2. Models. The student starts from output_dir/student (written by the driver); the
-    # teachers load only for kd, frozen, in teacher_dtype (bf16/fp16 on a GPU: half the bytes)
-    # and with SDPA attention unless an attention match needs the weights (eager). Paths here
-    # are local: the driver resolved any Hub id to its snapshot.
-    student = load_seq2seq(run["student_init"], **_student_overrides(cfg))
-    tokenizer = _load_tokenizer(run["tokenizer"])
-    _freeze(student, cfg)
-    teachers = []
-    projections = None
-    step_probe = LossStep(cfg, [], student) if cfg.uses_teacher else None
-    # With cached logits the teacher ran before training (top-k in the batches): none loads here.
-    if step_probe is not None and not step_probe.cached_logits:
-        attn = {"attn_implementation": "eager"} if step_probe.needs_attentions else {}
-        teachers = [load_teacher(p, cfg.teacher_dtype, device, **attn) for p in cfg.teacher_paths]
-        if step_probe.needs_attentions:
-            student = load_seq2seq(run["student_init"], attn_implementation="eager",
-                                   **_student_overrides(cfg))
-            _freeze(student, cfg)
-    if step_probe is not None and step_probe.tb_config is not None \
-            and step_probe.tb_config.intermediate_matches:
-        from raydistill.distill.textbrewer import build_projections
-
-        projections = build_projections(step_probe.tb_config).to(device)
+    needs = run_needs(cfg)
+    student, teachers, projections = _models(cfg, run, needs, device)
     loss_step = LossStep(cfg, teachers, student, run.get("e_layer_ids"), run.get("d_layer_ids"),
                          projections)
-    memory = None  # logit_cache: memory (the first epoch's teacher outputs, for the later ones)
-    if loss_step.memory_logits:
-        from raydistill.distill.logit_cache import DEFAULT_TOP_K, MemoryLogitCache
-
-        memory = MemoryLogitCache(cfg.logit_cache_top_k or DEFAULT_TOP_K,
-                                  hidden_layers=loss_step.cached_hidden,
-                                  encoder_layers=loss_step.teacher_counts[0]
-                                  if loss_step.cached_hidden else 0)
+    targets = make_targets(cfg, needs, loss_step, device)
     layerdrop = bool(cfg.encoder_layerdrop or cfg.decoder_layerdrop)
     model = ray.train.torch.prepare_model(
         student, parallel_strategy_kwargs={"find_unused_parameters": layerdrop or cfg.freeze_encoder})
     inner = getattr(model, "module", model)
 
-    # 3. Optimizer and schedule (linear warmup then linear decay to 0 at total_steps).
-    total_steps = run["total_steps"]
-    optimizer, scheduler = build_optimizer(cfg, inner, total_steps, projections,
+    # Optimizer and schedule (linear warmup then linear decay to 0 at total_steps).
+    optimizer, scheduler = build_optimizer(cfg, inner, run["total_steps"], projections,
                                            loss_step.tb_config)
     amp_dtype, scaler = _autocast(cfg, device)
-
     state = {"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None,
              "history": []}
     if checkpoint is not None:
@@ -143,150 +167,172 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             print(f"[raydistill] resumed from checkpoint at step {state['global_step']} "
                   f"(epoch {state['epoch']}, batch {state['batch_in_epoch']})", flush=True)
-    # Fault-injection hook for the resume tests: the first attempt dies after this step.
-    crash_at = int(run.get("crash_at_step") or 0)
 
-    # 4. Data: this worker's shard of train; the whole (small) val set, split across ranks.
+    # Data: this worker's shard of train; the whole (small) val set, split across ranks.
     # A planned run (token budget, sortish, cached logits) gets the whole train set and pulls
     # the rows of its own batches of each epoch's plan (raydistill.data.plan).
+    tokenizer = _load_tokenizer(run["tokenizer"])
     train_shard = ray.train.get_dataset_shard("train")
     val_rows = list(ray.train.get_dataset_shard("val").iter_rows())
     collate = make_collate_fn(tokenizer.pad_token_id)
     feed = _PlannedFeed(run["plan"], train_shard, collate, rank, world) if run.get("plan") else None
-    logger = _Logger(cfg, run, rank) if rank == 0 else None
-
-    running = {"sum": 0.0, "n": 0}  # mean training loss between validations
-
-    def validate_and_report(final: bool = False) -> None:
-        metrics = _validate(inner, tokenizer, val_rows, cfg, run, rank, world, device)
-        metrics.update(step=state["global_step"], epoch=state["epoch"], final=final,
-                       train_loss=running["sum"] / max(running["n"], 1))
-        if device.type == "cuda":  # this worker's peak so far: training, teacher and validation
-            metrics["gpu_peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-        running.update(sum=0.0, n=0)
-        if memory is not None:  # this worker's view: what it holds, how often it served a batch
-            metrics.update(logit_cache_examples=len(memory),
-                           logit_cache_hit_rate=memory.take_hit_rate())
-        name = cfg.val_metric
-        if state["best_metric"] is None or metrics[name] > state["best_metric"]:
-            state["best_metric"] = metrics[name]
-        metrics["best_" + name] = state["best_metric"]
-        state["history"].append({k: v for k, v in metrics.items()})
-        rngs = _gather(rng_state(), world)
-        if logger:
-            logger.validation(metrics)
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                save_training_state(tmp, student=inner, tokenizer=tokenizer, optimizer=optimizer,
-                                    scheduler=scheduler, scaler=scaler, projections=projections,
-                                    state={**state, "config": cfg.to_dict()}, rng_states=rngs)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt)
-
-    # 5. The loop. Optimizer steps count toward total_steps; accumulation spans micro-batches.
     model.train()
-    done = state["global_step"] >= total_steps
-    last_val_step = state["global_step"] if checkpoint is not None else -1
-    t0, tokens = time.time(), 0
-    while not done:
-        skip = state["batch_in_epoch"]
-        if feed is None:
-            it = train_shard.iter_torch_batches(
-                batch_size=cfg.train_batch_size, collate_fn=collate,
-                local_shuffle_buffer_size=None if cfg.seed is None else 4 * cfg.train_batch_size,
-                local_shuffle_seed=cfg.seed + state["epoch"] * 1000 + rank,
-            )
-            batches_per_epoch, start = run["batches_per_epoch"], 0
-        else:  # the plan starts at the resume position: skipped batches are never read
-            it, batches_per_epoch = feed.epoch(state["epoch"], skip)
-            start = skip
-        val_every = max(1, round(cfg.val_check_interval * batches_per_epoch))
-        micro, seen = 0, start
-        for i, batch in enumerate(it, start=start):
-            seen += 1
-            if i < skip:  # resume: these batches were consumed before the checkpoint
-                continue
-            # Counted on the host, before the copy: on a GPU every read of a device value
-            # waits for the queued work, and a step reads one (the loss) in all.
-            tokens += int(batch["attention_mask"].sum()) + int(batch["labels"].ne(-100).sum())
-            if memory is not None:  # the teacher's outputs, when this batch's are all kept
-                ids = batch["id"].tolist()
-                batch.update(memory.lookup(ids) or {})
-            batch = {k: v.to(device) for k, v in batch.items() if k != "id"}
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss, parts = loss_step(model, batch, state["global_step"], total_steps)
-            if loss_step.last_teacher is not None:  # the live teacher ran: keep its outputs
-                memory.record(ids, *loss_step.last_teacher, batch["attention_mask"],
-                              batch["labels"].ne(-100))
-                loss_step.last_teacher = None
-            loss_value = float(loss.detach())  # the step's one read: finite check and the mean
-            _check_finite(loss_value, parts, state["global_step"])
-            running["sum"] += loss_value
-            running["n"] += 1
-            loss_scaled = loss / cfg.gradient_accumulation_steps
-            (scaler.scale(loss_scaled) if scaler else loss_scaled).backward()
-            micro += 1
-            state["batch_in_epoch"] = i + 1
-            stepped = micro % cfg.gradient_accumulation_steps == 0 or i + 1 == batches_per_epoch
-            if stepped:
-                _sync_projection_grads(projections, world)
-                if scaler:
-                    scaler.unscale_(optimizer)
-                params = [p for g in optimizer.param_groups for p in g["params"]]
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state["global_step"] += 1
-                if logger and state["global_step"] % cfg.log_every_n_steps == 0:
-                    dt = time.time() - t0
-                    logger.step(state, loss, parts, scheduler.get_last_lr()[0],
-                                loss_step.temperature_at(state["global_step"], total_steps),
-                                tokens * world / max(dt, 1e-9))
-                    t0, tokens = time.time(), 0
-                if state["global_step"] >= total_steps:
-                    done = True
-                if crash_at and checkpoint is None and state["global_step"] == crash_at + 1:
-                    # The controller registers a reported checkpoint when it next polls this
-                    # worker; give it that poll, then die as a killed process would.
-                    time.sleep(5)
-                    os._exit(1)
-            # val_check_steps (TextBrewer's ckpt_steps) counts optimizer steps; otherwise a
-            # fraction of the epoch's batches.
-            due = (stepped and state["global_step"] % cfg.val_check_steps == 0
-                   if cfg.val_check_steps else state["batch_in_epoch"] % val_every == 0)
-            if done or due:
-                if state["global_step"] != last_val_step:
-                    validate_and_report(final=done)
-                    last_val_step = state["global_step"]
-                    model.train()
-            if done or i + 1 >= batches_per_epoch:
-                break
-        if seen == 0:
-            raise TrainingError(f"worker {rank} got no training batch in epoch {state['epoch']}: "
-                                "n_train is smaller than num_workers; add data or use fewer workers")
-        if not done:
-            if memory is not None:  # every worker gets what the others recorded this epoch
-                parts = _gather(memory.take_new(), world)
-                for part in parts:
-                    memory.merge(part)
-                if logger and any(parts):
-                    print(f"[raydistill] teacher logits: {len(memory)} examples kept in memory "
-                          f"({memory.nbytes / 2**20:.0f} MiB per worker) after epoch "
-                          f"{state['epoch']}", flush=True)
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
-            if cfg.max_steps is None and state["epoch"] >= cfg.max_epochs:
-                done = True
-    if state["global_step"] != last_val_step:
-        validate_and_report(final=True)
-    if logger:
-        logger.close()
+    return Worker(cfg=cfg, run=run, rank=rank, world=world, device=device, model=model,
+                  inner=inner, tokenizer=tokenizer, loss_step=loss_step, targets=targets,
+                  projections=projections, optimizer=optimizer, scheduler=scheduler,
+                  scaler=scaler, amp_dtype=amp_dtype, state=state,
+                  resumed=checkpoint is not None, train_shard=train_shard, val_rows=val_rows,
+                  collate=collate, feed=feed, logger=_Logger(cfg, run, rank) if rank == 0 else None,
+                  last_val_step=state["global_step"] if checkpoint is not None else -1,
+                  done=state["global_step"] >= run["total_steps"])
+
+
+def _models(cfg: DistillConfig, run: dict[str, Any], needs, device):
+    """(student, teachers, projections). The student starts from output_dir/student (written by
+    the driver); the teachers load only when a live teacher is needed, frozen, in
+    teacher_dtype (bf16/fp16 on a GPU: half the bytes) and with SDPA attention unless an
+    attention match needs the weights (eager). Paths are local: the driver resolved Hub ids."""
+    attn = {"attn_implementation": "eager"} if needs.attentions else {}
+    student = load_seq2seq(run["student_init"], **attn, **_student_overrides(cfg))
+    _freeze(student, cfg)
+    teachers = [load_teacher(p, cfg.teacher_dtype, device, **attn)
+                for p in cfg.teacher_paths] if needs.live_teachers else []
+    projections = None
+    if needs.projections:
+        from raydistill.distill.textbrewer import build_projections
+
+        projections = build_projections(needs.tb_config).to(device)
+    return student, teachers, projections
+
+
+def _epoch_batches(w: Worker):
+    """(this worker's batches of the current epoch from the resume position, their number,
+    the index of the first one)."""
+    cfg, state = w.cfg, w.state
+    if w.feed is not None:  # the plan starts at the resume position: skipped batches never read
+        it, n = w.feed.epoch(state["epoch"], state["batch_in_epoch"])
+        return it, n, state["batch_in_epoch"]
+    it = w.train_shard.iter_torch_batches(
+        batch_size=cfg.train_batch_size, collate_fn=w.collate,
+        local_shuffle_buffer_size=None if cfg.seed is None else 4 * cfg.train_batch_size,
+        local_shuffle_seed=cfg.seed + state["epoch"] * 1000 + w.rank,
+    )
+    return it, w.run["batches_per_epoch"], 0
+
+
+def run_epoch(w: Worker) -> None:
+    """One epoch (or what is left of it): micro-batches, accumulation, optimizer steps,
+    logging; validates and reports when due. Optimizer steps count toward total_steps."""
+    cfg, state = w.cfg, w.state
+    skip = state["batch_in_epoch"]
+    it, batches_per_epoch, start = _epoch_batches(w)
+    val_every = max(1, round(cfg.val_check_interval * batches_per_epoch))
+    micro, seen = 0, start
+    for i, batch in enumerate(it, start=start):
+        seen += 1
+        if i < skip:  # resume: these batches were consumed before the checkpoint
+            continue
+        # Counted on the host, before the copy: on a GPU every read of a device value waits
+        # for the queued work, and a step reads one (the loss) in all.
+        w.tokens += int(batch["attention_mask"].sum()) + int(batch["labels"].ne(-100).sum())
+        _forward_backward(w, w.targets.batch(batch, w.inner, state["global_step"]))
+        micro += 1
+        state["batch_in_epoch"] = i + 1
+        stepped = micro % cfg.gradient_accumulation_steps == 0 or i + 1 == batches_per_epoch
+        if stepped:
+            _optimizer_step(w)
+        # val_check_steps (TextBrewer's ckpt_steps) counts optimizer steps; otherwise a
+        # fraction of the epoch's batches.
+        due = (stepped and state["global_step"] % cfg.val_check_steps == 0
+               if cfg.val_check_steps else state["batch_in_epoch"] % val_every == 0)
+        if (w.done or due) and state["global_step"] != w.last_val_step:
+            validate_and_report(w, final=w.done)
+        if w.done or i + 1 >= batches_per_epoch:
+            break
+    if seen == 0:
+        raise TrainingError(f"worker {w.rank} got no training batch in epoch {state['epoch']}: "
+                            "n_train is smaller than num_workers; add data or use fewer workers")
+
+
+def _forward_backward(w: Worker, batch: dict[str, torch.Tensor]) -> None:
+    with torch.autocast(w.device.type, dtype=w.amp_dtype, enabled=w.amp_dtype is not None):
+        loss, parts = w.loss_step(w.model, batch, w.state["global_step"], w.run["total_steps"])
+    w.targets.after_loss(w.loss_step, batch)
+    loss_value = float(loss.detach())  # the step's one read: finite check and the mean
+    _check_finite(loss_value, parts, w.state["global_step"])
+    w.loss_sum += loss_value
+    w.loss_n += 1
+    w.last_loss, w.last_parts = loss, parts
+    loss_scaled = loss / w.cfg.gradient_accumulation_steps
+    (w.scaler.scale(loss_scaled) if w.scaler else loss_scaled).backward()
+
+
+def _optimizer_step(w: Worker) -> None:
+    _sync_projection_grads(w.projections, w.world)
+    if w.scaler:
+        w.scaler.unscale_(w.optimizer)
+    params = [p for g in w.optimizer.param_groups for p in g["params"]]
+    torch.nn.utils.clip_grad_norm_(params, w.cfg.max_grad_norm)
+    if w.scaler:
+        w.scaler.step(w.optimizer)
+        w.scaler.update()
+    else:
+        w.optimizer.step()
+    w.scheduler.step()
+    w.optimizer.zero_grad(set_to_none=True)
+    state, total = w.state, w.run["total_steps"]
+    state["global_step"] += 1
+    if w.logger and state["global_step"] % w.cfg.log_every_n_steps == 0:
+        dt = time.time() - w.t0
+        w.logger.step(state, w.last_loss, w.last_parts, w.scheduler.get_last_lr()[0],
+                      w.loss_step.temperature_at(state["global_step"], total),
+                      w.tokens * w.world / max(dt, 1e-9))
+        w.t0, w.tokens = time.time(), 0
+    if state["global_step"] >= total:
+        w.done = True
+
+
+def end_epoch(w: Worker) -> None:
+    """Between epochs: the target source's exchange (e.g. the memory cache), the next epoch."""
+    if w.done:
+        return
+    w.targets.end_epoch(lambda obj: _gather(obj, w.world), log=w.logger is not None)
+    w.state["epoch"] += 1
+    w.state["batch_in_epoch"] = 0
+    if w.cfg.max_steps is None and w.state["epoch"] >= w.cfg.max_epochs:
+        w.done = True
+
+
+def validate_and_report(w: Worker, final: bool = False) -> None:
+    """Validation metrics -> rank 0 writes the checkpoint -> every rank reports (the same
+    number of times on every rank)."""
+    cfg, state = w.cfg, w.state
+    metrics = _validate(w.inner, w.tokenizer, w.val_rows, cfg, w.run, w.rank, w.world, w.device)
+    metrics.update(step=state["global_step"], epoch=state["epoch"], final=final,
+                   train_loss=w.loss_sum / max(w.loss_n, 1))
+    if w.device.type == "cuda":  # this worker's peak so far: training, teacher and validation
+        metrics["gpu_peak_mem_gib"] = torch.cuda.max_memory_allocated(w.device) / 2**30
+    w.loss_sum, w.loss_n = 0.0, 0
+    metrics.update(w.targets.metrics())
+    name = cfg.val_metric
+    if state["best_metric"] is None or metrics[name] > state["best_metric"]:
+        state["best_metric"] = metrics[name]
+    metrics["best_" + name] = state["best_metric"]
+    state["history"].append(dict(metrics))
+    rngs = _gather(rng_state(), w.world)
+    if w.logger:
+        w.logger.validation(metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if w.rank == 0:
+            save_training_state(tmp, student=w.inner, tokenizer=w.tokenizer,
+                                optimizer=w.optimizer, scheduler=w.scheduler, scaler=w.scaler,
+                                projections=w.projections,
+                                state={**state, "config": cfg.to_dict()}, rng_states=rngs)
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=ckpt)
+    w.last_val_step = state["global_step"]
+    w.model.train()
 
 
 def build_optimizer(cfg: DistillConfig, student: torch.nn.Module, total_steps: int,

@@ -1,4 +1,5 @@
-"""``raydistill distill``: check inputs -> student -> datasets -> TorchTrainer.fit -> outputs.
+"""Training, the first half of ``raydistill distill``: check inputs -> student -> datasets ->
+TorchTrainer.fit -> outputs (``raydistill.pipeline.run_distill`` then scores the test split).
 
 Everything that can be wrong with the input is checked before Ray starts a worker. Outputs
 (``best_tfmr/``, ``metrics.json``, ...) are written under temporary names and renamed into
@@ -19,7 +20,8 @@ from typing import Any
 
 from raydistill.config import DistillConfig
 from raydistill.errors import ConfigError, ModelError
-from raydistill.hub import check_model_dir, resolve_model  # noqa: F401 (check_model_dir: API)
+from raydistill.hub import resolve_model
+from raydistill.runtime import init_ray
 from raydistill.train.preflight import check_models
 from raydistill.train.checkpoint import (
     STATE_FILE,
@@ -30,18 +32,6 @@ from raydistill.train.checkpoint import (
 )
 
 BEST_INFO = "raydistill_best.json"
-RAY_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-    "TOKENIZERS_PARALLELISM": "false",
-    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-    "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"),
-}
-# Passed to the workers only when the user set them: workers load local folders (the driver
-# resolves Hub ids), so offline or not is the user's choice, never ours.
-PASSED_THROUGH = ("HF_HUB_OFFLINE",)
-
-
 def resolve_models(cfg: DistillConfig) -> tuple[DistillConfig, dict[str, Any]]:
     """``teacher`` / ``teachers`` / ``student`` Hub ids -> their local snapshots, once, here on
     the driver (a copy of ``cfg``; local folders stay as they are).
@@ -89,7 +79,7 @@ def preflight(cfg: DistillConfig, *, overwrite: bool = False,
         raise ModelError(f"teacher and student vocabularies differ ({shown}); KD compares logits "
                          "token by token, so all models must share one tokenizer")
     if cfg.caches_logits:  # layer_T ranges: check_models above
-        from raydistill.distill.logit_cache import check_cacheable
+        from raydistill.models.teacher_cache import check_cacheable
         from raydistill.distill.textbrewer import DistillationConfig
 
         check_cacheable(DistillationConfig.from_dict(cfg.distillation or {}))
@@ -174,40 +164,14 @@ def git_log() -> dict[str, str]:
             "hostname": os.uname().nodename}
 
 
-def init_ray(address: str | None = None) -> None:
-    """Join ``address`` (or $RAY_ADDRESS) when given; otherwise start a local Ray."""
-    import ray
+def run_training(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = False,
+                 address: str | None = None) -> tuple[DistillConfig, Path, dict[str, Any]]:
+    """Check inputs -> student -> TorchTrainer.fit -> best_tfmr and metrics.json.
 
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    # Inside `ray job submit`, the job's runtime env may set some of these already: Ray refuses
-    # to merge two values for one variable, so the job's own win.
-    job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
-    taken = set(((job_env.get("runtime_env") or {}).get("env_vars") or {}))
-    passed = {k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}
-    env = {k: v for k, v in {**RAY_ENV, **passed}.items() if k not in taken}
-    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
-    quiet_ray_data()
-
-
-def quiet_ray_data() -> None:
-    """Ray Data's per-operator progress bars flood logs that are not terminals."""
-    import sys
-
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = sys.stderr.isatty()
-    ctx.enable_operator_progress_bars = False
-
-
-def run_distill(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = False,
-                address: str | None = None) -> dict[str, Any]:
-    """Run the whole job; returns the summary written to ``metrics.json``.
-
-    Hub ids are resolved first, once: the rest of the run (student, caches, workers) sees local
-    snapshot folders; ``hparams.json`` keeps the config as given plus each model's id and commit.
+    Returns the config with its models resolved, the output folder and the summary written to
+    ``metrics.json``. Hub ids are resolved first, once: the rest of the run (student, caches,
+    workers) sees local snapshot folders; ``hparams.json`` keeps the config as given plus each
+    model's id and commit. (``raydistill.pipeline.run_distill`` adds the test split.)
     """
     given = cfg
     cfg, models = preflight(cfg, overwrite=overwrite, resume=resume)
@@ -233,11 +197,7 @@ def run_distill(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = F
     train_seconds = time.time() - t0
     if result.error:
         raise_worker_error(result.error)
-    summary = export_outputs(cfg, out, result, train_seconds)
-    if cfg.do_predict:
-        summary["test"] = run_test(cfg, out)
-        write_json_atomic(out / "metrics.json", summary)
-    return summary
+    return cfg, out, export_outputs(cfg, out, result, train_seconds)
 
 
 def prebuilds_logit_cache(cfg: DistillConfig) -> bool:
@@ -304,7 +264,7 @@ def build_trainer(cfg: DistillConfig, out: Path, layers: dict[str, Any], *, stor
     datasets = {"train": train_ds, "val": val_ds}
     cached = prebuilds_logit_cache(cfg)
     if cached:  # the teacher runs now, while the CPUs/GPUs are still free
-        from raydistill.distill.logit_cache import load_cache
+        from raydistill.models.teacher_cache import load_cache
 
         t0 = time.perf_counter()
         cache_dir = prepare_logit_cache(cfg, student_dir, train_ds,
@@ -327,10 +287,7 @@ def build_trainer(cfg: DistillConfig, out: Path, layers: dict[str, Any], *, stor
                 "cached_logits": cached}
     run = {"student_init": student_dir, "tokenizer": student_dir, "output_dir": str(out),
            "run_name": run_name, "total_steps": total_steps, "batches_per_epoch": batches,
-           "plan": plan,
-           # Test hook (resume tests): read on the driver so workers need no env of their own.
-           "crash_at_step": int(os.environ.get("RAYDISTILL_CRASH_AT_STEP", "0") or 0),
-           **layers}
+           "plan": plan, **layers}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**cfg.to_dict(), "_run": run},
@@ -404,7 +361,7 @@ def prepare_logit_cache(cfg: DistillConfig, student_dir: str, train_ds,
 
     from transformers import AutoConfig
 
-    from raydistill.distill.logit_cache import cache_key, cached_hidden_layers, ensure_cache
+    from raydistill.models.teacher_cache import cache_key, cached_hidden_layers, ensure_cache
     from raydistill.distill.textbrewer import DistillationConfig
     from raydistill.models.layers import layer_counts, teacher_dtype_label
 
@@ -468,21 +425,3 @@ def _uri(storage: str | None, path: str) -> str:
         return path
     scheme = storage.split("://", 1)[0]
     return f"{scheme}://{path}" if scheme == "file" else f"{scheme}://{path.lstrip('/')}"
-
-
-def run_test(cfg: DistillConfig, out: Path) -> dict[str, Any]:
-    """Score best_tfmr on the test split with ``evaluate`` (parallel generation)."""
-    from raydistill.eval.evaluate import evaluate
-
-    results = evaluate(str(out / "best_tfmr"), cfg.data_dir, split="test", task=cfg.task,
-                       out_dir=str(out), num_beams=cfg.eval_beams,
-                       length_penalty=cfg.length_penalty,
-                       max_length=cfg.eval_max_gen_length or cfg.test_max_target_length,
-                       max_source_length=cfg.max_source_length, batch_size=cfg.eval_batch_size,
-                       num_workers=cfg.num_eval_workers, num_gpus=1.0 if cfg.use_gpu else 0.0,
-                       n=cfg.n_test)
-    flat = {**results["scores"], "n_examples": results["n_examples"],
-            "gen_seconds": results["gen_seconds"]}
-    lines = [f"{k}: {v}" for k, v in flat.items()]
-    write_text_atomic(out / "test_results.txt", "\n".join(lines) + "\n")
-    return results

@@ -128,7 +128,8 @@ def run_sweep(cfg: DistillConfig, settings: TuneSettings, *, resume: str | None 
     from ray import tune
 
     from raydistill.train.checkpoint import write_json_atomic
-    from raydistill.train.run import init_ray, resolve_models
+    from raydistill.runtime import init_ray
+    from raydistill.train.run import resolve_models
 
     out, storage, name = sweep_paths(cfg, settings)
     experiment = f"{storage}/{name}"

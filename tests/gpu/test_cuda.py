@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from raydistill.config import DistillConfig
 from raydistill.data.tokenize import pad_batch
-from raydistill.distill.logit_cache import read_manifest
+from raydistill.models.teacher_cache import read_manifest
 from raydistill.distill.step import LossStep
 from raydistill.models.scratch import new_model
 from raydistill.models.student import make_student
@@ -54,7 +54,7 @@ def test_bf16_kd_step_on_cuda_matches_fp32_on_cpu(tiny_tokenizer):
 @pytest.mark.timeout(600)
 def test_kd_runs_on_one_gpu_in_bf16_live_and_from_a_gpu_built_cache(
         ray_session, tiny_bart_dir, tiny_data_dir, tmp_path, capsys):
-    from raydistill.train.run import run_distill
+    from raydistill.pipeline import run_distill
 
     common = dict(teacher=str(tiny_bart_dir), student_encoder_layers=2, student_decoder_layers=1,
                   data_dir=str(tiny_data_dir), num_workers=1, use_gpu=True, precision="bf16",

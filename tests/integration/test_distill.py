@@ -9,9 +9,41 @@ from safetensors.torch import load_file
 
 from raydistill.config import DistillConfig
 from raydistill.models.scratch import new_model, save_model_and_tokenizer, train_tokenizer
-from raydistill.train.run import run_distill
+from raydistill.pipeline import run_distill
 
 pytestmark = pytest.mark.integration
+
+
+def crash_after_checkpoint(step: int):
+    """Fault injection, in the tests only: a worker loop whose first attempt dies, as a killed
+    process would, once it has reported the checkpoint of optimizer step ``step``. (Pickled by
+    value, so the workers need not import this module.)"""
+    def loop(config):
+        import os
+        import time
+
+        import ray.train
+
+        from raydistill.train import loop as product
+
+        first_attempt = ray.train.get_checkpoint() is None
+        report = ray.train.report
+
+        def report_then_die(metrics, checkpoint=None, **kw):
+            report(metrics, checkpoint=checkpoint, **kw)
+            if first_attempt and metrics.get("step") == step:
+                # The controller registers a reported checkpoint when it next polls this
+                # worker; give it that poll, then die.
+                time.sleep(5)
+                os._exit(1)
+
+        ray.train.report = report_then_die
+        try:
+            product.train_loop_per_worker(config)
+        finally:
+            ray.train.report = report
+
+    return loop
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +105,7 @@ TEXTBREWER_JSON = {
 @pytest.mark.timeout(600)
 def test_textbrewer_config_run_crashes_and_resumes_from_the_checkpoint_step(
         ray_session, tiny_bart_dir, tiny_data_dir, tmp_path, monkeypatch):
-    """A worker dies after step 3; Ray restarts it from the step-2 checkpoint (not from 0)."""
+    """A worker dies after its step-2 checkpoint; Ray restarts it from there (not from 0)."""
     from raydistill.distill.textbrewer import DistillationConfig
 
     tb_file = tmp_path / "distill_config.json"
@@ -88,7 +120,14 @@ def test_textbrewer_config_run_crashes_and_resumes_from_the_checkpoint_step(
         train_batch_size=1, max_steps=6, max_epochs=10, eval_beams=1,
         max_failures=1, checkpoints_to_keep=10, learning_rate=1e-3, do_predict=False,
         val_max_target_length=8, seed=0)
-    monkeypatch.setenv("RAYDISTILL_CRASH_AT_STEP", "2")
+    import sys
+
+    import ray.cloudpickle
+
+    from raydistill.train import loop
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setattr(loop, "train_loop_per_worker", crash_after_checkpoint(2))
     summary = run_distill(cfg)
 
     assert summary["resumed_from"] == [2]  # restarted at the checkpoint's step

@@ -10,7 +10,7 @@ import pytest
 
 from raydistill.cli import main
 from raydistill.config import DistillConfig
-from raydistill.train.run import run_distill
+from raydistill.pipeline import run_distill
 
 pytestmark = pytest.mark.integration
 HUB_ID, HUB_COMMIT = "org/tiny-bart", "0123456789abcdef0123456789abcdef01234567"  # conftest's

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raydistill.config import DistillConfig
-from raydistill.distill.logit_cache import cache_logits, read_manifest
+from raydistill.models.teacher_cache import cache_logits, read_manifest
 
 WORDS = ("the cat sat on the mat and looked at the dog while a bird sang in the tree by the "
          "river near the old town").split()
@@ -56,7 +56,7 @@ def _cached_kd_config(teacher, data_dir, out, **cache) -> DistillConfig:
 @pytest.mark.timeout(600)
 def test_kd_from_cached_logits_with_token_budget_on_two_workers(ray_session, tiny_bart_dir,
                                                                  data_dir, tmp_path, capsys):
-    from raydistill.train.run import run_distill
+    from raydistill.pipeline import run_distill
 
     out = tmp_path / "run"
     cache_dir = out / "logit_cache"
@@ -101,7 +101,7 @@ def test_kd_with_logits_kept_in_memory_on_two_workers(ray_session, tiny_bart_dir
                                                       tmp_path):
     """logit_cache: memory (TextBrewer's caching): the first epoch runs the teacher and keeps its
     outputs, the workers exchange them, and the second epoch trains from them alone."""
-    from raydistill.train.run import run_distill
+    from raydistill.pipeline import run_distill
 
     out = tmp_path / "run"
     # The default k = 64 < V: token ids are kept too.

@@ -166,7 +166,7 @@ def test_negative_match_layer_counts_from_the_end(tmp_path, data_dir, teacher_di
     from transformers import AutoConfig
 
     from raydistill.config import DistillConfig
-    from raydistill.distill.logit_cache import cached_hidden_layers
+    from raydistill.models.teacher_cache import cached_hidden_layers
     from raydistill.distill.textbrewer import DistillationConfig
     from raydistill.models.layers import layer_counts
     from raydistill.train.preflight import check_models

@@ -232,7 +232,7 @@ def test_logit_cache_key_holds_id_and_commit(hub_cache, hub_snapshot, tiny_bart_
     import shutil
 
     from raydistill.data.fingerprint import digest
-    from raydistill.distill.logit_cache import cache_key
+    from raydistill.models.teacher_cache import cache_key
 
     def key(teacher, **kw):
         return cache_key([str(teacher)], str(tiny_bart_dir), str(tiny_data_dir),
@@ -254,7 +254,7 @@ def test_offline_is_the_users_choice(monkeypatch):
     import ray
 
     import raydistill.cli
-    from raydistill.train import run
+    from raydistill import runtime as run
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     importlib.reload(raydistill.cli)

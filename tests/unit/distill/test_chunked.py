@@ -15,7 +15,8 @@ import torch
 
 from raydistill.distill import chunked
 from raydistill.distill.chunked import CHUNKED_MIN_VOCAB, chunked_kd_loss, use_chunked
-from raydistill.distill.logit_cache import teacher_topk, topk_kd_loss
+from raydistill.models.teacher_cache import teacher_topk
+from raydistill.distill.losses import topk_kd_loss
 from raydistill.distill.losses import kd_ce_loss
 from raydistill.distill.objective import kd_kl_loss
 from raydistill.distill.textbrewer import DistillationConfig, textbrewer_loss

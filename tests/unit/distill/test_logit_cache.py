@@ -28,17 +28,17 @@ import torch
 
 from raydistill.config import DistillConfig
 from raydistill.data.fingerprint import digest
-from raydistill.distill import logit_cache
-from raydistill.distill.logit_cache import (
+from raydistill.data import tokenize
+from raydistill.models import teacher_cache
+from raydistill.models.teacher_cache import (
     TeacherTopK,
     cache_key,
     check_cacheable,
     ensure_cache,
     is_valid,
     teacher_topk,
-    topk_kd_loss,
 )
-from raydistill.distill.losses import kd_ce_loss
+from raydistill.distill.losses import kd_ce_loss, topk_kd_loss
 from raydistill.distill.objective import kd_kl_loss
 from raydistill.distill.step import LossStep
 from raydistill.distill.textbrewer import DistillationConfig
@@ -151,7 +151,7 @@ def test_cached_step_equals_live_textbrewer_step_at_k_equal_vocab(tmp_path, batc
     live = LossStep(_cfg(tmp_path), [teacher], student)
     cached = LossStep(_cfg(tmp_path, is_caching_logits=True), [], student)
     assert cached.cached_logits and not live.cached_logits
-    values, indices = logit_cache.topk_for_batch([teacher], batch, V)
+    values, indices = teacher_cache.topk_for_batch([teacher], batch, V)
     cached_batch = {**batch, "topk_values": torch.from_numpy(values),
                     "topk_indices": torch.from_numpy(indices)}
     loss_live, parts_live = live(student, batch, step=0, total_steps=10)
@@ -190,13 +190,13 @@ HIDDEN_MATCHES = [
 def test_cached_hidden_layers_are_normalized_and_range_checked():
     tb = DistillationConfig.from_dict({"is_caching_logits": True,
                                        "intermediate_matches": HIDDEN_MATCHES})
-    assert logit_cache.cached_hidden_layers(tb, (4, 4)) == [2, 7, 9]
-    assert logit_cache.hidden_column(4, 4) == "t_hidden_enc_4"
-    assert logit_cache.hidden_column(5, 4) == "t_hidden_dec_5"
-    assert logit_cache.parse_hidden_column("t_hidden_dec_9") == ("dec", 9)
-    assert logit_cache.parse_hidden_column("topk_values") is None
+    assert teacher_cache.cached_hidden_layers(tb, (4, 4)) == [2, 7, 9]
+    assert tokenize.hidden_column(4, 4) == "t_hidden_enc_4"
+    assert tokenize.hidden_column(5, 4) == "t_hidden_dec_5"
+    assert tokenize.parse_hidden_column("t_hidden_dec_9") == ("dec", 9)
+    assert tokenize.parse_hidden_column("topk_values") is None
     with pytest.raises(ConfigError, match=r"intermediate_matches\[2\]\.layer_T=7 is out of range.*0\.\.5"):
-        logit_cache.cached_hidden_layers(tb, (2, 2))
+        teacher_cache.cached_hidden_layers(tb, (2, 2))
     check_cacheable(tb)  # hidden matches no longer need the live teacher
 
 
@@ -279,7 +279,7 @@ def test_memory_cache_records_what_the_parquet_cache_holds(tiny_bart_dir, tmp_pa
     outputs; recorded, they come back as the Parquet cache's batch columns (TeacherTopK ->
     PadCollate), and a later epoch's step equals the Parquet-cached step."""
     from raydistill.data.tokenize import make_collate_fn
-    from raydistill.distill.logit_cache import MemoryLogitCache
+    from raydistill.train.memory_cache import MemoryLogitCache
     from raydistill.distill.textbrewer import build_projections
 
     tok, rows, teacher, student = _rows_teacher_student(tiny_bart_dir, ids=[4, 0, 9])
@@ -328,7 +328,7 @@ def test_memory_cache_records_what_the_parquet_cache_holds(tiny_bart_dir, tmp_pa
 
 
 def test_memory_cache_serves_only_whole_batches_and_merges_other_workers(tiny_bart_dir):
-    from raydistill.distill.logit_cache import MemoryLogitCache
+    from raydistill.train.memory_cache import MemoryLogitCache
 
     logits = torch.randn(2, 4, 10)
     tgt_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
@@ -449,7 +449,7 @@ def test_cache_is_rebuilt_when_teacher_data_or_tokenizer_change(cache_inputs, tm
         (Path(cache_dir) / "manifest.json").write_text(json.dumps(manifest))
         return manifest
 
-    monkeypatch.setattr(logit_cache, "build_cache", fake_build)
+    monkeypatch.setattr(teacher_cache, "build_cache", fake_build)
 
     def ensure(**kw):
         return ensure_cache(None, cache, _key(teacher, data), teachers=[str(teacher)],

@@ -103,7 +103,7 @@ def test_pseudo_label_and_cache_actors_hold_the_teacher_in_its_dtype(spiky_teach
     """The Ray Data callables of pseudo-label and cache-logits, called in-process (no Ray)."""
     import numpy as np
 
-    from raydistill.distill.logit_cache import TeacherTopK
+    from raydistill.models.teacher_cache import TeacherTopK
     from raydistill.eval.generate import Generator
 
     # What pseudo-label's actors run (generate_batches passes teacher_dtype).

@@ -1,4 +1,5 @@
-"""Cached teacher logits: run the teacher once, keep its top-k logits, distill from them.
+"""The teacher-logit cache: a Ray Data stage that runs the teacher once over the train split
+and writes its top-k logits (and the hidden states the matches read) to Parquet.
 
 With ``is_caching_logits: true`` in the ``distillation:`` section (or ``raydistill
 cache-logits``) the teacher runs once over the train set on a Ray Data actor pool. For every
@@ -20,19 +21,8 @@ objective (KD + hidden matches + hard labels) trains without the teacher; TextBr
 refuses to cache logits once intermediate matches are set. Attention matches still need the
 live teacher.
 
-The loss from top-k logits (``topk_kd_loss``), per target position, with K the teacher's top-k
-token ids at that position and T the temperature:
-
-    p~_T(v)   = exp(z_T(v) / T) / sum_{u in K} exp(z_T(u) / T)       for v in K, 0 elsewhere
-    log p_S(v) = z_S(v) / T - logsumexp_{u in V} (z_S(u) / T)          full-vocabulary student
-    CE_k = - sum_{v in K} p~_T(v) log p_S(v)                            (TextBrewer kd_ce_loss)
-    KL_k = T^2 * sum_{v in K} p~_T(v) (log p~_T(v) - log p_S(v))        (kd_kl_loss)
-
-averaged over target positions. The teacher distribution is renormalized over its top-k (the
-tail mass outside K is dropped); the student keeps its full-vocabulary normalizer, so its
-gradient is p_S - p~_T over the whole vocabulary and mass it puts outside K is still pushed down.
-With k = V both are exact. The error at k < V is measured in tests/unit/distill/test_logit_cache.py
-and docs/data_at_scale.md.
+The top-k KD loss these feed is ``raydistill.distill.losses.topk_kd_loss``; the worker-side
+in-memory cache (``logit_cache: memory``) is ``raydistill.train.memory_cache``.
 """
 
 from __future__ import annotations
@@ -48,7 +38,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from raydistill.data.fingerprint import (
     digest,
@@ -56,9 +45,9 @@ from raydistill.data.fingerprint import (
     split_fingerprint,
     tokenizer_fingerprint,
 )
-from raydistill.data.tokenize import HIDDEN_PREFIX
-from raydistill.distill.chunked import chunked_kd_loss, compute_dtype, use_chunked
+from raydistill.data.tokenize import hidden_column, hidden_side
 from raydistill.errors import ConfigError
+from raydistill.runtime import init_ray
 
 DEFAULT_TOP_K = 64
 DTYPES = ("float16", "float32")
@@ -67,54 +56,7 @@ PARTS = "parts"
 FORMAT_VERSION = 1
 
 
-# ---- the loss --------------------------------------------------------------------------------
-
-def topk_kd_loss(
-    s_logits: torch.Tensor,
-    topk_values: torch.Tensor,
-    topk_indices: torch.Tensor | None,
-    mask: torch.Tensor,
-    temperature: float | torch.Tensor,
-    kind: str = "ce",
-) -> torch.Tensor:
-    """KD from the teacher's top-k logits (formula in the module doc).
-
-    s_logits: (B, T, V) student logits; topk_values: (B, T, k) teacher logits (any per-position
-    shift); topk_indices: (B, T, k) their token ids, or None when every logit is kept in
-    vocabulary order (k = V: no gather); mask: (B, T) True where the position counts.
-    temperature: a number, or one per position broadcastable to (B, T) (each KL then scaled by
-    its own T^2). kind: "ce" (TextBrewer's kd_ce_loss, no T^2) or "kl" (kd_kl_loss: KL x T^2).
-    From V >= ``CHUNKED_MIN_VOCAB`` it runs chunked (``raydistill.distill.chunked``): the same
-    value without the (N, V) temporaries of the student's log-softmax.
-    Returns a scalar averaged over selected positions; 0 (in the graph) when none is selected.
-    """
-    if kind not in ("ce", "kl"):
-        raise ValueError(f"kind={kind!r}: use 'ce' or 'kl'")
-    if use_chunked(s_logits.size(-1), temperature):
-        return chunked_kd_loss(s_logits, topk_values, temperature, mask=mask,
-                               t_indices=topk_indices, kind=kind)
-    sel = mask.bool()
-    if not sel.any():
-        return s_logits.sum() * 0.0
-    dtype = compute_dtype(s_logits, topk_values)
-    s = s_logits[sel].to(dtype)  # (N, V)
-    tv = topk_values[sel].to(dtype)  # (N, k)
-    per_position = isinstance(temperature, torch.Tensor) and temperature.dim() > 0
-    temp = temperature
-    if per_position:  # (N, 1)
-        temp = torch.broadcast_to(temperature, sel.shape)[sel].to(dtype).unsqueeze(-1)
-    log_p_s = F.log_softmax(s / temp, dim=-1)
-    if topk_indices is not None:
-        log_p_s = log_p_s.gather(-1, topk_indices[sel].long())  # (N, k)
-    log_p_t = F.log_softmax(tv / temp, dim=-1)  # renormalized over the top-k
-    p_t = log_p_t.exp()
-    if kind == "ce":
-        return -(p_t * log_p_s).sum(-1).mean()
-    kl = (p_t * (log_p_t - log_p_s)).sum(-1)
-    if per_position:
-        return (kl * temp.squeeze(-1) ** 2).mean()
-    return kl.mean() * temperature**2
-
+# ---- what is kept ----------------------------------------------------------------------------
 
 def teacher_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(..., V) logits -> (values minus the max, indices), each (..., min(k, V)).
@@ -129,6 +71,7 @@ def teacher_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
         return logits - logits.amax(-1, keepdim=True), indices
     values, indices = logits.topk(k, dim=-1)
     return values - values[..., :1], indices
+
 
 
 def check_cacheable(tb_config: Any) -> None:
@@ -172,24 +115,6 @@ def cached_hidden_layers(tb_config: Any, teacher_counts: tuple[int, int]) -> lis
             out.update(normalize_hidden_layers(
                 layers, teacher_counts, f"distillation.intermediate_matches[{i}].layer_T"))
     return sorted(out)
-
-
-def hidden_side(index: int, teacher_encoder_layers: int) -> str:
-    """"enc" (source positions) or "dec" (target positions) for teacher hidden entry ``index``."""
-    return "enc" if index <= teacher_encoder_layers else "dec"
-
-
-def hidden_column(index: int, teacher_encoder_layers: int) -> str:
-    """The cache column of teacher hidden entry ``index``."""
-    return f"{HIDDEN_PREFIX}{hidden_side(index, teacher_encoder_layers)}_{index}"
-
-
-def parse_hidden_column(name: str) -> tuple[str, int] | None:
-    """``t_hidden_dec_7`` -> ("dec", 7); None for other columns."""
-    if not name.startswith(HIDDEN_PREFIX):
-        return None
-    side, index = name[len(HIDDEN_PREFIX):].split("_")
-    return side, int(index)
 
 
 # ---- the key ---------------------------------------------------------------------------------
@@ -455,92 +380,6 @@ def ensure_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teach
                        top_k=top_k or DEFAULT_TOP_K, **build_kw)
 
 
-# ---- in memory: TextBrewer's own caching ---------------------------------------------------
-
-class MemoryLogitCache:
-    """``logit_cache: memory``: the teacher's outputs of the first epoch, kept in memory and
-    reused by the later epochs (TextBrewer's ``is_caching_logits``: the teacher runs once, with
-    no build stage before training).
-
-    An example is kept as the Parquet cache keeps it: its top-k logits minus the position's
-    largest, in ``dtype``, with int32 token ids (none when k >= V: every logit, vocabulary
-    order), and the hidden entries the matches read. A batch whose every example is kept
-    trains through the same top-k loss as the Parquet cache; any other batch runs the live
-    teacher and is recorded (the first epoch, and after a resume). After each epoch the
-    workers exchange what they recorded, so every worker holds the whole cache: this suits
-    small and medium train sets, as TextBrewer advises; larger ones use the Parquet cache.
-    """
-
-    def __init__(self, top_k: int, dtype: str = "float16", hidden_layers: Sequence[int] = (),
-                 encoder_layers: int = 0) -> None:
-        if top_k < 1:
-            raise ValueError(f"top_k={top_k}: keep at least 1 logit per position")
-        self.top_k = top_k
-        self.dtype = np.dtype(dtype)
-        self.hidden_layers = [int(i) for i in hidden_layers]
-        self.encoder_layers = encoder_layers
-        self.rows: dict[int, dict[str, np.ndarray]] = {}
-        self.new: dict[int, dict[str, np.ndarray]] = {}
-        self.lookups = self.hits = 0  # since the last take_hit_rate()
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for row in self.rows.values() for a in row.values())
-
-    @torch.no_grad()
-    def record(self, ids: Sequence[int], logits: torch.Tensor, hidden: Sequence[Any],
-               src_mask: torch.Tensor, tgt_mask: torch.Tensor) -> None:
-        """Keep a batch's teacher outputs: ``logits`` (B, T, V); ``hidden`` TextBrewer's list
-        (encoder embeddings + layers, then decoder's), each (B, L, d); masks (B, S) / (B, T)."""
-        values, indices = teacher_topk(logits, self.top_k)
-        exact = self.top_k >= logits.size(-1)  # every logit in vocabulary order: no ids to keep
-        rows = example_rows(values.cpu().numpy(), None if exact else indices.cpu().numpy(),
-                            {i: hidden[i].float().cpu().numpy() for i in self.hidden_layers},
-                            src_mask.sum(1).tolist(), tgt_mask.sum(1).tolist(),
-                            self.encoder_layers, self.dtype)
-        for example, row in zip(ids, rows):
-            self.rows[int(example)] = self.new[int(example)] = row
-
-    def lookup(self, ids: Sequence[int]) -> dict[str, torch.Tensor] | None:
-        """A batch's cached columns, padded as the batch (None unless every example is kept):
-        ``topk_values`` (B, T, k) float32, ``topk_indices`` (B, T, k) int64 when k < V, and
-        each ``t_hidden_*`` (B, L, d) float32; zeros at padded positions (as PadCollate pads
-        the Parquet cache's columns)."""
-        from raydistill.data.tokenize import pad_hidden, pad_topk
-
-        self.lookups += 1
-        rows = [self.rows.get(int(i)) for i in ids]
-        if not rows or any(r is None for r in rows):
-            return None
-        self.hits += 1
-        flat = {name: [r[name].reshape(-1) for r in rows] for name in rows[0]}
-        lens = {name: [len(r[name]) for r in rows] for name in rows[0]}
-        values = flat.pop("topk_values")
-        if "topk_indices" in flat:
-            out = pad_topk(values, flat.pop("topk_indices"), lens["topk_values"])
-        else:
-            out = {"topk_values": pad_hidden(values, lens["topk_values"], "topk_values")}
-        out.update({name: pad_hidden(v, lens[name], name) for name, v in flat.items()})
-        return out
-
-    def take_hit_rate(self) -> float:
-        """The share of lookups since the last call that found their whole batch kept."""
-        rate = self.hits / max(self.lookups, 1)
-        self.lookups = self.hits = 0
-        return rate
-
-    def take_new(self) -> dict[int, dict[str, np.ndarray]]:
-        """The examples recorded since the last call (what this worker shares after an epoch)."""
-        new, self.new = self.new, {}
-        return new
-
-    def merge(self, rows: dict[int, dict[str, np.ndarray]]) -> None:
-        """Add another worker's examples."""
-        self.rows.update(rows)
-
 
 # ---- raydistill cache-logits -------------------------------------------------------------------
 
@@ -565,7 +404,6 @@ def cache_logits(teacher: str | list[str], data_dir: str, out: str, *, top_k: in
     from raydistill.data.tokenize import tokenized_split
     from raydistill.hub import resolve_path
     from raydistill.models.layers import teacher_dtype_label, teacher_torch_dtype
-    from raydistill.train.run import init_ray
 
     teacher_torch_dtype(teacher_dtype)  # a bad name fails here, not in an actor
     refs = [teacher] if isinstance(teacher, str) else list(teacher)
@@ -639,9 +477,7 @@ def _cli(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["DEFAULT_TOP_K", "HIDDEN_PREFIX", "MemoryLogitCache", "TeacherTopK", "build_cache",
-           "cache_key", "cache_logits", "cached_hidden_layers", "check_cacheable", "ensure_cache",
-           "example_rows", "hidden_column", "hidden_side", "is_valid", "load_cache",
-           "normalize_hidden_layers", "parse_hidden_column", "read_manifest",
-           "teacher_outputs_for_batch", "teacher_topk", "topk_for_batch", "topk_kd_loss",
-           "topk_table"]
+__all__ = ["DEFAULT_TOP_K", "DTYPES", "TeacherTopK", "build_cache", "cache_key", "cache_logits",
+           "cached_hidden_layers", "check_cacheable", "ensure_cache", "example_rows", "is_valid",
+           "load_cache", "normalize_hidden_layers", "read_manifest", "register_cli",
+           "teacher_outputs_for_batch", "teacher_topk", "topk_for_batch", "topk_table"]
