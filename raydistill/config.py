@@ -19,7 +19,9 @@ import yaml
 
 from raydistill.errors import ConfigError
 
-METHODS = ("sft", "kd", "pl")
+METHODS = ("sft", "kd", "pl", "gkd")
+# kd_loss: the divergence of the kd objective's logit term (raydistill.distill.losses).
+KD_LOSSES = ("kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd")
 TASKS = ("summarization", "translation")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOGGERS = ("tensorboard", "wandb", "none")
@@ -32,6 +34,8 @@ class DistillConfig:
 
     # What to train, from what.
     method: str = "kd"  # sft (no teacher) | kd (SummarizationDistiller or TextBrewer objective) | pl
+    # | gkd (on-policy distillation: the student learns the teacher's distributions on its own
+    # samples; the gkd: section)
     teacher: str | None = None
     teachers: list[str] | None = None  # several teachers: logits averaged (TextBrewer multi-teacher)
     student: str | None = None  # a saved student; otherwise make_student(teacher, e, d)
@@ -99,6 +103,15 @@ class DistillConfig:
     temperature: float = 2.0
     normalize_hidden: bool = False
     supervise_forward: bool = False
+    # The divergence of its logit term (x T^2): kl (the original's), reverse_kl, jsd (kd_beta),
+    # skew_kl / skew_reverse_kl (kd_alpha), tvd.
+    kd_loss: str = "kl"
+    kd_beta: float = 0.5
+    kd_alpha: float = 0.1
+
+    # On-policy distillation (method: gkd), TRL's GKDConfig names: lmbda, beta, temperature,
+    # max_new_tokens, seq_kd, plus top_p / top_k for sampling (GKD_DEFAULTS).
+    gkd: dict | None = None
 
     # TextBrewer-compatible objective: a DistillationConfig / TrainingConfig dict.
     distillation: dict | None = None
@@ -138,8 +151,14 @@ class DistillConfig:
             raise ConfigError("data_dir is required: set data_dir: PATH in the config or data_dir=PATH")
         if not self.output_dir:
             raise ConfigError("output_dir is required: set output_dir: PATH in the config or output_dir=PATH")
-        if self.method == "kd" and not (self.teacher or self.teachers):
-            raise ConfigError("method: kd needs teacher: PATH (or teachers: [PATH, ...])")
+        if self.method in ("kd", "gkd") and not (self.teacher or self.teachers):
+            raise ConfigError(f"method: {self.method} needs teacher: PATH (or teachers: [PATH, ...])")
+        _choice("kd_loss", self.kd_loss, KD_LOSSES)
+        if not 0.0 <= self.kd_beta <= 1.0:
+            raise ConfigError(f"kd_beta={self.kd_beta} is out of range: it must be in [0, 1]")
+        if not 0.0 <= self.kd_alpha < 1.0:
+            raise ConfigError(f"kd_alpha={self.kd_alpha} is out of range: it must be in [0, 1)")
+        _check_gkd(self)
         if self.method in ("sft", "pl") and not (self.student or self.teacher):
             raise ConfigError(f"method: {self.method} needs student: PATH (or teacher: PATH to shrink)")
         for key in ("num_workers", "cpus_per_worker", "train_batch_size", "eval_batch_size",
@@ -196,7 +215,12 @@ class DistillConfig:
 
     @property
     def uses_teacher(self) -> bool:
-        return self.method == "kd"
+        return self.method in ("kd", "gkd")
+
+    @property
+    def gkd_settings(self) -> GKDSettings:
+        """The ``gkd:`` section with TRL's defaults filled in."""
+        return GKDSettings(**(self.gkd or {}))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -216,6 +240,63 @@ class DistillConfig:
     def replace(self, **changes: Any) -> DistillConfig:
         """A validated copy with ``changes`` (the original is never mutated)."""
         return DistillConfig.from_dict({**self.to_dict(), **changes})
+
+
+@dataclass(frozen=True)
+class GKDSettings:
+    """``method: gkd`` (Agarwal et al. 2024; TRL's GKDConfig names and defaults).
+
+    lmbda: the fraction of batches whose targets the student samples (0: supervised, 1: fully
+    on-policy); beta: the generalized JSD's (0 forward KL, 1 reverse KL); temperature: sampling
+    and loss; max_new_tokens: the sampled targets' length cap; seq_kd: targets of the other
+    batches sampled from the teacher instead of the data's; top_p / top_k: sampling (top_k 0: off).
+    """
+
+    lmbda: float = 0.5
+    beta: float = 0.5
+    temperature: float = 0.9
+    max_new_tokens: int = 128
+    seq_kd: bool = False
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+def _check_gkd(cfg: DistillConfig) -> None:
+    if cfg.gkd is not None and cfg.method != "gkd":
+        raise ConfigError(f"gkd: section given with method: {cfg.method}; set method: gkd, or "
+                          "drop the gkd: section")
+    if cfg.method != "gkd":
+        return
+    if (cfg.distillation or {}).get("is_caching_logits"):
+        raise ConfigError("method: gkd with distillation.is_caching_logits: on-policy batches are "
+                          "sequences the student samples, which no cache of the teacher's logits "
+                          "holds; they need the live teacher: drop the distillation: section")
+    if cfg.distillation is not None:
+        raise ConfigError("method: gkd trains on the divergence of the gkd: section; drop the "
+                          "distillation: section (or use method: kd)")
+    if cfg.alpha_hid > 0:
+        raise ConfigError(f"alpha_hid={cfg.alpha_hid} has no effect with method: gkd (on a sampled "
+                          "sequence only the logits are matched); set alpha_hid: 0")
+    known = [f.name for f in dataclasses.fields(GKDSettings)]
+    for key in cfg.gkd or {}:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (keys: {', '.join(known)})"
+            raise ConfigError(f"gkd.{key} is not a gkd key{hint}")
+    hints = typing.get_type_hints(GKDSettings)
+    for key, value in (cfg.gkd or {}).items():
+        if not _matches(value, hints[key]):
+            raise ConfigError(f"gkd.{key}={value!r} has the wrong type: expected "
+                              f"{_type_name(hints[key])}")
+    g = cfg.gkd_settings
+    for key, ok, rule in (("lmbda", 0.0 <= g.lmbda <= 1.0, "in [0, 1]"),
+                          ("beta", 0.0 <= g.beta <= 1.0, "in [0, 1]"),
+                          ("temperature", g.temperature > 0, "> 0"),
+                          ("max_new_tokens", g.max_new_tokens >= 1, ">= 1"),
+                          ("top_p", 0.0 < g.top_p <= 1.0, "in (0, 1]"),
+                          ("top_k", g.top_k >= 0, ">= 0 (0: off)")):
+        if not ok:
+            raise ConfigError(f"gkd.{key}={getattr(g, key)} is out of range: it must be {rule}")
 
 
 # Sections a YAML may use for readability; their keys are flattened (``model: {teacher: x}``).
@@ -392,4 +473,4 @@ def config_field_names() -> list[str]:
 
 
 __all__ = ["DistillConfig", "load_config", "parse_overrides", "read_yaml", "merge",
-           "config_field_names", "METHODS", "TASKS"]
+           "config_field_names", "GKDSettings", "KD_LOSSES", "METHODS", "TASKS"]

@@ -1,6 +1,8 @@
-"""Public distillation losses (TextBrewer's names and math); see raydistill.distill.losses."""
+"""Public distillation losses (TextBrewer's names and math, the divergences of on-policy
+distillation); see raydistill.distill.losses."""
 
 from raydistill.distill.losses import (
+    DIVERGENCES,
     KD_LOSS_MAP,
     MATCH_LOSS_MAP,
     PAIR_LOSSES,
@@ -9,16 +11,24 @@ from raydistill.distill.losses import (
     att_mse_loss,
     att_mse_sum_loss,
     cos_loss,
+    divergence_loss,
+    forward_kl_loss,
     fsp_loss,
+    generalized_jsd_loss,
     hid_mse_loss,
     kd_ce_loss,
     kd_mse_loss,
     mmd_loss,
     pkd_loss,
+    reverse_kl_loss,
+    skew_kl_loss,
+    skew_reverse_kl_loss,
     topk_kd_loss,
+    tvd_loss,
 )
 
 __all__ = [
+    "DIVERGENCES",
     "KD_LOSS_MAP",
     "MATCH_LOSS_MAP",
     "PAIR_LOSSES",
@@ -27,11 +37,18 @@ __all__ = [
     "att_mse_loss",
     "att_mse_sum_loss",
     "cos_loss",
+    "divergence_loss",
+    "forward_kl_loss",
     "fsp_loss",
+    "generalized_jsd_loss",
     "hid_mse_loss",
     "kd_ce_loss",
     "kd_mse_loss",
     "mmd_loss",
     "pkd_loss",
+    "reverse_kl_loss",
+    "skew_kl_loss",
+    "skew_reverse_kl_loss",
     "topk_kd_loss",
+    "tvd_loss",
 ]

@@ -12,6 +12,7 @@ Shape names: B batch, N selected positions, V vocabulary, H heads, L length, D h
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence, Union
 
 import torch
@@ -282,6 +283,144 @@ def topk_kd_loss(
 
 
 
+# ---- divergences between the student's and the teacher's token distributions ----------------
+#
+# With p_S = softmax(z_S / T), p_T = softmax(z_T / T) at one target position (sums over the
+# vocabulary):
+#
+#     forward KL         KL(p_T || p_S)       = sum p_T (log p_T - log p_S)
+#     reverse KL         KL(p_S || p_T)       = sum p_S (log p_S - log p_T)
+#     generalized JSD    beta KL(p_T || m) + (1 - beta) KL(p_S || m),  m = beta p_T + (1 - beta) p_S
+#                        (TRL's GKDTrainer.generalized_jsd_loss: beta = 0 is the forward KL,
+#                        beta = 1 the reverse KL, Agarwal et al. 2024, eq. 1)
+#     skew KL            KL(p_T || alpha p_T + (1 - alpha) p_S)      (DistiLLM, Ko et al. 2024)
+#     skew reverse KL    KL(p_S || alpha p_S + (1 - alpha) p_T)
+#     total variation    1/2 sum |p_T - p_S|
+#
+# each averaged over the positions ``mask`` selects (0, in the graph, when it selects none), with
+# no T^2 factor (TRL's convention; the kd method's ``kd_loss`` adds its T^2 itself). Computed in
+# float32, or float64 for float64 inputs.
+
+def _log_probs(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None,
+               temperature: float) -> tuple[Tensor, Tensor] | None:
+    """(N, V) log-probabilities of the selected positions at ``temperature``; None if none."""
+    if mask is not None:
+        sel = mask.bool()
+        if not sel.any():
+            return None
+        student_logits, teacher_logits = student_logits[sel], teacher_logits[sel]
+    dtype = compute_dtype(student_logits, teacher_logits)
+    s = student_logits.reshape(-1, student_logits.size(-1)).to(dtype)
+    t = teacher_logits.reshape(-1, teacher_logits.size(-1)).to(dtype)
+    if s.size(0) == 0:
+        return None
+    return F.log_softmax(s / temperature, dim=-1), F.log_softmax(t / temperature, dim=-1)
+
+
+def _kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """KL(p || q) per row from log-probabilities; 0 * log 0 counts as 0."""
+    return torch.where(log_p > -torch.inf, log_p.exp() * (log_p - log_q), 0.0).sum(-1)
+
+
+def _log_mix(log_a: Tensor, log_b: Tensor, weight_a: float) -> Tensor:
+    """log(weight_a * a + (1 - weight_a) * b), stable, for 0 < weight_a < 1."""
+    return torch.logaddexp(log_a + math.log(weight_a), log_b + math.log1p(-weight_a))
+
+
+def _divergence(rows: Callable[[Tensor, Tensor], Tensor], student_logits: Tensor,
+                teacher_logits: Tensor, mask: Tensor | None, temperature: float) -> Tensor:
+    logs = _log_probs(student_logits, teacher_logits, mask, temperature)
+    if logs is None:
+        return _zero(student_logits)
+    return rows(*logs).mean()
+
+
+def forward_kl_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None,
+                    temperature: float = 1.0) -> Tensor:
+    """KL(p_T || p_S). Logits (B, L, V) or (N, V); mask (B, L) or None (every position)."""
+    return _divergence(lambda s, t: _kl_rows(t, s), student_logits, teacher_logits, mask,
+                       temperature)
+
+
+def reverse_kl_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None,
+                    temperature: float = 1.0) -> Tensor:
+    """KL(p_S || p_T), mode-seeking: the student is pushed off tokens the teacher rules out."""
+    return _divergence(lambda s, t: _kl_rows(s, t), student_logits, teacher_logits, mask,
+                       temperature)
+
+
+def generalized_jsd_loss(student_logits: Tensor, teacher_logits: Tensor,
+                         mask: Tensor | None = None, beta: float = 0.5,
+                         temperature: float = 1.0) -> Tensor:
+    """The generalized Jensen-Shannon divergence of GKD, TRL's convention (module notes):
+    ``beta`` 0 is KL(p_T || p_S), 1 is KL(p_S || p_T), in between the mixture's JSD."""
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta={beta}: use a number in [0, 1]")
+
+    def rows(s: Tensor, t: Tensor) -> Tensor:
+        if beta == 0.0:
+            return _kl_rows(t, s)
+        if beta == 1.0:
+            return _kl_rows(s, t)
+        m = _log_mix(t, s, beta)
+        return beta * _kl_rows(t, m) + (1.0 - beta) * _kl_rows(s, m)
+
+    return _divergence(rows, student_logits, teacher_logits, mask, temperature)
+
+
+def skew_kl_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None,
+                 alpha: float = 0.1, temperature: float = 1.0) -> Tensor:
+    """DistiLLM's alpha-skew KL: KL(p_T || alpha p_T + (1 - alpha) p_S); alpha 0 is the forward KL."""
+    _check_alpha(alpha)
+    return _divergence(lambda s, t: _kl_rows(t, _log_mix(t, s, alpha) if alpha else s),
+                       student_logits, teacher_logits, mask, temperature)
+
+
+def skew_reverse_kl_loss(student_logits: Tensor, teacher_logits: Tensor,
+                         mask: Tensor | None = None, alpha: float = 0.1,
+                         temperature: float = 1.0) -> Tensor:
+    """DistiLLM's alpha-skew reverse KL: KL(p_S || alpha p_S + (1 - alpha) p_T)."""
+    _check_alpha(alpha)
+    return _divergence(lambda s, t: _kl_rows(s, _log_mix(s, t, alpha) if alpha else t),
+                       student_logits, teacher_logits, mask, temperature)
+
+
+def tvd_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None,
+             temperature: float = 1.0) -> Tensor:
+    """Total variation distance: 1/2 sum |p_T - p_S|."""
+    return _divergence(lambda s, t: 0.5 * (t.exp() - s.exp()).abs().sum(-1), student_logits,
+                       teacher_logits, mask, temperature)
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha={alpha}: use a number in [0, 1)")
+
+
+DIVERGENCES = ("kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd")
+"""The ``kd_loss`` choices (``kl``: the forward KL)."""
+
+
+def divergence_loss(kind: str, student_logits: Tensor, teacher_logits: Tensor,
+                    mask: Tensor | None = None, *, temperature: float = 1.0, beta: float = 0.5,
+                    alpha: float = 0.1) -> Tensor:
+    """The divergence named ``kind`` (one of ``DIVERGENCES``); ``beta`` is jsd's, ``alpha`` the
+    skew divergences'."""
+    if kind == "kl":
+        return forward_kl_loss(student_logits, teacher_logits, mask, temperature)
+    if kind == "reverse_kl":
+        return reverse_kl_loss(student_logits, teacher_logits, mask, temperature)
+    if kind == "jsd":
+        return generalized_jsd_loss(student_logits, teacher_logits, mask, beta, temperature)
+    if kind == "skew_kl":
+        return skew_kl_loss(student_logits, teacher_logits, mask, alpha, temperature)
+    if kind == "skew_reverse_kl":
+        return skew_reverse_kl_loss(student_logits, teacher_logits, mask, alpha, temperature)
+    if kind == "tvd":
+        return tvd_loss(student_logits, teacher_logits, mask, temperature)
+    raise ValueError(f"kd_loss={kind!r}: use one of {', '.join(DIVERGENCES)}")
+
+
 KD_LOSS_MAP: dict[str, Callable[..., Tensor]] = {"mse": kd_mse_loss, "ce": kd_ce_loss}
 """``kd_loss_type`` -> KD loss on logits (TextBrewer's ``presets.KD_LOSS_MAP``)."""
 
@@ -305,6 +444,7 @@ PAIR_LOSSES = frozenset({"fsp", "gram", "mmd", "nst"})
 """Losses that compare two layers per model: their ``layer_S``/``layer_T`` are two-int lists."""
 
 __all__ = [
+    "DIVERGENCES",
     "KD_LOSS_MAP",
     "MATCH_LOSS_MAP",
     "PAIR_LOSSES",
@@ -313,11 +453,18 @@ __all__ = [
     "att_mse_loss",
     "att_mse_sum_loss",
     "cos_loss",
+    "divergence_loss",
+    "forward_kl_loss",
     "fsp_loss",
+    "generalized_jsd_loss",
     "hid_mse_loss",
     "kd_ce_loss",
     "kd_mse_loss",
     "mmd_loss",
     "pkd_loss",
+    "reverse_kl_loss",
+    "skew_kl_loss",
+    "skew_reverse_kl_loss",
     "topk_kd_loss",
+    "tvd_loss",
 ]

@@ -128,11 +128,23 @@ def summarization_distiller_loss(
     t_dec_hidden=None,
     d_matches: list[int] | None = None,
     normalize_hidden: bool = False,
+    kd_loss: str = "kl",
+    kd_beta: float = 0.5,
+    kd_alpha: float = 0.1,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The SummarizationDistiller blend. Returns (loss, components) with components
-    ``ce_loss`` (KD), ``mlm_loss`` (hard labels), ``hid_loss_enc``, ``hid_loss_dec``."""
+    ``ce_loss`` (KD), ``mlm_loss`` (hard labels), ``hid_loss_enc``, ``hid_loss_dec``.
+
+    ``kd_loss`` picks the KD term's divergence (``raydistill.distill.losses.divergence_loss``,
+    with ``kd_beta`` / ``kd_alpha``), times T^2 as the original's KL; ``kl`` is that KL."""
     tgt_mask = labels.ne(IGNORE_INDEX)
-    ce = kd_kl_loss(s_logits, t_logits, tgt_mask, temperature)
+    if kd_loss == "kl":
+        ce = kd_kl_loss(s_logits, t_logits, tgt_mask, temperature)
+    else:
+        from raydistill.distill.losses import divergence_loss
+
+        ce = divergence_loss(kd_loss, s_logits, t_logits, tgt_mask, temperature=temperature,
+                             beta=kd_beta, alpha=kd_alpha) * temperature**2
     mlm = lm_loss(s_logits, labels, label_smoothing)
     zero = ce * 0.0
     hid_enc = hid_dec = zero

@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
@@ -62,6 +65,7 @@ class LossStep:
     ) -> None:
         self.cfg = cfg
         self.teachers = teachers
+        self.teacher_seconds = 0.0  # method gkd: time in the teachers' forward passes
         for t in teachers:
             t.eval().requires_grad_(False)
         self.projections = projections
@@ -123,6 +127,8 @@ class LossStep:
         cfg = self.cfg
         if self.cached_logits or "topk_values" in batch:
             return self._cached(student, batch, dec_in, step, total_steps)
+        if cfg.method == "gkd":
+            return self._gkd(student, batch, dec_in)
         if not self.teachers:
             out = seq2seq_forward(student, batch, dec_in)
             loss = lm_loss(out.logits, labels, cfg.label_smoothing)
@@ -142,29 +148,57 @@ class LossStep:
             t_enc_hidden=t_enc_h, e_matches=self.e_matches,
             s_dec_hidden=s_out.decoder_hidden_states, t_dec_hidden=t_dec_h,
             d_matches=self.d_matches, normalize_hidden=cfg.normalize_hidden,
+            kd_loss=cfg.kd_loss, kd_beta=cfg.kd_beta, kd_alpha=cfg.kd_alpha,
         )
+
+    def _teacher_forward(self, teacher, batch, dec_in, s_out, want_hidden: bool = False):
+        """One teacher's outputs on the batch's targets, and its encoder hidden states (None
+        when it reads the student's encoder output)."""
+        if self.different_encoder:
+            enc = teacher.get_encoder()(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                output_hidden_states=want_hidden, return_dict=True)
+            enc_states, enc_h = enc.last_hidden_state, enc.hidden_states
+        else:  # in the teacher's dtype: a bf16/fp16 teacher (teacher_dtype) reads it too
+            enc_states, enc_h = s_out.encoder_last_hidden_state.detach().to(teacher.dtype), None
+        out = seq2seq_forward(teacher, batch, dec_in, hidden=want_hidden,
+                              encoder_outputs=BaseModelOutput(last_hidden_state=enc_states))
+        return out, enc_h
 
     def _teacher_outputs(self, batch, dec_in, s_out, want_hidden):
         logits, enc_h, dec_h = [], None, None
         for i, teacher in enumerate(self.teachers):
-            if self.different_encoder:
-                enc = teacher.get_encoder()(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    output_hidden_states=want_hidden, return_dict=True)
-                enc_states = enc.last_hidden_state
-                if i == 0:
-                    enc_h = enc.hidden_states
-            else:  # in the teacher's dtype: a bf16/fp16 teacher (teacher_dtype) reads it too
-                enc_states = s_out.encoder_last_hidden_state.detach().to(teacher.dtype)
-            out = seq2seq_forward(teacher, batch, dec_in, hidden=want_hidden,
-                                  encoder_outputs=BaseModelOutput(last_hidden_state=enc_states))
+            out, enc = self._teacher_forward(teacher, batch, dec_in, s_out, want_hidden)
             logits.append(out.logits)
             if i == 0:
-                dec_h = out.decoder_hidden_states
+                enc_h, dec_h = enc, out.decoder_hidden_states
         # Several teachers: average their logits (TextBrewer's MultiTeacherDistiller), in fp32.
         if len(logits) > 1:
             return torch.stack([t.float() for t in logits]).mean(0), enc_h, dec_h
         return logits[0], enc_h, dec_h  # the KD and hidden losses upcast to fp32 themselves
+
+    def _gkd(self, student, batch, dec_in):
+        """GKD's loss: the generalized JSD between the student's and the teachers' token
+        distributions on the batch's targets (the data's, or a sample: see train/targets.py),
+        over their real tokens. Several teachers: the mean of their distributions."""
+        from raydistill.distill.losses import generalized_jsd_loss
+
+        g = self.cfg.gkd_settings
+        s_out = seq2seq_forward(student, batch, dec_in)
+        t0 = _clock(s_out.logits)
+        with torch.no_grad():
+            outs = [self._teacher_forward(t, batch, dec_in, s_out)[0].logits
+                    for t in self.teachers]
+            if len(outs) == 1:
+                t_logits = outs[0]
+            else:  # logits whose softmax at T is the teachers' mean distribution at T
+                logs = torch.stack([F.log_softmax(o.float() / g.temperature, dim=-1)
+                                    for o in outs])
+                t_logits = (torch.logsumexp(logs, 0) - math.log(len(outs))) * g.temperature
+        self.teacher_seconds += _clock(t_logits) - t0
+        loss = generalized_jsd_loss(s_out.logits, t_logits, batch["labels"].ne(IGNORE_INDEX),
+                                    beta=g.beta, temperature=g.temperature)
+        return loss, {"gkd_loss": loss.detach()}
 
     def _textbrewer(self, student, batch, dec_in, step, total_steps):
         from raydistill.distill.textbrewer import average_teacher_logits, textbrewer_loss
@@ -276,6 +310,13 @@ def _teacher_counts(teachers: list[nn.Module], cfg: DistillConfig) -> tuple[int,
     from transformers import AutoConfig
 
     return layer_counts(AutoConfig.from_pretrained(cfg.teacher_paths[0]))
+
+
+def _clock(after: torch.Tensor) -> float:
+    """Now, once the queued work that produced ``after`` is done (a GPU runs asynchronously)."""
+    if after.is_cuda:
+        torch.cuda.synchronize(after.device)
+    return time.perf_counter()
 
 
 def describe(components: dict[str, Any]) -> str:

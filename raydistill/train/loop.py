@@ -146,7 +146,6 @@ def setup(config: dict[str, Any]) -> Worker:
     student, teachers, projections = _models(cfg, run, needs, device)
     loss_step = LossStep(cfg, teachers, student, run.get("e_layer_ids"), run.get("d_layer_ids"),
                          projections)
-    targets = make_targets(cfg, needs, loss_step, device)
     layerdrop = bool(cfg.encoder_layerdrop or cfg.decoder_layerdrop)
     model = ray.train.torch.prepare_model(
         student, parallel_strategy_kwargs={"find_unused_parameters": layerdrop or cfg.freeze_encoder})
@@ -167,6 +166,8 @@ def setup(config: dict[str, Any]) -> Worker:
         if rank == 0:
             print(f"[raydistill] resumed from checkpoint at step {state['global_step']} "
                   f"(epoch {state['epoch']}, batch {state['batch_in_epoch']})", flush=True)
+
+    targets = make_targets(cfg, needs, loss_step, device, state)
 
     # Data: this worker's shard of train; the whole (small) val set, split across ranks.
     # A planned run (token budget, sortish, cached logits) gets the whole train set and pulls
@@ -235,7 +236,7 @@ def run_epoch(w: Worker) -> None:
         # Counted on the host, before the copy: on a GPU every read of a device value waits
         # for the queued work, and a step reads one (the loss) in all.
         w.tokens += int(batch["attention_mask"].sum()) + int(batch["labels"].ne(-100).sum())
-        _forward_backward(w, w.targets.batch(batch, w.inner, state["global_step"]))
+        _forward_backward(w, batch)
         micro += 1
         state["batch_in_epoch"] = i + 1
         stepped = micro % cfg.gradient_accumulation_steps == 0 or i + 1 == batches_per_epoch
@@ -254,17 +255,20 @@ def run_epoch(w: Worker) -> None:
                             "n_train is smaller than num_workers; add data or use fewer workers")
 
 
-def _forward_backward(w: Worker, batch: dict[str, torch.Tensor]) -> None:
+def _forward_backward(w: Worker, raw: dict[str, torch.Tensor]) -> None:
+    """One micro-batch: its targets (the target source), the loss, the backward pass."""
+    t0 = time.perf_counter()
+    batch = w.targets.batch(raw, w.inner, w.state["global_step"])
     with torch.autocast(w.device.type, dtype=w.amp_dtype, enabled=w.amp_dtype is not None):
         loss, parts = w.loss_step(w.model, batch, w.state["global_step"], w.run["total_steps"])
-    w.targets.after_loss(w.loss_step, batch)
     loss_value = float(loss.detach())  # the step's one read: finite check and the mean
     _check_finite(loss_value, parts, w.state["global_step"])
     w.loss_sum += loss_value
     w.loss_n += 1
-    w.last_loss, w.last_parts = loss, parts
     loss_scaled = loss / w.cfg.gradient_accumulation_steps
     (w.scaler.scale(loss_scaled) if w.scaler else loss_scaled).backward()
+    w.targets.after_step(w.loss_step, batch, parts, time.perf_counter() - t0)
+    w.last_loss, w.last_parts = loss, parts
 
 
 def _optimizer_step(w: Worker) -> None:

@@ -11,12 +11,18 @@ branch in the loop.
   epoch when every example of the batch is kept (no teacher runs then); otherwise the live
   teacher runs and its outputs are recorded. After each epoch the workers exchange what they
   recorded, so each holds the whole cache.
+- ``OnPolicyTargets`` (``method: gkd``): with probability ``gkd.lmbda`` the student samples the
+  batch's targets from its sources (GKD's on-policy batches); the other batches keep the data's
+  targets, or with ``gkd.seq_kd`` take a sample of the first teacher.
 """
 
 from __future__ import annotations
 
+import copy
+import time
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from raydistill.config import DistillConfig
@@ -37,8 +43,10 @@ class TargetSource:
         student (unwrapped), for sources that sample from it."""
         return {k: v.to(self.device) for k, v in batch.items() if k != "id"}
 
-    def after_loss(self, loss_step: LossStep, batch: dict[str, torch.Tensor]) -> None:
-        """Called once the loss of ``batch`` (as ``batch()`` returned it) has been computed."""
+    def after_step(self, loss_step: LossStep, batch: dict[str, torch.Tensor],
+                   parts: dict[str, Any], seconds: float) -> None:
+        """Called after the backward pass of ``batch`` (as ``batch()`` returned it), which took
+        ``seconds`` in all; may add entries to ``parts`` (the step line's components)."""
 
     def end_epoch(self, gather: Gather, log: bool) -> None:
         """Called on every worker at the end of each epoch but the last."""
@@ -65,7 +73,7 @@ class MemoryCacheTargets(TargetSource):
         batch.update(self.memory.lookup(self.ids) or {})  # only when all examples are kept
         return super().batch(batch, model, step)
 
-    def after_loss(self, loss_step, batch):
+    def after_step(self, loss_step, batch, parts, seconds):
         if loss_step.last_teacher is not None:  # the live teacher ran: keep its outputs
             self.memory.record(self.ids, *loss_step.last_teacher, batch["attention_mask"],
                                batch["labels"].ne(-100))
@@ -84,9 +92,95 @@ class MemoryCacheTargets(TargetSource):
                 "logit_cache_hit_rate": self.memory.take_hit_rate()}
 
 
+class OnPolicyTargets(TargetSource):
+    """``method: gkd``: targets sampled from the student (on-policy) or the teacher (seq_kd).
+
+    Whether a micro-batch is on-policy is a draw from a counter-based RNG keyed by (seed,
+    optimizer step, micro-batch of the step): every worker makes the same choice at the same
+    step, and a run resumed from a checkpoint (which holds the step) makes the same choices
+    again. The counts so far live in the checkpointed training state (``state["gkd"]``).
+    """
+
+    def __init__(self, device, cfg: DistillConfig, teachers: list, state: dict[str, Any]) -> None:
+        super().__init__(device)
+        self.g, self.seed, self.teachers = cfg.gkd_settings, cfg.seed, teachers
+        self.counts = state.setdefault("gkd", {"draws": 0, "on_policy": 0, "sample_s": 0.0,
+                                               "teacher_s": 0.0, "step_s": 0.0})
+        self.step, self.micro = -1, 0
+
+    def on_policy(self, step: int) -> bool:
+        """The draw for the next micro-batch of optimizer step ``step``."""
+        self.micro = self.micro + 1 if step == self.step else 0
+        self.step = step
+        u = np.random.default_rng([self.seed, step, self.micro]).random()
+        return bool(u < self.g.lmbda)
+
+    def batch(self, batch, model, step):
+        batch = super().batch(batch, model, step)
+        on = self.on_policy(step)
+        self.counts["draws"] += 1
+        self.counts["on_policy"] += int(on)
+        if on or self.g.seq_kd:
+            t0 = time.perf_counter()
+            batch["labels"] = sample_targets(model if on else self.teachers[0], batch, self.g)
+            if batch["labels"].is_cuda:
+                torch.cuda.synchronize(batch["labels"].device)
+            self.counts["sample_s"] += time.perf_counter() - t0
+        return batch
+
+    def after_step(self, loss_step, batch, parts, seconds):
+        c = self.counts
+        c["teacher_s"] += loss_step.teacher_seconds
+        loss_step.teacher_seconds = 0.0
+        c["step_s"] += seconds
+        total = max(c["step_s"], 1e-9)
+        student = max(c["step_s"] - c["sample_s"] - c["teacher_s"], 0.0)
+        parts.update(on_policy_fraction=c["on_policy"] / max(c["draws"], 1),
+                     time_sample=c["sample_s"] / total, time_teacher=c["teacher_s"] / total,
+                     time_student=student / total)
+
+    def metrics(self):
+        c = self.counts
+        return {"on_policy_fraction": c["on_policy"] / max(c["draws"], 1),
+                "on_policy_batches": c["on_policy"], "gkd_batches": c["draws"],
+                "sample_seconds": c["sample_s"], "teacher_seconds": c["teacher_s"],
+                "step_seconds": c["step_s"]}
+
+
+@torch.no_grad()
+def sample_targets(model: torch.nn.Module, batch: dict[str, torch.Tensor], g) -> torch.Tensor:
+    """Labels sampled by ``model`` (the unwrapped student, or a teacher) for the batch's
+    sources: (B, L) token ids up to and including each row's first EOS, -100 after it; L is at
+    most ``g.max_new_tokens``. The model samples in eval mode (no dropout) and is put back."""
+    config = copy.deepcopy(model.generation_config)
+    config.update(do_sample=True, num_beams=1, temperature=g.temperature, top_p=g.top_p,
+                  top_k=g.top_k or None, max_new_tokens=g.max_new_tokens, max_length=None,
+                  min_length=0, min_new_tokens=None, no_repeat_ngram_size=0,
+                  repetition_penalty=1.0, length_penalty=1.0, early_stopping=False)
+    was_training = model.training
+    model.eval()
+    try:
+        seqs = model.generate(input_ids=batch["input_ids"],
+                              attention_mask=batch["attention_mask"], generation_config=config)
+    finally:
+        model.train(was_training)
+    labels = seqs[:, 1:].clone()  # seqs[:, 0] is the decoder start token
+    eos = config.eos_token_id
+    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+    if eos is not None and labels.numel():
+        is_eos = labels.eq(eos)
+        # Keep each row through its first EOS; everything after it (pads) is ignored.
+        after = (is_eos.cumsum(1) - is_eos.long()) > 0
+        labels[after] = -100
+    return labels
+
+
 def make_targets(cfg: DistillConfig, needs: RunNeeds, loss_step: LossStep,
-                 device: torch.device) -> TargetSource:
-    """The target source a run of ``cfg`` trains from."""
+                 device: torch.device, state: dict[str, Any]) -> TargetSource:
+    """The target source a run of ``cfg`` trains from; ``state`` is the checkpointed training
+    state (a source may keep counts there)."""
+    if cfg.method == "gkd":
+        return OnPolicyTargets(device, cfg, loss_step.teachers, state)
     if needs.memory_cache:
         from raydistill.models.teacher_cache import DEFAULT_TOP_K
         from raydistill.train.memory_cache import MemoryLogitCache

@@ -29,9 +29,9 @@ DRIVER_CPU = 0.01  # the trial driver only waits on its TorchTrainer; {"cpu": 0}
 OWNED_KEYS = ("output_dir", "run_name", "storage_path")
 # The SummarizationDistiller objective's knobs: read only by method kd without `distillation:`.
 SD_KEYS = ("alpha_ce", "alpha_mlm", "alpha_hid", "temperature", "normalize_hidden",
-           "supervise_forward")
+           "supervise_forward", "kd_loss", "kd_beta", "kd_alpha")
 # Only these dict-valued config keys take dotted sub-keys (`distillation.kd_loss_weight`).
-NESTED_KEYS = ("distillation",)
+NESTED_KEYS = ("distillation", "gkd")
 
 
 @dataclass(frozen=True)
@@ -166,8 +166,8 @@ def _check_space_key(key: str, cfg: DistillConfig) -> None:
         raise ConfigError(f"tune.search_space: {key!r} cannot be searched: the sweep sets it for "
                           "every trial (set tune.output_dir / tune.storage_path instead)")
     if sub and head not in NESTED_KEYS:
-        raise ConfigError(f"tune.search_space: {key!r}: only {', '.join(NESTED_KEYS)}.* keys "
-                          "take a dotted sub-key")
+        raise ConfigError(f"tune.search_space: {key!r}: only distillation.* keys (and gkd.* "
+                          "keys, with method: gkd) take a dotted sub-key")
     if head == "distillation":
         from raydistill.distill.textbrewer import DistillationConfig
 
@@ -181,6 +181,19 @@ def _check_space_key(key: str, cfg: DistillConfig) -> None:
         if cfg.method != "kd" or cfg.distillation is None:
             raise ConfigError(f"tune.search_space: {key!r} has no effect: the TextBrewer objective "
                               "runs only with method: kd and a `distillation:` section; add one")
+    if head == "gkd":
+        from raydistill.config import GKDSettings
+
+        valid = [f.name for f in dataclasses.fields(GKDSettings)]
+        if not sub:
+            raise ConfigError("tune.search_space: search gkd.<key> (for example gkd.beta), not "
+                              "the whole section")
+        if sub not in valid:
+            raise ConfigError(f"tune.search_space: {key!r}: {sub!r} is not a gkd key"
+                              f"{_closest(sub, valid)}")
+        if cfg.method != "gkd":
+            raise ConfigError(f"tune.search_space: {key!r} has no effect: the gkd: section is "
+                              "read only with method: gkd; set it")
     if head in SD_KEYS and (cfg.method != "kd" or cfg.distillation is not None):
         alt = f"; search distillation.{head} instead" if head == "temperature" else ""
         raise ConfigError(f"tune.search_space: {key!r} has no effect: it belongs to the "

@@ -167,3 +167,52 @@ def test_nan_loss_stops_the_run_naming_step_and_component(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("raydistill distill: error: loss became nan at step 0"), err
     assert "ce_loss" in err
+
+
+def gkd_config(teacher, data, out, **kw) -> DistillConfig:
+    base = dict(method="gkd", teacher=str(teacher), student_encoder_layers=2,
+                student_decoder_layers=1, data_dir=str(data), output_dir=str(out),
+                train_batch_size=2, max_steps=6, max_epochs=10, val_check_steps=2, eval_beams=1,
+                learning_rate=1e-3, do_predict=False, val_max_target_length=8,
+                checkpoints_to_keep=10, log_every_n_steps=1, seed=0,
+                gkd={"lmbda": 1.0, "beta": 0.5, "max_new_tokens": 8})
+    return DistillConfig(**{**base, **kw})
+
+
+@pytest.mark.timeout(600)
+def test_gkd_fully_on_policy_with_two_workers_reports_the_fraction_and_the_time_split(
+        ray_session, tiny_bart_dir, tiny_data_dir, tmp_path, capsys):
+    cfg = gkd_config(tiny_bart_dir, tiny_data_dir, tmp_path / "gkd", num_workers=2,
+                     cpus_per_worker=1)
+    summary = run_distill(cfg)
+    assert summary["final_step"] == 6 and [h["step"] for h in summary["val"]] == [2, 4, 6]
+    for h in summary["val"]:
+        assert h["on_policy_fraction"] == 1.0 and h["on_policy_batches"] == h["gkd_batches"] > 0
+        assert h["sample_seconds"] > 0 and h["teacher_seconds"] > 0
+        assert h["step_seconds"] > h["sample_seconds"] + h["teacher_seconds"]
+    # the step line shows what on-policy costs
+    line = next(s for s in capsys.readouterr().out.splitlines() if "[raydistill] step 6 " in s)
+    assert "on_policy_fraction=1.0000" in line and "time_sample=" in line and "gkd_loss=" in line
+
+
+@pytest.mark.timeout(600)
+def test_gkd_crash_and_resume_makes_the_same_sampling_decisions(
+        ray_session, tiny_bart_dir, tiny_data_dir, tmp_path, monkeypatch):
+    """lmbda 0.5: the on-policy choices are draws; a run that dies after its step-2 checkpoint
+    and resumes makes the same ones as a run that never stopped."""
+    import sys
+
+    import ray.cloudpickle
+
+    from raydistill.train import loop
+
+    kw = dict(gkd={"lmbda": 0.5, "beta": 0.1, "max_new_tokens": 8}, max_failures=1)
+    whole = run_distill(gkd_config(tiny_bart_dir, tiny_data_dir, tmp_path / "whole", **kw))
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setattr(loop, "train_loop_per_worker", crash_after_checkpoint(2))
+    resumed = run_distill(gkd_config(tiny_bart_dir, tiny_data_dir, tmp_path / "crash", **kw))
+    assert resumed["resumed_from"] == [2] and whole["resumed_from"] == []
+    counts = [(h["step"], h["on_policy_batches"], h["gkd_batches"]) for h in whole["val"]]
+    assert counts == [(h["step"], h["on_policy_batches"], h["gkd_batches"])
+                      for h in resumed["val"]]
+    assert 0 < counts[-1][1] < counts[-1][2]  # some batches on-policy, some not

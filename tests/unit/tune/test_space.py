@@ -215,3 +215,18 @@ def test_settings_round_trip_through_sweep_json():
                             "scheduler": "asha", "max_t": 4, "reduction_factor": 3}, BASE)
     stored = json.loads(json.dumps(_settings_dict(s)))  # what --resume reads back
     assert parse_tune_section(stored, BASE) == s and _settings_dict(s) == stored
+
+
+def test_gkd_beta_and_lmbda_are_searched_like_any_key():
+    gkd = BASE.replace(method="gkd", gkd={"lmbda": 1.0})
+    s = parse_tune_section(section(**{"gkd.beta": {"grid": [0.1, 0.9]},
+                                      "gkd.lmbda": {"choice": [0.5, 1.0]}}), gkd)
+    assert param_space(s)["gkd"]["beta"] == {"grid_search": [0.1, 0.9]}
+    cfg = trial_config(gkd, {"gkd": {"beta": 0.9, "lmbda": 0.5}}, "trials/x")
+    assert cfg.gkd_settings.beta == 0.9 and cfg.gkd_settings.lmbda == 0.5
+    with pytest.raises(ConfigError, match=r"'lmda' is not a gkd key; did you mean 'lmbda'"):
+        parse_tune_section(section(**{"gkd.lmda": {"grid": [1.0]}}), gkd)
+    with pytest.raises(ConfigError, match=r"read only with method: gkd"):
+        parse_tune_section(section(**{"gkd.beta": {"grid": [0.1]}}), BASE)
+    with pytest.raises(ConfigError, match=r"gkd.beta=1.5 is out of range"):
+        parse_tune_section(section(**{"gkd.beta": {"uniform": [0.5, 1.5]}}), gkd)
