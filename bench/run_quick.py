@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common import RESULTS, setup_env
 
-BENCHMARKS = ("overhead", "vs_textbrewer", "quality", "kd_memory")
+BENCHMARKS = ("overhead", "vs_textbrewer", "quality", "kd_memory", "generation")
 # Where a benchmark's quick mode writes its figures, when not bench/results/<name>.json.
 RESULT_FILES = {"quality": "quality_en_de_quick"}
 HERE = Path(__file__).resolve().parent
@@ -91,6 +91,10 @@ def summary_lines(name: str) -> list[str]:
         out.append("target (a 6-3 student >= 97% of the teacher at >= 1.6x): "
                    + ("met" if r["target_met"] else "NOT met"))
         return out
+    if name == "generation":
+        out = [f"{q['system']}: {q['examples_per_s']:.1f} examples/s ({q['speedup_vs_tf_single']:.2f}x "
+               f"tf_single), BLEU {q['bleu']:.2f}" for q in r["rows"]]
+        return out + [f"target ({r['target']}): " + ("met" if r["target_met"] else "NOT met")]
     return []
 
 

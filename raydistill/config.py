@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from raydistill.errors import ConfigError
+from raydistill.eval.ct2 import BACKENDS, COMPUTE_TYPES
 
 METHODS = ("sft", "kd", "pl", "gkd")
 # kd_loss: the divergence of the kd objective's logit term (raydistill.distill.losses).
@@ -130,6 +131,12 @@ class DistillConfig:
     eval_max_gen_length: int | None = None  # default: val/test_max_target_length
     num_eval_workers: int = 1
     do_predict: bool = True
+    # Test generation and Tune's latency column (validation inside the workers stays on
+    # transformers): ctranslate2 converts best_tfmr once per compute type into ct2_cache_dir
+    # (None: $RAYDISTILL_CT2_CACHE, else ~/.cache/raydistill/ctranslate2).
+    generation_backend: str = "transformers"
+    compute_type: str = "float32"
+    ct2_cache_dir: str | None = None
 
     # Logging and checkpoints.
     logger: str = "tensorboard"
@@ -147,6 +154,8 @@ class DistillConfig:
         _choice("teacher_dtype", self.teacher_dtype, PRECISIONS)
         _choice("logger", self.logger, LOGGERS)
         _choice("logit_cache", self.logit_cache, LOGIT_CACHES)
+        _choice("generation_backend", self.generation_backend, BACKENDS)
+        _choice("compute_type", self.compute_type, COMPUTE_TYPES)
         if not self.data_dir:
             raise ConfigError("data_dir is required: set data_dir: PATH in the config or data_dir=PATH")
         if not self.output_dir:

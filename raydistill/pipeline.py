@@ -38,7 +38,8 @@ def run_test(cfg: DistillConfig, out: Path) -> dict[str, Any]:
                        max_length=cfg.eval_max_gen_length or cfg.test_max_target_length,
                        max_source_length=cfg.max_source_length, batch_size=cfg.eval_batch_size,
                        num_workers=cfg.num_eval_workers, num_gpus=1.0 if cfg.use_gpu else 0.0,
-                       n=cfg.n_test)
+                       n=cfg.n_test, backend=cfg.generation_backend,
+                       compute_type=cfg.compute_type, ct2_cache_dir=cfg.ct2_cache_dir)
     flat = {**results["scores"], "n_examples": results["n_examples"],
             "gen_seconds": results["gen_seconds"]}
     lines = [f"{k}: {v}" for k, v in flat.items()]

@@ -13,7 +13,9 @@ shards in flight and a re-run generates only the missing ones. ``--out`` then ho
 
 ``score`` is the sequence's length-normalized log-probability (beam search's sequences_scores).
 The teacher may be a folder or a Hub id (resolved once, here, before the actors start); it
-generates in ``teacher_dtype`` (auto: bf16 or fp16 on GPU actors, fp32 on CPU).
+generates in ``teacher_dtype`` (auto: bf16 or fp16 on GPU actors, fp32 on CPU), or with
+``backend="ctranslate2"`` in CTranslate2 at ``compute_type`` (converted once, on the driver;
+``score`` is then CTranslate2's hypothesis score).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from raydistill.data.files import (
 )
 from raydistill.data.fingerprint import digest, model_fingerprint, split_fingerprint
 from raydistill.errors import ConfigError
+from raydistill.eval.ct2 import Backend, prepare_backend
 
 PARTS = "pseudo_labels"
 SETTINGS_FILE = "_settings.json"
@@ -58,11 +61,13 @@ def part_path(out: str | Path, shard: int) -> Path:
 
 
 def generate_batches(rows: dict[str, np.ndarray], settings: dict[str, Any],
-                     num_workers: int = 1, num_gpus: float = 0.0) -> Iterator[dict[str, np.ndarray]]:
+                     num_workers: int = 1, num_gpus: float = 0.0,
+                     backend: Backend | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Stream generated batches (``id``, ``prediction``, ``score``) from a Ray Data actor pool.
 
     ``rows`` holds ``id`` and ``source`` in the order to generate. Batches come back as the
-    actors finish them (not in input order), while the pool keeps working.
+    actors finish them (not in input order), while the pool keeps working. ``backend``: a
+    ``prepare_backend`` result (None: transformers).
     """
     import pyarrow as pa
     import ray
@@ -83,7 +88,7 @@ def generate_batches(rows: dict[str, np.ndarray], settings: dict[str, Any],
             num_beams=settings["num_beams"],
             length_penalty=settings["length_penalty"], max_length=settings["max_length"],
             max_source_length=settings["max_source_length"], batch_size=settings["batch_size"],
-            device="cuda" if num_gpus > 0 else "cpu", return_scores=True),
+            device="cuda" if num_gpus > 0 else "cpu", return_scores=True, backend=backend),
         compute=ray.data.ActorPoolStrategy(size=num_workers),
         batch_size=settings["batch_size"], batch_format="numpy", num_cpus=1, num_gpus=num_gpus,
     )
@@ -95,11 +100,15 @@ def pseudo_label(teacher: str, data_dir: str, out: str, *, split: str = "train",
                  batch_size: int = 16, num_workers: int = 1, num_gpus: float = 0.0,
                  max_source_length: int = 1024, shard_size: int = 1000, n: int | None = None,
                  overwrite: bool = False, teacher_dtype: str = "auto",
-                 model_cache_dir: str | None = None) -> dict[str, Any]:
+                 model_cache_dir: str | None = None, backend: str = "transformers",
+                 compute_type: str = "float32", ct2_cache_dir: str | None = None,
+                 ) -> dict[str, Any]:
     """Pseudo-label ``split`` of ``data_dir`` into ``out`` (module doc); returns the report.
 
     ``teacher`` is a folder or a Hub id (``org/name[@revision]``, downloaded into
-    ``model_cache_dir``, default HF's cache); it generates in ``teacher_dtype``.
+    ``model_cache_dir``, default HF's cache); it generates in ``teacher_dtype`` with
+    transformers, or in ``compute_type`` with ``backend="ctranslate2"`` (converted into
+    ``ct2_cache_dir``; unconvertible teachers fall back to transformers with a warning).
     """
     from raydistill.hub import resolve_model
     from raydistill.models.layers import teacher_dtype_label, teacher_torch_dtype
@@ -113,14 +122,17 @@ def pseudo_label(teacher: str, data_dir: str, out: str, *, split: str = "train",
     if out_dir.resolve() == Path(data_dir).resolve():
         raise ConfigError(f"--out {out} is --data-dir: write pseudo-labels to a new folder")
     data = read_split(data_dir, split, n)
+    used = prepare_backend(teacher_dir, backend, compute_type, ct2_cache_dir,
+                           device="cuda" if num_gpus > 0 else "cpu")
     settings = {"teacher": str(teacher_dir.resolve()), "split": split, "n": len(data),
                 "num_beams": num_beams, "max_length": max_length, "length_penalty": length_penalty,
                 "max_source_length": max_source_length, "batch_size": batch_size,
-                "shard_size": shard_size, "teacher_dtype": teacher_dtype}
+                "shard_size": shard_size, "teacher_dtype": teacher_dtype,
+                "generation_backend": used.name, "compute_type": used.compute_type}
     # What the parts depend on; batch size does not change what greedy/beam search writes.
     # A Hub commit and a teacher dtype other than fp32 join it (so fp32 runs of local folders
     # keep the identity they had before either existed).
-    skipped = ("batch_size", "teacher", "teacher_dtype")
+    skipped = ("batch_size", "teacher", "teacher_dtype", "generation_backend", "compute_type")
     identity = {k: v for k, v in settings.items() if k not in skipped} | {
         "teacher": digest(model_fingerprint(teacher_dir)),
         "data": digest(split_fingerprint(data_dir, split))}
@@ -128,6 +140,8 @@ def pseudo_label(teacher: str, data_dir: str, out: str, *, split: str = "train",
         identity["teacher_commit"] = source.commit
     if teacher_dtype_label(teacher_dtype, num_gpus > 0) != "fp32":
         identity["teacher_dtype"] = teacher_dtype_label(teacher_dtype, num_gpus > 0)
+    if used.name == "ctranslate2":  # another engine (and precision) writes other outputs
+        identity.update(generation_backend=used.name, compute_type=used.compute_type)
     _check_or_start(out_dir, identity, overwrite)
 
     shards = shard_ranges(len(data), shard_size)
@@ -137,7 +151,8 @@ def pseudo_label(teacher: str, data_dir: str, out: str, *, split: str = "train",
         print(f"[raydistill] pseudo-label: {len(shards) - len(pending)} of {len(shards)} shards "
               f"already done{rest}", flush=True)
     t0 = time.perf_counter()
-    generated = _label(data, shards, pending, out_dir, settings, num_workers, num_gpus) if pending else 0
+    generated = _label(data, shards, pending, out_dir, settings, num_workers, num_gpus,
+                       used) if pending else 0
     gen_seconds = time.perf_counter() - t0
 
     kept, dropped = _write_split(out_dir, split, len(shards))
@@ -185,7 +200,8 @@ def _check_or_start(out_dir: Path, identity: dict[str, Any], overwrite: bool) ->
     write_text(settings_file, json.dumps(identity, indent=2) + "\n")
 
 
-def _label(data, shards, pending, out_dir: Path, settings, num_workers, num_gpus) -> int:
+def _label(data, shards, pending, out_dir: Path, settings, num_workers, num_gpus,
+           backend: Backend) -> int:
     """Generate the pending shards; write each as soon as its last example is back."""
     # Shard by shard (so shards finish in turn), longest first within one (OOM shows early).
     order = [i for s in pending for i in sorted(range(*shards[s]), key=lambda i: -len(data.sources[i]))]
@@ -197,7 +213,7 @@ def _label(data, shards, pending, out_dir: Path, settings, num_workers, num_gpus
         shard_of[a:b] = s
     buffers: dict[int, dict[int, tuple[str, float]]] = {s: {} for s in pending}
     done = 0
-    for batch in generate_batches(rows, settings, num_workers, num_gpus):
+    for batch in generate_batches(rows, settings, num_workers, num_gpus, backend):
         for i, pred, score in zip(batch["id"], batch["prediction"], batch["score"]):
             s = int(shard_of[int(i)])
             buffers[s][int(i)] = (str(pred), float(score))
@@ -293,6 +309,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    help="the teacher's weights (auto: bf16 or fp16 on GPU actors, fp32 on CPU)")
     p.add_argument("--model-cache-dir", default=None, help="where a Hub id is downloaded "
                    "(default: $HF_HUB_CACHE, else Hugging Face's cache)")
+    from raydistill.eval.evaluate import add_backend_args
+
+    add_backend_args(p)
     p.set_defaults(func=_cli)
 
 
@@ -303,7 +322,8 @@ def _cli(args: argparse.Namespace) -> int:
                           num_workers=args.num_workers, num_gpus=args.num_gpus,
                           max_source_length=args.max_source_length, shard_size=args.shard_size,
                           n=args.n, overwrite=args.overwrite, teacher_dtype=args.teacher_dtype,
-                          model_cache_dir=args.model_cache_dir)
+                          model_cache_dir=args.model_cache_dir, backend=args.backend,
+                          compute_type=args.compute_type, ct2_cache_dir=args.ct2_cache_dir)
     last = report["runs"][-1]
     speed = f"{last['examples_per_second']} examples/s" if last["examples_generated"] else "nothing left to do"
     print(f"pseudo-labels of {report['examples']} examples in {args.out} "

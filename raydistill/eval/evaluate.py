@@ -10,6 +10,7 @@ from typing import Any
 
 from raydistill.data.files import read_split
 from raydistill.errors import ConfigError, ModelError
+from raydistill.eval.ct2 import BACKENDS, COMPUTE_TYPES, prepare_backend
 from raydistill.eval.generate import generate_parallel
 from raydistill.eval.metrics import METRICS, score
 
@@ -59,8 +60,15 @@ def evaluate(
     num_gpus: float = 0.0,
     n: int | None = None,
     model_cache_dir: str | os.PathLike | None = None,
+    backend: str = "transformers",
+    compute_type: str = "float32",
+    ct2_cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Generate for ``split`` of ``data_dir`` and score it against its references.
+
+    ``backend`` (transformers | ctranslate2) generates; ctranslate2 converts the model once per
+    ``compute_type`` into ``ct2_cache_dir`` and falls back to transformers, with a warning, for
+    architectures it cannot convert (the results name the backend that ran).
 
     ``model_dir`` is a saved model's folder or a Hub id (``org/name[@revision]``, downloaded
     into ``model_cache_dir``, default HF's cache); the results record its id and commit.
@@ -79,10 +87,12 @@ def evaluate(
     data = read_split(data_dir, split, n=n)
     refs = data.refs if data.refs is not None else data.targets
 
+    used = prepare_backend(source.path, backend, compute_type, ct2_cache_dir,
+                           device="cuda" if num_gpus > 0 else "cpu")
     preds, seconds = generate_parallel(
         source.path, data.sources, num_beams=num_beams, length_penalty=length_penalty,
         max_length=max_length, max_source_length=max_source_length, batch_size=batch_size,
-        num_workers=num_workers, num_gpus=num_gpus,
+        num_workers=num_workers, num_gpus=num_gpus, backend=used,
     )
     scores = score(task, preds, refs)
 
@@ -108,7 +118,8 @@ def evaluate(
         "generation": {
             "num_beams": num_beams, "length_penalty": length_penalty, "max_length": max_length,
             "max_source_length": max_source_length, "batch_size": batch_size,
-            "num_workers": num_workers, "num_gpus": num_gpus,
+            "num_workers": num_workers, "num_gpus": num_gpus, "backend": used.name,
+            "compute_type": used.compute_type if used.name == "ctranslate2" else None,
         },
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -136,11 +147,23 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--num-workers", type=int, default=1, help="generation actors")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor")
     p.add_argument("--n", type=int, default=None, help="only the first N examples")
+    add_backend_args(p)
     p.add_argument("--out-dir", default=None, help="where to write results (default: --model; "
                    "required for a Hub id)")
     p.add_argument("--model-cache-dir", default=None, help="where a Hub id is downloaded "
                    "(default: $HF_HUB_CACHE, else Hugging Face's cache)")
     return p
+
+
+def add_backend_args(p: argparse.ArgumentParser) -> None:
+    """``--backend``, ``--compute-type``, ``--ct2-cache-dir`` (evaluate, pseudo-label)."""
+    p.add_argument("--backend", choices=BACKENDS, default="transformers",
+                   help="generation engine (ctranslate2: converted once per compute type, "
+                   "cached; unconvertible models fall back to transformers with a warning)")
+    p.add_argument("--compute-type", choices=COMPUTE_TYPES, default="float32",
+                   help="CTranslate2 weights/computation (int8: fastest on CPU; float16 on GPU)")
+    p.add_argument("--ct2-cache-dir", default=None, help="converted models (default: "
+                   "$RAYDISTILL_CT2_CACHE, else ~/.cache/raydistill/ctranslate2)")
 
 
 def run_evaluate_cli(args: argparse.Namespace) -> int:
@@ -150,7 +173,8 @@ def run_evaluate_cli(args: argparse.Namespace) -> int:
         num_beams=args.num_beams, length_penalty=args.length_penalty, max_length=args.max_length,
         max_source_length=args.max_source_length, batch_size=args.batch_size,
         num_workers=args.num_workers, num_gpus=args.num_gpus, n=args.n,
-        model_cache_dir=args.model_cache_dir,
+        model_cache_dir=args.model_cache_dir, backend=args.backend,
+        compute_type=args.compute_type, ct2_cache_dir=args.ct2_cache_dir,
     )
     print(f"{r['split']}: {r['n_examples']} examples, references from {r['references']['file']}, "
           f"{r['gen_seconds']:.1f} s generation")

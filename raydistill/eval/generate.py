@@ -1,7 +1,8 @@
 """Batched generation: in-process (validation inside a training worker) or over a Ray Data actor pool.
 
 Both sort sources by length so a batch holds similar lengths (little padding), and both hand the
-predictions back in input order.
+predictions back in input order. The actor pool and ``measure_latency`` generate with
+transformers or, with ``backend="ctranslate2"``, with CTranslate2 (``raydistill.eval.ct2``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from raydistill.eval.ct2 import Backend, generate_ct2, load_translator, prepare_backend
 
 
 def generate_local(
@@ -89,11 +92,13 @@ class Generator:
     def __init__(self, model_dir: str, num_beams: int = 4, length_penalty: float = 1.0,
                  max_length: int = 64, max_source_length: int = 512, batch_size: int = 16,
                  device: str = "cpu", return_scores: bool = False,
-                 teacher_dtype: str | None = None) -> None:
+                 teacher_dtype: str | None = None, backend: Backend | None = None) -> None:
         """``teacher_dtype`` (auto | bf16 | fp16 | fp32): load the model as a frozen teacher in
-        that dtype (``load_teacher``: the weights themselves); None: as saved, for evaluation."""
+        that dtype (``load_teacher``: the weights themselves); None: as saved, for evaluation.
+        ``backend``: a ``prepare_backend`` result (None: transformers); with ctranslate2 the
+        actor loads the converted model and ``teacher_dtype`` gives way to its compute type."""
         import ray
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, GenerationConfig
 
         from raydistill.models.layers import load_seq2seq, load_teacher
 
@@ -101,24 +106,50 @@ class Generator:
         cpus = 1.0
         if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
             cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-        torch.set_num_threads(max(1, int(cpus)))
+        threads = max(1, int(cpus))
+        torch.set_num_threads(threads)
         self.device = device
-        self.model = (load_teacher(model_dir, teacher_dtype, device) if teacher_dtype
-                      else load_seq2seq(model_dir).to(device).eval())
+        self.backend = backend or Backend()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.kw = dict(num_beams=num_beams, length_penalty=length_penalty, max_length=max_length,
                        max_source_length=max_source_length, batch_size=batch_size)
         self.return_scores = return_scores
+        if self.backend.name == "ctranslate2":
+            self.translator = load_translator(self.backend.ct2_dir, device,
+                                              self.backend.compute_type, threads)
+            self.generation_config = _generation_config(model_dir, GenerationConfig)
+            return
+        self.model = (load_teacher(model_dir, teacher_dtype, device) if teacher_dtype
+                      else load_seq2seq(model_dir).to(device).eval())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Adds "prediction" (and "score", the sequence score, when asked for)."""
-        out = generate_local(self.model, self.tokenizer, [str(s) for s in batch["source"]],
-                             device=self.device, return_scores=self.return_scores, **self.kw)
+        sources = [str(s) for s in batch["source"]]
+        t0 = time.perf_counter()
+        if self.backend.name == "ctranslate2":
+            out = generate_ct2(self.translator, self.tokenizer, sources,
+                               generation_config=self.generation_config,
+                               return_scores=self.return_scores, **self.kw)
+        else:
+            out = generate_local(self.model, self.tokenizer, sources, device=self.device,
+                                 return_scores=self.return_scores, **self.kw)
         preds, scores = out if self.return_scores else (out, None)
         batch["prediction"] = np.array(preds, dtype=object)
+        # Each row's share of this batch's generation time: summed, the pool's busy time.
+        batch["gen_seconds"] = np.full(len(preds), (time.perf_counter() - t0) / max(len(preds), 1))
         if scores is not None:
             batch["score"] = np.asarray(scores, dtype=np.float32)
         return batch
+
+
+def _generation_config(model_dir: str, cls):
+    """The saved generation config, else the one transformers derives from config.json."""
+    try:
+        return cls.from_pretrained(model_dir)
+    except OSError:
+        from transformers import AutoConfig
+
+        return cls.from_model_config(AutoConfig.from_pretrained(model_dir))
 
 
 def generate_parallel(
@@ -133,17 +164,28 @@ def generate_parallel(
     num_workers: int = 1,
     num_gpus: float = 0.0,
     num_cpus: float = 1.0,
+    backend: str | Backend = "transformers",
+    compute_type: str = "float32",
+    ct2_cache_dir: str | os.PathLike | None = None,
+    timings: dict[str, float] | None = None,
 ) -> tuple[list[str], float]:
     """Generate over ``num_workers`` Ray actors; returns (predictions in input order, seconds).
 
     The seconds are wall clock of the whole Ray Data run, actor start and model loading included.
-    ``num_gpus`` is per actor (a fraction shares one GPU). Connects to Ray (``RAY_ADDRESS`` if
-    set, else a local instance) when the driver has not already.
+    ``num_gpus`` is per actor (a fraction shares one GPU); each actor runs ``num_cpus`` threads.
+    ``backend`` is a name (converted here, on the driver, with ``compute_type`` into
+    ``ct2_cache_dir``) or a ``prepare_backend`` result. ``timings``, when given, receives
+    ``wall_s``, ``first_batch_s`` (start-up: until the first batch is back) and ``busy_s``
+    (generation time summed over the actors). Connects to Ray (``RAY_ADDRESS`` if set, else a
+    local instance) when the driver has not already.
     """
     import ray
 
     if not sources:
         return [], 0.0
+    if isinstance(backend, str):
+        backend = prepare_backend(model_dir, backend, compute_type, ct2_cache_dir,
+                                  device="cuda" if num_gpus > 0 else "cpu")
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"))
     # Sorting on the driver costs nothing next to generation and avoids a Ray Data sort
@@ -156,7 +198,7 @@ def generate_parallel(
         fn_constructor_kwargs=dict(model_dir=str(model_dir), num_beams=num_beams,
                                    length_penalty=length_penalty, max_length=max_length,
                                    max_source_length=max_source_length, batch_size=batch_size,
-                                   device="cuda" if num_gpus > 0 else "cpu"),
+                                   device="cuda" if num_gpus > 0 else "cpu", backend=backend),
         compute=ray.data.ActorPoolStrategy(size=num_workers),
         batch_size=batch_size,
         batch_format="numpy",
@@ -164,12 +206,18 @@ def generate_parallel(
         num_gpus=num_gpus,
     )
     start = time.perf_counter()
-    # No select_columns: it adds a task stage that waits for a CPU the actors hold.
-    rows = ds.take_all()
-    seconds = time.perf_counter() - start
+    first = None
     preds: list[str | None] = [None] * len(sources)
-    for row in rows:
-        preds[int(row["idx"])] = str(row["prediction"])
+    busy = 0.0
+    # No select_columns: it adds a task stage that waits for a CPU the actors hold.
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        first = first if first is not None else time.perf_counter() - start
+        busy += float(batch["gen_seconds"].sum())
+        for i, pred in zip(batch["idx"], batch["prediction"]):
+            preds[int(i)] = str(pred)
+    seconds = time.perf_counter() - start
+    if timings is not None:
+        timings.update(wall_s=seconds, first_batch_s=first or 0.0, busy_s=busy)
     missing = [i for i, p in enumerate(preds) if p is None]
     if missing:
         raise RuntimeError(f"Ray Data returned no prediction for {len(missing)} of "
@@ -187,28 +235,54 @@ def measure_latency(
     n: int = 32,
     device: str = "cpu",
     batch_size: int = 1,
+    backend: str = "transformers",
+    compute_type: str = "float32",
+    ct2_cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, float]:
     """Generation time per example at ``batch_size`` (1: latency, as the DistilBART table;
     larger: throughput, batches padded to their longest source).
 
-    Loads the model once, warms up on one batch, then times ``n`` examples in this process.
-    Returns ``ms_per_example``, ``examples_per_s`` and ``parameters``.
+    Loads the model once (with ``backend="ctranslate2"``: converts it, cached, and times
+    CTranslate2 in ``compute_type`` with this process's torch thread count), warms up on one
+    batch, then times ``n`` examples in this process. Returns ``ms_per_example``,
+    ``examples_per_s`` and ``parameters`` (of the transformers model).
     """
-    import time
-
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     from raydistill.models.layers import load_seq2seq
 
-    model = load_seq2seq(model_dir).to(device).eval()
+    prepared = prepare_backend(model_dir, backend, compute_type, ct2_cache_dir, device=device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     picked = sources[:n]
     kw = dict(num_beams=num_beams, length_penalty=1.0, max_length=max_length,
-              batch_size=batch_size, max_source_length=max_source_length, device=device)
-    generate_local(model, tokenizer, picked[:batch_size], **kw)  # warm-up: first-call allocations
+              batch_size=batch_size, max_source_length=max_source_length)
+    if prepared.name == "ctranslate2":
+        translator = load_translator(prepared.ct2_dir, device, compute_type,
+                                     torch.get_num_threads())
+        gen_cfg = _generation_config(model_dir, GenerationConfig)
+        parameters = _count_parameters(AutoConfig.from_pretrained(model_dir))
+
+        def run(texts):
+            return generate_ct2(translator, tokenizer, texts, generation_config=gen_cfg, **kw)
+    else:
+        model = load_seq2seq(model_dir).to(device).eval()
+        parameters = sum(p.numel() for p in model.parameters())
+
+        def run(texts):
+            return generate_local(model, tokenizer, texts, device=device, **kw)
+    run(picked[:batch_size])  # warm-up: first-call allocations
     t0 = time.perf_counter()
-    generate_local(model, tokenizer, picked, **kw)
+    run(picked)
     seconds = time.perf_counter() - t0
     return {"ms_per_example": 1000 * seconds / max(len(picked), 1),
             "examples_per_s": len(picked) / max(seconds, 1e-9),
-            "parameters": sum(p.numel() for p in model.parameters())}
+            "parameters": parameters}
+
+
+def _count_parameters(config) -> int:
+    """Parameters of the model ``config`` describes, counted on the meta device (no weights)."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    with torch.device("meta"):
+        model = AutoModelForSeq2SeqLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())

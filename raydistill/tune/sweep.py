@@ -313,7 +313,9 @@ def _measure_trial(trial_dir: Path, checkpoints: list[str],
     # The fastest of a few passes: whatever else runs on the machine only ever adds time.
     runs = [measure_latency(str(trial_dir / "best_tfmr"), sources, num_beams=cfg.eval_beams,
                             max_length=cfg.eval_max_gen_length or cfg.val_max_target_length,
-                            max_source_length=cfg.max_source_length, n=settings.latency_examples)
+                            max_source_length=cfg.max_source_length, n=settings.latency_examples,
+                            backend=cfg.generation_backend, compute_type=cfg.compute_type,
+                            ct2_cache_dir=cfg.ct2_cache_dir)
             for _ in range(LATENCY_REPEATS)]
     result = {"parameters": int(runs[0]["parameters"]),
               "ms_per_example": round(min(float(r["ms_per_example"]) for r in runs), 3)}

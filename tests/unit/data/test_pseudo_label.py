@@ -50,7 +50,7 @@ class FakeGenerate:
         self.ids: list[int] = []
         self.calls = 0
 
-    def __call__(self, rows, settings, num_workers=1, num_gpus=0.0):
+    def __call__(self, rows, settings, num_workers=1, num_gpus=0.0, backend=None):
         self.calls += 1
         ids = rows["id"]
         for b, a in enumerate(range(0, len(ids), 2)):  # batches of 2, in the given order
@@ -136,7 +136,7 @@ def test_other_settings_refuse_to_mix_until_overwrite(teacher, data_dir, tmp_pat
 
 
 def test_empty_pseudo_labels_are_left_out_of_the_text_files(teacher, data_dir, tmp_path, monkeypatch):
-    def blank_odd(rows, settings, num_workers=1, num_gpus=0.0):
+    def blank_odd(rows, settings, num_workers=1, num_gpus=0.0, backend=None):
         ids = rows["id"]
         yield {"id": ids, "prediction": np.array(["" if i % 2 else f"p {i}" for i in ids], dtype=object),
                "score": np.zeros(len(ids), np.float32)}

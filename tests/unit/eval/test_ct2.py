@@ -1,0 +1,145 @@
+"""The CTranslate2 backend means what transformers means: same outputs, cached conversion, fallback.
+
+Tiny BART, Marian and T5 models built from configs, trained for a few seconds to copy their
+input (a random model's near-uniform logits would make argmax ties, not the engines, decide).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import pytest
+import torch
+
+from raydistill.errors import ConfigError
+from raydistill.eval.ct2 import (
+    convert_cached,
+    generate_ct2,
+    load_translator,
+    prepare_backend,
+)
+from raydistill.eval.generate import Generator, generate_local, measure_latency
+
+pytest.importorskip("ctranslate2")
+
+CORPUS = [
+    "the cat sat on the mat and looked at the dog .",
+    "a dog ran in the park with a red ball .",
+    "birds sing in the morning when the sun rises .",
+    "the quick brown fox jumps over the lazy dog .",
+    "summaries are short texts that keep the main point .",
+    "translation maps a sentence from one language to another .",
+]
+# Seen sentences, their reversals and new mixes: some copied well, some not.
+SOURCES = CORPUS + [" ".join(reversed(s.split())) for s in CORPUS] + [
+    "the dog sat on the red mat .", "a bird ran .", "the sun sat in the park ."]
+
+
+def _trained_copy(arch: str, tokenizer, steps: int = 100):
+    from raydistill.models.scratch import new_model
+
+    torch.manual_seed(0)
+    model = new_model(arch, len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    enc = tokenizer(CORPUS, padding=True, return_tensors="pt")
+    labels = enc["input_ids"].masked_fill(enc["input_ids"] == tokenizer.pad_token_id, -100)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        model(**enc, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=["bart", "marian", "t5"])
+def converted(request, tmp_path_factory, tiny_tokenizer):
+    """(model, tokenizer, model_dir, float32 translator) of one architecture."""
+    from raydistill.models.scratch import save_model_and_tokenizer
+
+    torch.set_num_threads(1)
+    model = _trained_copy(request.param, tiny_tokenizer)
+    model_dir = save_model_and_tokenizer(model, tiny_tokenizer,
+                                         tmp_path_factory.mktemp(request.param))
+    backend = prepare_backend(model_dir, "ctranslate2", "float32",
+                              cache_dir=tmp_path_factory.mktemp("ct2_cache"))
+    assert backend.name == "ctranslate2", request.param
+    return model, tiny_tokenizer, model_dir, load_translator(backend.ct2_dir)
+
+
+@pytest.mark.parametrize("max_length", [6, 40])  # 6: every output cut at max_length
+def test_greedy_float32_outputs_identical(converted, max_length):
+    model, tok, _, translator = converted
+    hf = generate_local(model, tok, SOURCES, num_beams=1, max_length=max_length, batch_size=4)
+    ct = generate_ct2(translator, tok, SOURCES, generation_config=model.generation_config,
+                      num_beams=1, max_length=max_length, batch_size=4)
+    assert ct == hf
+    assert len(set(hf)) > 3  # the models write text, not one repeated string
+
+
+def test_beam4_corpus_bleu_between_backends_at_least_99(converted):
+    import sacrebleu
+
+    model, tok, _, translator = converted
+    kw = dict(num_beams=4, length_penalty=1.0, max_length=40, batch_size=8)
+    hf = generate_local(model, tok, SOURCES, **kw)
+    ct = generate_ct2(translator, tok, SOURCES, generation_config=model.generation_config, **kw)
+    assert sacrebleu.corpus_bleu(ct, [hf]).score >= 99.0
+
+
+def test_generator_and_measure_latency_use_the_backend(converted, tmp_path):
+    model, tok, model_dir, _ = converted
+    backend = prepare_backend(model_dir, "ctranslate2", "float32", cache_dir=tmp_path)
+    gen = Generator(str(model_dir), num_beams=1, max_length=12, batch_size=3, backend=backend,
+                    return_scores=True)
+    import numpy as np
+
+    out = gen({"source": np.array(SOURCES[:5], dtype=object)})
+    assert list(out["prediction"]) == generate_local(model, tok, SOURCES[:5], num_beams=1,
+                                                     max_length=12)
+    assert np.all(out["score"] <= 0) and len(out["gen_seconds"]) == 5
+    lat = measure_latency(str(model_dir), SOURCES, num_beams=1, max_length=12, n=4,
+                          batch_size=2, backend="ctranslate2", ct2_cache_dir=str(tmp_path))
+    assert lat["parameters"] == sum(p.numel() for p in model.parameters())
+    assert lat["examples_per_s"] > 0
+
+
+def test_conversion_is_cached_per_fingerprint_and_compute_type(tiny_bart_dir, tmp_path,
+                                                               monkeypatch):
+    import raydistill.eval.ct2 as ct2_module
+
+    first = convert_cached(tiny_bart_dir, "float32", tmp_path)
+    calls = []
+    real = ct2_module._converter
+    monkeypatch.setattr(ct2_module, "_converter", lambda d: calls.append(d) or real(d))
+    assert convert_cached(tiny_bart_dir, "float32", tmp_path) == first and calls == []
+    int8 = convert_cached(tiny_bart_dir, "int8", tmp_path)
+    assert int8 != first and len(calls) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, int8.name])
+
+
+def test_unconvertible_architecture_falls_back_with_one_warning(tmp_path, tiny_tokenizer):
+    from raydistill.models.scratch import new_model, save_model_and_tokenizer
+
+    fsmt = save_model_and_tokenizer(new_model("fsmt", len(tiny_tokenizer)), tiny_tokenizer,
+                                    tmp_path / "fsmt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backend = prepare_backend(fsmt, "ctranslate2", "int8", cache_dir=tmp_path / "cache")
+    assert backend.name == "transformers"
+    assert len(caught) == 1 and "falls back to transformers" in str(caught[0].message)
+    assert "fsmt" in str(caught[0].message)
+
+
+def test_bad_names_and_missing_package_are_clear_errors(tiny_bart_dir, monkeypatch):
+    from raydistill.config import DistillConfig
+
+    with pytest.raises(ConfigError, match="compute_type='int4'"):
+        DistillConfig(data_dir="d", output_dir="o", method="sft", student="s",
+                      compute_type="int4")
+    with pytest.raises(ConfigError, match="generation_backend='vllm'"):
+        prepare_backend(tiny_bart_dir, "vllm")
+    monkeypatch.setitem(sys.modules, "ctranslate2", None)  # import fails as if not installed
+    with pytest.raises(ConfigError, match="pip install"):
+        prepare_backend(tiny_bart_dir, "ctranslate2", "int8")
+    assert prepare_backend(tiny_bart_dir, "transformers").name == "transformers"
