@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from raydistill.data.pseudo_label import pseudo_label
+from raydistill.models.pseudo_label import pseudo_label
 from raydistill.jobkit import function_keys, read_stage_config, require_durable, run_stage
 
 

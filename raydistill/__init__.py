@@ -6,7 +6,7 @@ from raydistill.config import DistillConfig, load_config  # noqa: E402
 from raydistill.data.batching import token_budget_batches  # noqa: E402
 from raydistill.distill.textbrewer import DistillationConfig, TrainingConfig  # noqa: E402
 from raydistill.eval.evaluate import evaluate  # noqa: E402
-from raydistill.eval.metrics import calculate_bleu, calculate_rouge  # noqa: E402
+from raydistill.metrics import calculate_bleu, calculate_rouge  # noqa: E402
 from raydistill.hub import ResolvedModel, resolve_model  # noqa: E402
 from raydistill.models.student import (  # noqa: E402
     LAYERS_TO_COPY,

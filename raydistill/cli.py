@@ -110,7 +110,7 @@ from raydistill.tune.cli import register as _register_tune  # noqa: E402
 _EXTRA_COMMANDS.append(_register_tune)
 
 from raydistill.data.combine import register_cli as _register_combine  # noqa: E402
-from raydistill.data.pseudo_label import register_cli as _register_pseudo_label  # noqa: E402
+from raydistill.models.pseudo_label import register_cli as _register_pseudo_label  # noqa: E402
 from raydistill.models.teacher_cache import register_cli as _register_cache_logits  # noqa: E402
 
 _EXTRA_COMMANDS += [_register_pseudo_label, _register_combine, _register_cache_logits]

@@ -18,7 +18,6 @@ from typing import Any
 import yaml
 
 from raydistill.errors import ConfigError
-from raydistill.eval.ct2 import BACKENDS, COMPUTE_TYPES
 
 METHODS = ("sft", "kd", "pl", "gkd")
 # kd_loss: the divergence of the kd objective's logit term (raydistill.distill.losses).
@@ -27,6 +26,10 @@ TASKS = ("summarization", "translation")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOGGERS = ("tensorboard", "wandb", "none")
 LOGIT_CACHES = ("parquet", "memory")
+# generation_backend / compute_type (raydistill.models.ct2 reads them from here).
+BACKENDS = ("transformers", "ctranslate2")
+COMPUTE_TYPES = ("float32", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "float16",
+                 "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -342,7 +345,7 @@ def _apply_training_section(cfg: DistillConfig) -> None:
     and have no effect: we check and checkpoint at least once per epoch, autocast needs no opt
     level, and Ray Train places the workers.
     """
-    from raydistill.distill.textbrewer import TrainingConfig
+    from raydistill.textbrewer_training import TrainingConfig
 
     TrainingConfig.from_dict(cfg.training)  # same fields, defaults and errors as TextBrewer
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)}

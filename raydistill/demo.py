@@ -73,7 +73,7 @@ COMMON = dict(task="summarization", num_workers=1, cpus_per_worker=2, max_source
 def run_demo(workdir: str | Path = "demo_runs", fresh: bool = False) -> dict:
     """Run the demo in ``workdir``; returns the table rows."""
     from raydistill.eval.evaluate import evaluate
-    from raydistill.eval.generate import measure_latency
+    from raydistill.models.generate import measure_latency
     from raydistill.pipeline import run_distill
 
     t0 = time.time()

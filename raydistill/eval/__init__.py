@@ -1,8 +1,8 @@
 """Evaluation: batched generation (in-process or on a Ray actor pool) and ROUGE / BLEU metrics."""
 
 from raydistill.eval.evaluate import add_evaluate_args, evaluate, run_evaluate_cli
-from raydistill.eval.generate import Generator, generate_local, generate_parallel
-from raydistill.eval.metrics import METRICS, calculate_bleu, calculate_rouge, score
+from raydistill.models.generate import Generator, generate_local, generate_parallel
+from raydistill.metrics import METRICS, calculate_bleu, calculate_rouge, score
 
 __all__ = [
     "METRICS",

@@ -10,9 +10,9 @@ from typing import Any
 
 from raydistill.data.files import read_split
 from raydistill.errors import ConfigError, ModelError
-from raydistill.eval.ct2 import BACKENDS, COMPUTE_TYPES, prepare_backend
-from raydistill.eval.generate import generate_parallel
-from raydistill.eval.metrics import METRICS, score
+from raydistill.models.ct2 import prepare_backend
+from raydistill.models.generate import add_backend_args, generate_parallel
+from raydistill.metrics import METRICS, score
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -153,17 +153,6 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--model-cache-dir", default=None, help="where a Hub id is downloaded "
                    "(default: $HF_HUB_CACHE, else Hugging Face's cache)")
     return p
-
-
-def add_backend_args(p: argparse.ArgumentParser) -> None:
-    """``--backend``, ``--compute-type``, ``--ct2-cache-dir`` (evaluate, pseudo-label)."""
-    p.add_argument("--backend", choices=BACKENDS, default="transformers",
-                   help="generation engine (ctranslate2: converted once per compute type, "
-                   "cached; unconvertible models fall back to transformers with a warning)")
-    p.add_argument("--compute-type", choices=COMPUTE_TYPES, default="float32",
-                   help="CTranslate2 weights/computation (int8: fastest on CPU; float16 on GPU)")
-    p.add_argument("--ct2-cache-dir", default=None, help="converted models (default: "
-                   "$RAYDISTILL_CT2_CACHE, else ~/.cache/raydistill/ctranslate2)")
 
 
 def run_evaluate_cli(args: argparse.Namespace) -> int:

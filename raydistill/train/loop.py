@@ -24,8 +24,8 @@ from raydistill.config import DistillConfig
 from raydistill.data.tokenize import make_collate_fn
 from raydistill.distill.step import LossStep, run_needs
 from raydistill.errors import TrainingError
-from raydistill.eval.generate import generate_local
-from raydistill.eval.metrics import score
+from raydistill.models.generate import generate_local
+from raydistill.metrics import score
 from raydistill.models.layers import load_seq2seq, load_teacher
 from raydistill.train.checkpoint import load_training_state, rng_state, save_training_state
 from raydistill.train.targets import TargetSource, make_targets

@@ -257,7 +257,7 @@ def _check_settings(s: TuneSettings, cfg: DistillConfig) -> None:
 
 def reported_metrics(cfg: DistillConfig) -> list[str]:
     """Names a validation report holds that make sense to optimise."""
-    from raydistill.eval.metrics import ROUGE_KEYS
+    from raydistill.metrics import ROUGE_KEYS
 
     names = [cfg.val_metric, "best_" + cfg.val_metric]
     names += [f"val_{k}" for k in ROUGE_KEYS] if cfg.task == "summarization" else ["val_bleu"]

@@ -290,7 +290,7 @@ def _measure_trial(trial_dir: Path, checkpoints: list[str],
                    settings: TuneSettings) -> dict[str, Any]:
     """Export the trial's best checkpoint to best_tfmr/ and time generation (cached)."""
     from raydistill.data.files import read_split
-    from raydistill.eval.generate import measure_latency
+    from raydistill.models.generate import measure_latency
     from raydistill.train.checkpoint import write_json_atomic
 
     empty = {"parameters": None, "ms_per_example": None}

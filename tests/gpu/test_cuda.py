@@ -87,7 +87,7 @@ def test_kd_runs_on_one_gpu_in_bf16_live_and_from_a_gpu_built_cache(
 def test_generation_on_the_gpu_matches_the_cpu(ray_session, tiny_bart_dir):
     from transformers import AutoTokenizer
 
-    from raydistill.eval.generate import generate_local, generate_parallel, measure_latency
+    from raydistill.models.generate import generate_local, generate_parallel, measure_latency
     from raydistill.models.layers import load_seq2seq
 
     sources = ["the cat sat on the mat .", "a dog ran in the park with a red ball .",

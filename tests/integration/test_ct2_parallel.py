@@ -1,6 +1,6 @@
 """generate_parallel with backend="ctranslate2": two actors load the converted model, outputs in
 input order and equal to the same engine's in-process outputs (a random tiny BART's near-uniform
-logits could tie differently between engines: their equality is tests/unit/eval/test_ct2.py's,
+logits could tie differently between engines: their equality is tests/unit/models/test_ct2.py's,
 on trained models)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 def test_two_ct2_actors_match_in_process_ct2(ray_session, tiny_bart_dir, tmp_path):
     from transformers import AutoTokenizer, GenerationConfig
 
-    from raydistill.eval.ct2 import generate_ct2, load_translator, prepare_backend
-    from raydistill.eval.generate import generate_parallel
+    from raydistill.models.ct2 import generate_ct2, load_translator, prepare_backend
+    from raydistill.models.generate import generate_parallel
 
     sources = [f"the cat number {i} sat on the mat ." + " and the dog" * (i % 4) for i in range(12)]
     backend = prepare_backend(tiny_bart_dir, "ctranslate2", "float32", tmp_path)

@@ -10,7 +10,7 @@ import pytest
 
 from raydistill.errors import ConfigError, ModelError
 from raydistill.eval.evaluate import add_evaluate_args, evaluate, run_evaluate_cli
-from raydistill.eval.metrics import calculate_rouge
+from raydistill.metrics import calculate_rouge
 
 # The package re-exports the function ``evaluate``, which hides the module of the same name.
 evaluate_module = importlib.import_module("raydistill.eval.evaluate")

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raydistill.data.files import read_split, validate_data_dir
-from raydistill.data.pseudo_label import PARTS, pseudo_label
+from raydistill.models.pseudo_label import PARTS, pseudo_label
 
 SOURCES = [
     "the cat sat on the mat and looked at the dog .",
@@ -57,7 +57,7 @@ def test_pseudo_label_two_actors_matches_one_process_and_resumes(ray_session, sp
                                                                  data_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from raydistill.eval.generate import generate_local
+    from raydistill.models.generate import generate_local
     from raydistill.models.layers import load_seq2seq
 
     out = tmp_path / "pl"

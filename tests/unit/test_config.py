@@ -25,7 +25,7 @@ DISTILL_CONFIGS = [p for p in sorted((REPO / "jobs" / "configs").glob("*.yaml"))
 @pytest.mark.parametrize("path", DISTILL_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_validates(path):
     cfg, extras = load_config(path, extra_keys=("tune",))
-    assert cfg.method in ("sft", "kd", "pl")
+    assert cfg.method in ("sft", "kd", "pl", "gkd")
     if cfg.distillation is not None:  # the TextBrewer section validates too
         from raydistill.distill.textbrewer import DistillationConfig
 

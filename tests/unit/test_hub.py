@@ -209,11 +209,11 @@ def test_pseudo_label_records_id_and_commit(hub_cache, hub_snapshot, tiny_data_d
                                             monkeypatch):
     import numpy as np
 
-    from raydistill.data import pseudo_label as pl
+    from raydistill.models import pseudo_label as pl
 
     seen = {}
 
-    def fake_generate(rows, settings, num_workers=1, num_gpus=0.0):
+    def fake_generate(rows, settings, num_workers=1, num_gpus=0.0, backend=None):
         seen.update(settings)
         yield {"id": rows["id"], "prediction": np.array(["x ."] * len(rows["id"]), dtype=object),
                "score": np.zeros(len(rows["id"]), dtype=np.float32)}

@@ -104,7 +104,7 @@ def test_pseudo_label_and_cache_actors_hold_the_teacher_in_its_dtype(spiky_teach
     import numpy as np
 
     from raydistill.models.teacher_cache import TeacherTopK
-    from raydistill.eval.generate import Generator
+    from raydistill.models.generate import Generator
 
     # What pseudo-label's actors run (generate_batches passes teacher_dtype).
     gen = Generator(str(spiky_teacher), teacher_dtype="bf16", num_beams=1, max_length=8,

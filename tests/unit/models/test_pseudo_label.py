@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from raydistill.data import pseudo_label as pl
+from raydistill.models import pseudo_label as pl
 from raydistill.data.combine import combine_data
 from raydistill.data.files import read_split, validate_data_dir
 from raydistill.errors import ConfigError, DataError
@@ -152,7 +152,7 @@ def test_scores_from_generate_local_are_length_normalized_log_probs(tiny_bart_di
     import torch
     from transformers import AutoTokenizer
 
-    from raydistill.eval.generate import generate_local
+    from raydistill.models.generate import generate_local
     from raydistill.models.layers import load_seq2seq
 
     model, tok = load_seq2seq(tiny_bart_dir).eval(), AutoTokenizer.from_pretrained(tiny_bart_dir)

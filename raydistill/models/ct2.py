@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BACKENDS = ("transformers", "ctranslate2")
-COMPUTE_TYPES = ("float32", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "float16",
-                 "bfloat16")
+from raydistill.config import BACKENDS, COMPUTE_TYPES
+
 # Model types whose conversion raydistill checks against transformers (tests/unit/eval/test_ct2.py:
 # greedy identical). Others generate with transformers, with a warning: FSMT and BERT2BERT have no
 # converter; Pegasus converts but its greedy output differed on a tiny model; mBART needs a

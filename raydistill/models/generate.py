@@ -2,11 +2,12 @@
 
 Both sort sources by length so a batch holds similar lengths (little padding), and both hand the
 predictions back in input order. The actor pool and ``measure_latency`` generate with
-transformers or, with ``backend="ctranslate2"``, with CTranslate2 (``raydistill.eval.ct2``).
+transformers or, with ``backend="ctranslate2"``, with CTranslate2 (``raydistill.models.ct2``).
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import time
@@ -16,7 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from raydistill.eval.ct2 import Backend, generate_ct2, load_translator, prepare_backend
+from raydistill.models.ct2 import (
+    BACKENDS,
+    COMPUTE_TYPES,
+    Backend,
+    generate_ct2,
+    load_translator,
+    prepare_backend,
+)
 
 
 def generate_local(
@@ -286,3 +294,14 @@ def _count_parameters(config) -> int:
     with torch.device("meta"):
         model = AutoModelForSeq2SeqLM.from_config(config)
     return sum(p.numel() for p in model.parameters())
+
+
+def add_backend_args(p: argparse.ArgumentParser) -> None:
+    """``--backend``, ``--compute-type``, ``--ct2-cache-dir`` (evaluate, pseudo-label)."""
+    p.add_argument("--backend", choices=BACKENDS, default="transformers",
+                   help="generation engine (ctranslate2: converted once per compute type, "
+                   "cached; unconvertible models fall back to transformers with a warning)")
+    p.add_argument("--compute-type", choices=COMPUTE_TYPES, default="float32",
+                   help="CTranslate2 weights/computation (int8: fastest on CPU; float16 on GPU)")
+    p.add_argument("--ct2-cache-dir", default=None, help="converted models (default: "
+                   "$RAYDISTILL_CT2_CACHE, else ~/.cache/raydistill/ctranslate2)")

@@ -42,7 +42,7 @@ from raydistill.data.files import (
 )
 from raydistill.data.fingerprint import digest, model_fingerprint, split_fingerprint
 from raydistill.errors import ConfigError
-from raydistill.eval.ct2 import Backend, prepare_backend
+from raydistill.models.ct2 import Backend, prepare_backend
 
 PARTS = "pseudo_labels"
 SETTINGS_FILE = "_settings.json"
@@ -73,7 +73,7 @@ def generate_batches(rows: dict[str, np.ndarray], settings: dict[str, Any],
     import ray
     import ray.data
 
-    from raydistill.eval.generate import Generator
+    from raydistill.models.generate import Generator
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"))
@@ -309,7 +309,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    help="the teacher's weights (auto: bf16 or fp16 on GPU actors, fp32 on CPU)")
     p.add_argument("--model-cache-dir", default=None, help="where a Hub id is downloaded "
                    "(default: $HF_HUB_CACHE, else Hugging Face's cache)")
-    from raydistill.eval.evaluate import add_backend_args
+    from raydistill.models.generate import add_backend_args
 
     add_backend_args(p)
     p.set_defaults(func=_cli)

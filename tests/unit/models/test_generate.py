@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raydistill.eval.generate import (
+from raydistill.models.generate import (
     Generator,
     generate_local,
     generate_parallel,
@@ -91,7 +91,7 @@ def test_generate_parallel_two_actors_match_local(ray_session, model_dir, one_by
 
 
 def test_measure_latency_batches_and_reports_throughput(model_dir, monkeypatch):
-    import raydistill.eval.generate as gen
+    import raydistill.models.generate as gen
 
     sizes = []
     real = gen.generate_local

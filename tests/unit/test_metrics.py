@@ -8,7 +8,7 @@ import sacrebleu
 from rouge_score import rouge_scorer, scoring
 
 from raydistill.errors import ConfigError
-from raydistill.eval.metrics import (
+from raydistill.metrics import (
     METRICS, ROUGE_KEYS, calculate_bleu, calculate_rouge, score, split_sentences,
 )
 
