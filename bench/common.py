@@ -406,7 +406,7 @@ def score_models(models: dict[str, dict[str, Any]], data: Path, task: str, *, nu
     for the same key and generation settings; latency is always measured, all models in the
     same rounds."""
     from raydistill.eval.evaluate import evaluate
-    from raydistill.eval.generate import measure_latency
+    from raydistill.models.generate import measure_latency
 
     for m in models.values():
         out = Path(m["dir"]).parent / "test_eval"

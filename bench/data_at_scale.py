@@ -217,8 +217,8 @@ def pseudo_labels(teacher: Path, data_dir: Path, work: Path, s: dict) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from raydistill.data.pseudo_label import pseudo_label
-    from raydistill.eval.generate import generate_local
+    from raydistill.models.pseudo_label import pseudo_label
+    from raydistill.models.generate import generate_local
     from raydistill.models.layers import load_seq2seq
 
     n = s["pl_examples"]

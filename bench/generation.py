@@ -70,8 +70,8 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from raydistill.eval.ct2 import prepare_backend
-    from raydistill.eval.generate import generate_local, generate_parallel
+    from raydistill.models.ct2 import prepare_backend
+    from raydistill.models.generate import generate_local, generate_parallel
     from raydistill.models.layers import load_seq2seq
 
     t_start = time.perf_counter()

@@ -109,8 +109,8 @@ def plain_loop(config_path: str, result_path: str, device: str) -> None:
     from raydistill.config import DistillConfig
     from raydistill.data.plan import PlanSpec, epoch_plan
     from raydistill.distill.objective import summarization_distiller_loss
-    from raydistill.eval.generate import generate_local
-    from raydistill.eval.metrics import score
+    from raydistill.models.generate import generate_local
+    from raydistill.metrics import score
     from raydistill.models.layers import decoder_inputs, load_seq2seq
 
     from raydistill.data.tokenize import pad_batch

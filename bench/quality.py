@@ -311,7 +311,7 @@ def main() -> None:
     torch.set_num_threads(max(1, args.threads) * s["num_workers"])
     t_all = time.time()
 
-    from raydistill.data.pseudo_label import pseudo_label
+    from raydistill.models.pseudo_label import pseudo_label
 
     models: dict[str, dict] = {}
     data_name = data.name  # results go to bench/results/quality_<data_name>.json

@@ -51,7 +51,7 @@ def main() -> None:
     from raydistill.data.batching import token_budget_plan
     from raydistill.data.tokenize import pad_batch
     from raydistill.distill.objective import lm_loss
-    from raydistill.eval.generate import generate_local
+    from raydistill.models.generate import generate_local
     from raydistill.models.layers import decoder_inputs
     from raydistill.models.scratch import new_model, train_tokenizer
 
