@@ -56,7 +56,12 @@ from common import (
 
 NAME = "quality"
 DEPTHS = (3, 1)
-METHODS = {"translation": ("sft", "kd", "pl", "tb"), "summarization": ("sft", "kd", "pl")}
+METHODS = {"translation": ("sft", "kd", "pl", "tb", "gkd_b0.1", "gkd_b0.9"),
+           "summarization": ("sft", "kd", "pl")}
+# On-policy distillation (method: gkd): every batch's targets sampled by the student (lmbda 1) at
+# T 1, with the generalized JSD at two betas (0.1: near the forward KL, said best for translation
+# in the GKD paper's summaries; 0.9: near the reverse KL, said best for summarization).
+GKD_BETAS = {"gkd_b0.1": 0.1, "gkd_b0.9": 0.9}
 DEFAULT_DATA = {"translation": "en_de", "summarization": "scitldr"}
 METRIC = {"translation": "bleu", "summarization": "rouge2"}
 
@@ -260,7 +265,8 @@ def student_config(args, s, method: str, d: int, seed: int, teacher: Path, data:
     suffix = f"_seed{seed}" if seed != s["seed"] else ""
     out = work / f"student_6_{d}_{method}{suffix}"
     cfg = {**base_config(args, s, pl_data if method == "pl" else data, out),
-           "method": "kd" if method in ("kd", "tb") else "sft", "teacher": str(teacher),
+           "method": "kd" if method in ("kd", "tb") else "gkd" if method in GKD_BETAS else "sft",
+           "teacher": str(teacher),
            "student_encoder_layers": 6, "student_decoder_layers": d, "seed": seed,
            "n_val": s["student_n_val"], "learning_rate": s["student_lr"]}
     if args.task == "translation":
@@ -273,6 +279,10 @@ def student_config(args, s, method: str, d: int, seed: int, teacher: Path, data:
                    normalize_hidden=True, supervise_forward=True)
     if method == "tb":
         cfg["distillation"] = hidden_match(teacher, d)
+    if method in GKD_BETAS:
+        cfg["gkd"] = {"lmbda": 1.0, "beta": GKD_BETAS[method], "temperature": 1.0,
+                      "max_new_tokens": s["max_target_length"]}
+        cfg.pop("label_smoothing", None)  # no hard labels in the GKD loss
     return cfg
 
 
@@ -346,6 +356,9 @@ def main() -> None:
         models[name] = {"dir": best, "train_seconds": secs, "method": method, "key": key,
                         "depth": d, "seed": seed}
 
+    if args.task == "translation":
+        equal_time_runs(args, s, models, teacher, t_key, data, pl_data, work)
+
     metric = METRIC[args.task]
     print(f"== test split: {metric}, generation latency (batch 1) and throughput", flush=True)
     score_models(models, data, args.task, num_beams=s["num_beams"],
@@ -354,6 +367,33 @@ def main() -> None:
                  num_workers=s["num_eval_workers"], device=args.device,
                  batch_size=s["eval_batch_size"], throughput_n=s["throughput_n"])
     report(args, s, data, data_name, models, pl_seconds, pl_error, time.time() - t_all)
+
+
+def equal_time_runs(args, s, models: dict, teacher: Path, t_key: str, data: Path,
+                    pl_data: Path, work: Path) -> None:
+    """sft at the wall-clock time of the slower of the gkd runs at each depth (on-policy steps
+    cost more: sampling, then two forward passes), so the methods also compare at equal time.
+    The step count is measured once and kept (``equal_time_steps.json``) so a rerun reuses it."""
+    path = work / "equal_time_steps.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    for d in DEPTHS:
+        gkd = [m["train_seconds"] for m in models.values()
+               if m.get("depth") == d and m["method"] in GKD_BETAS and m["seed"] == s["seed"]]
+        sft = models.get(f"student 6-{d} (sft)")
+        if not gkd or not sft:
+            continue
+        steps = saved.get(str(d)) or max(s["student_steps"],
+                                         round(s["student_steps"] * max(gkd) / sft["train_seconds"]))
+        saved[str(d)] = steps
+        path.write_text(json.dumps(saved))
+        name = f"student 6-{d} (sft, equal time)"
+        print(f"== {name}: {steps} steps", flush=True)
+        cfg = student_config(args, s, "sft", d, s["seed"], teacher, data, pl_data, work)
+        cfg.update(output_dir=str(work / f"student_6_{d}_sft_equal_time"), max_steps=steps,
+                   val_check_steps=steps)
+        best, secs, key = cached_run(args, cfg, after=t_key)
+        models[name] = {"dir": best, "train_seconds": secs, "method": "sft_equal_time",
+                        "key": key, "depth": d, "seed": s["seed"], "steps": steps}
 
 
 def make_pseudo_labels(args, s, teacher: Path, t_key: str, data: Path, work: Path, pseudo_label):
@@ -429,6 +469,7 @@ def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
     verdicts = {}
     for d in DEPTHS:
         cands = [(n, m) for n, m in models.items() if m.get("depth") == d
+                 and m["method"] != "sft_equal_time"  # more steps: not the equal budget
                  and n not in degenerate and t_name not in degenerate]
         if not cands:
             continue

@@ -1,5 +1,5 @@
 """Data: read and validate split files, tokenize with Ray Data, plan and pad batches,
-pseudo-label and combine data sets."""
+and combine data sets (pseudo-labels: raydistill.models.pseudo_label)."""
 
 from raydistill.data.batching import (
     BatchPlan,
