@@ -3,10 +3,10 @@
 from raydistill.distill.schedulers import (
     TEMPERATURE_SCHEDULER,
     WEIGHT_SCHEDULER,
+    WEIGHT_SCHEDULER_NAMES,
     build_temperature_scheduler,
     check_weight_scheduler,
     constant_temperature_scheduler,
-    constant_weight_scheduler,
     cwsm_temperature_scheduler_builder,
     flsw_temperature_scheduler_builder,
     linear_decay_weight_scheduler,
@@ -18,10 +18,10 @@ from raydistill.distill.schedulers import (
 __all__ = [
     "TEMPERATURE_SCHEDULER",
     "WEIGHT_SCHEDULER",
+    "WEIGHT_SCHEDULER_NAMES",
     "build_temperature_scheduler",
     "check_weight_scheduler",
     "constant_temperature_scheduler",
-    "constant_weight_scheduler",
     "cwsm_temperature_scheduler_builder",
     "flsw_temperature_scheduler_builder",
     "linear_decay_weight_scheduler",

@@ -6,10 +6,10 @@ Pure functions. Two kinds:
   cwsm return one temperature per position, shape ``logits.shape[:-1]``. In a config they are
   written as TextBrewer writes them: ``'none'``, ``'constant'``, ``['flsw', beta, gamma]``
   (optionally ``['flsw', beta, gamma, eps]``) or ``['cwsm', beta]``.
-* weight schedulers ``f(base_weight, ratio) -> float`` with ``ratio = global_step / total_steps``.
-  As in TextBrewer, ``linear_decay`` and ``linear_growth`` *replace* the configured weight
-  (1 -> 0 and 0 -> 1) rather than scale it; use :func:`scheduled_weight` to get the weight a
-  TextBrewer run uses at a given step.
+* weight schedulers ``f(x) -> float`` with ``x = global_step / total_steps``, TextBrewer's call
+  shape (``WEIGHT_SCHEDULER['linear_decay'](0.3) == 0.7``). As in TextBrewer, ``linear_decay``
+  and ``linear_growth`` *replace* the configured weight (1 -> 0 and 0 -> 1) rather than scale it;
+  use :func:`scheduled_weight` to get the weight a TextBrewer run uses at a given step.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch import Tensor
 from raydistill.errors import ConfigError
 
 TemperatureScheduler = Callable[[Tensor, Tensor, float], Union[float, Tensor]]
-WeightScheduler = Callable[[float, float], float]
+WeightScheduler = Callable[[float], float]
 TemperatureSpec = Union[str, Sequence[object]]
 
 
@@ -126,37 +126,35 @@ def build_temperature_scheduler(spec: TemperatureSpec) -> TemperatureScheduler:
 
 # ---- loss weights ---------------------------------------------------------------------------
 
-def constant_weight_scheduler(base_weight: float, ratio: float) -> float:
-    """The configured weight, unchanged ('none' / 'constant')."""
-    return base_weight
+def linear_decay_weight_scheduler(x: float) -> float:
+    """``1 - x`` for ``x = global_step / total_steps``: 1 -> 0 over training (TextBrewer's)."""
+    return 1 - x
 
 
-def linear_decay_weight_scheduler(base_weight: float, ratio: float) -> float:
-    """``1 - ratio``: 1 -> 0 over training. Ignores base_weight, as TextBrewer does."""
-    return 1 - ratio
-
-
-def linear_growth_weight_scheduler(base_weight: float, ratio: float) -> float:
-    """``ratio``: 0 -> 1 over training. Ignores base_weight, as TextBrewer does."""
-    return ratio
+def linear_growth_weight_scheduler(x: float) -> float:
+    """``x`` for ``x = global_step / total_steps``: 0 -> 1 over training (TextBrewer's)."""
+    return x
 
 
 WEIGHT_SCHEDULER: dict[str, WeightScheduler] = {
-    "none": constant_weight_scheduler,
-    "constant": constant_weight_scheduler,
     "linear_decay": linear_decay_weight_scheduler,
     "linear_growth": linear_growth_weight_scheduler,
 }
-"""Name -> weight scheduler for ``kd_loss_weight_scheduler`` / ``hard_label_weight_scheduler``.
-TextBrewer has 'linear_decay' and 'linear_growth'; 'none' (its default) and 'constant' keep the weight."""
+"""TextBrewer's ``WEIGHT_SCHEDULER``: name -> ``f(x)``, ``x = global_step / total_steps``; the
+result *replaces* the configured weight, as in TextBrewer."""
+
+# The config also accepts TextBrewer's default 'none' and our 'constant': the weight stays.
+_KEEP_WEIGHT = ("none", "constant")
+WEIGHT_SCHEDULER_NAMES = (*_KEEP_WEIGHT, *WEIGHT_SCHEDULER)
 
 
 def check_weight_scheduler(key: str, name: object) -> str:
-    """Return ``name`` if it is a WEIGHT_SCHEDULER key, else raise ConfigError naming ``key``."""
-    if not isinstance(name, str) or name not in WEIGHT_SCHEDULER:
+    """Return ``name`` if it names a weight scheduler ('none', 'constant' or a WEIGHT_SCHEDULER
+    key), else raise ConfigError naming ``key``."""
+    if not isinstance(name, str) or name not in WEIGHT_SCHEDULER_NAMES:
         raise ConfigError(
-            f"{key}={name!r} is unknown{_did_you_mean(name, list(WEIGHT_SCHEDULER))};"
-            f" use one of {sorted(WEIGHT_SCHEDULER)}"
+            f"{key}={name!r} is unknown{_did_you_mean(name, WEIGHT_SCHEDULER_NAMES)};"
+            f" use one of {sorted(WEIGHT_SCHEDULER_NAMES)}"
         )
     return name
 
@@ -173,18 +171,18 @@ def scheduled_weight(base_weight: float, scheduler: str, step: int, total_steps:
         raise ConfigError(f"total_steps={total_steps} must be >= 1 (the number of optimizer updates)")
     if step < 0:
         raise ConfigError(f"step={step} must be >= 0 (optimizer updates done so far)")
-    if step == 0:
+    if step == 0 or scheduler in _KEEP_WEIGHT:
         return float(base_weight)
-    return float(WEIGHT_SCHEDULER[scheduler](base_weight, min(step / total_steps, 1.0)))
+    return float(WEIGHT_SCHEDULER[scheduler](min(step / total_steps, 1.0)))
 
 
 __all__ = [
     "TEMPERATURE_SCHEDULER",
     "WEIGHT_SCHEDULER",
+    "WEIGHT_SCHEDULER_NAMES",
     "build_temperature_scheduler",
     "check_weight_scheduler",
     "constant_temperature_scheduler",
-    "constant_weight_scheduler",
     "cwsm_temperature_scheduler_builder",
     "flsw_temperature_scheduler_builder",
     "linear_decay_weight_scheduler",

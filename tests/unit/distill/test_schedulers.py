@@ -96,12 +96,19 @@ def test_bad_temperature_specs_are_explained(spec, expected):
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.25, 0.5, 1.0])
-def test_weight_schedulers_as_textbrewer(ratio):
-    assert S.constant_weight_scheduler(0.3, ratio) == 0.3
-    assert S.linear_decay_weight_scheduler(0.3, ratio) == 1 - ratio  # TextBrewer ignores the base weight
-    assert S.linear_growth_weight_scheduler(0.3, ratio) == ratio
-    assert S.WEIGHT_SCHEDULER["none"] is S.WEIGHT_SCHEDULER["constant"] is S.constant_weight_scheduler
-    assert set(S.WEIGHT_SCHEDULER) == {"none", "constant", "linear_decay", "linear_growth"}
+def test_weight_schedulers_take_textbrewers_call_shape(ratio):
+    """Code written against TextBrewer's WEIGHT_SCHEDULER runs unchanged: f(x), x = step/total."""
+    assert public.WEIGHT_SCHEDULER["linear_decay"](ratio) == 1 - ratio
+    assert public.WEIGHT_SCHEDULER["linear_growth"](ratio) == ratio
+    assert public.linear_decay_weight_scheduler(ratio) == 1 - ratio
+    assert set(public.WEIGHT_SCHEDULER) == {"linear_decay", "linear_growth"}  # TextBrewer's keys
+    assert set(public.WEIGHT_SCHEDULER_NAMES) == {"none", "constant", "linear_decay",
+                                                  "linear_growth"}  # what a config may name
+    # TextBrewer's temperature schedulers: f(logits_S, logits_T, base) and the builders
+    logits = torch.zeros(2, 3)
+    assert public.TEMPERATURE_SCHEDULER["constant"](logits, logits, 4.0) == 4.0
+    tau = public.TEMPERATURE_SCHEDULER["flsw"](1.0, 2.0)(logits + 1, logits + 2, 4.0)
+    assert tau.shape == (2,)
 
 
 def test_scheduled_weight_follows_textbrewer_loop():
