@@ -114,6 +114,8 @@ class LossStep:
 
     def temperature_at(self, step: int, total_steps: int) -> float:
         """The KD temperature in force at ``step`` (for logging)."""
+        if self.cfg.method == "gkd":
+            return self.cfg.gkd_settings.temperature
         if self.tb_config is None:
             return self.cfg.temperature
         return float(self.tb_config.temperature)
