@@ -6,6 +6,7 @@ Input errors print one line on stderr (the traceback only with ``--debug``) and 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -130,6 +131,34 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"raydistill {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a folder that became unwritable, ...
+        if args.debug or not _is_storage_error(err):
+            raise
+        where = f" {err.filename}" if getattr(err, "filename", None) else ""
+        fix = ("free space there, or write elsewhere" if _no_space(err) else
+               "choose a folder you can write to")
+        print(f"raydistill {args.command}: error: cannot write{where}: "
+              f"{_first_line(err)}; {fix} (files written before stay as they were)",
+              file=sys.stderr)
+        return 2
+
+
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
+                  errno.ENOTDIR)
+
+
+def _no_space(err: OSError) -> bool:
+    return err.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(err)
+
+
+def _is_storage_error(err: OSError) -> bool:
+    """A write the user's storage refused (pyarrow raises these without an errno)."""
+    return err.errno in STORAGE_ERRNOS or _no_space(err) or "Permission denied" in str(err)
+
+
+def _first_line(err: BaseException) -> str:
+    text = (err.strerror if isinstance(err, OSError) and err.strerror else str(err)).strip()
+    return (text.splitlines() or [type(err).__name__])[0][:200]
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Ray start-up and the runtime environment every Ray-using stage shares.
+"""Ray start-up, the runtime environment every Ray-using stage shares, and the checks each
+stage runs before it spends a resource (cluster resources, a writable output folder).
 
 A low module: ``data/``, ``models/``, ``train/``, ``eval/`` and ``tune/`` import it, it imports
 nothing of raydistill, so no stage has to import a later one to start Ray. (The model-folder
@@ -22,21 +23,152 @@ RAY_ENV = {
 PASSED_THROUGH = ("HF_HUB_OFFLINE",)
 
 
+# How long a stage waits for resources an attached cluster does not have yet (an autoscaler may
+# still add them); a local Ray fails at once. The user sets it with $RAYDISTILL_RESOURCE_TIMEOUT_S.
+RESOURCE_TIMEOUT_ENV = "RAYDISTILL_RESOURCE_TIMEOUT_S"
+DEFAULT_RESOURCE_TIMEOUT_S = 300.0
+
+
 def init_ray(address: str | None = None) -> None:
-    """Join ``address`` (or $RAY_ADDRESS) when given; otherwise start a local Ray."""
+    """Join ``address`` (or $RAY_ADDRESS) when given; otherwise start a local Ray. A cluster
+    address that does not answer is a one-line ConfigError, not a traceback."""
     import ray
+
+    from raydistill.errors import ConfigError
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    global _attached_flag
+    _attached_flag = bool(address) and address != "local"
     # Inside `ray job submit`, the job's runtime env may set some of these already: Ray refuses
     # to merge two values for one variable, so the job's own win.
     job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
     taken = set(((job_env.get("runtime_env") or {}).get("env_vars") or {}))
     passed = {k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}
     env = {k: v for k, v in {**RAY_ENV, **passed}.items() if k not in taken}
-    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+    # Ray itself waits minutes, mostly silently, for an address where nothing listens.
+    problem = _unreachable(address) if _attached_flag else None
+    try:
+        if problem is None:
+            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+    except (ConnectionError, TimeoutError) as err:
+        problem = _first_line(err)
+    if problem is not None:
+        raise ConfigError(f"no Ray cluster answers at {address} ({problem}); start one there "
+                          "(ray start --head, or ray up cluster.yaml), fix --address / "
+                          "RAY_ADDRESS, or leave both unset to start a local Ray")
     quiet_ray_data()
+
+
+def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:
+    """Why nothing answers at ``host:port`` (None when something listens, or for ``auto``)."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    if hostport in ("auto", "") or ":" not in hostport:
+        return None
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return None
+    except ValueError:
+        return f"{port!r} is not a port"
+    except OSError as err:
+        return err.strerror or type(err).__name__
+
+
+def check_writable(folder: str | os.PathLike, key: str) -> None:
+    """``folder`` (created if missing) takes files; else a one-line ConfigError naming ``key``."""
+    import tempfile
+
+    from raydistill.errors import ConfigError
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".raydistill_write_test."):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{key} {folder} cannot be written ({err.strerror or err}); choose a "
+                          "folder you can write to") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
+def check_resources(what: str, cpus: float, gpus: float = 0.0, *, per_unit_cpus: float = 0.0,
+                    per_unit_gpus: float = 0.0, fix: str, attached: bool | None = None,
+                    timeout_s: float | None = None, poll_s: float = 10.0) -> None:
+    """Before a stage asks Ray for ``cpus`` / ``gpus`` in all (``per_unit_*`` for each worker or
+    actor, which must fit on one node): a request the cluster cannot meet is a one-line
+    ConfigError with the numbers and ``fix``, instead of a wait that never ends.
+
+    On a cluster we attached to (an autoscaler may still add nodes) the request is waited for,
+    saying so once and then every ``poll_s`` seconds what is missing, for ``timeout_s`` seconds
+    ($RAYDISTILL_RESOURCE_TIMEOUT_S, default 300) before the same error. Ray must be running.
+    """
+    import time
+
+    import ray
+
+    from raydistill.errors import ConfigError
+
+    if attached is None:
+        attached = _attached_flag
+    if timeout_s is None:
+        timeout_s = float(os.environ.get(RESOURCE_TIMEOUT_ENV) or DEFAULT_RESOURCE_TIMEOUT_S)
+    start = time.monotonic()
+    said = False
+    while True:
+        missing = _missing(cpus, gpus, per_unit_cpus, per_unit_gpus)
+        if not missing:
+            return
+        waited = time.monotonic() - start
+        if not attached or waited >= timeout_s:
+            after = f" after waiting {waited:.0f} s" if attached else ""
+            raise ConfigError(f"{what} needs {missing}{after}; {fix}")
+        if not said:
+            print(f"[raydistill] {what} needs {missing}; this cluster may still add nodes: "
+                  f"waiting up to {timeout_s:.0f} s (${RESOURCE_TIMEOUT_ENV})", flush=True)
+            said = True
+        else:
+            print(f"[raydistill] still waiting for {missing} ({waited:.0f} s)", flush=True)
+        time.sleep(poll_s)
+
+
+_attached_flag = False  # set by init_ray when it joined a running cluster
+
+
+def check_actor_pool(what: str, actors: int, cpus_per_actor: float, gpus_per_actor: float,
+                     knob: str = "num_workers") -> None:
+    """``check_resources`` for a Ray Data actor pool of ``actors`` (a fixed-size pool waits
+    until every actor is placed)."""
+    check_resources(what, actors * cpus_per_actor, actors * gpus_per_actor,
+                    per_unit_cpus=cpus_per_actor, per_unit_gpus=gpus_per_actor,
+                    fix=f"use fewer actors ({knob}={actors} now)"
+                        + (", or no GPU (num_gpus=0)" if gpus_per_actor else ""))
+
+
+def _missing(cpus: float, gpus: float, per_cpus: float, per_gpus: float) -> str:
+    """What the cluster lacks for the request, in words ('' when nothing)."""
+    import ray
+
+    total = ray.cluster_resources()
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    have_cpu, have_gpu = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    biggest_cpu = max((n.get("CPU", 0.0) for n in nodes), default=have_cpu)
+    biggest_gpu = max((n.get("GPU", 0.0) for n in nodes), default=have_gpu)
+    eps = 1e-6
+    if gpus > have_gpu + eps:
+        return f"{gpus:g} GPUs but the Ray cluster has {have_gpu:g}"
+    if cpus > have_cpu + eps:
+        return f"{cpus:g} CPUs but the Ray cluster has {have_cpu:g}"
+    if per_cpus > biggest_cpu + eps:
+        return f"{per_cpus:g} CPUs on one node but the largest node has {biggest_cpu:g}"
+    if per_gpus > biggest_gpu + eps:
+        return f"{per_gpus:g} GPUs on one node but the largest node has {biggest_gpu:g}"
+    return ""
 
 
 def quiet_ray_data() -> None:
@@ -50,4 +182,6 @@ def quiet_ray_data() -> None:
     ctx.enable_operator_progress_bars = False
 
 
-__all__ = ["PASSED_THROUGH", "RAY_ENV", "init_ray", "quiet_ray_data"]
+__all__ = ["PASSED_THROUGH", "RAY_ENV", "RESOURCE_TIMEOUT_ENV", "check_actor_pool",
+           "check_resources", "check_writable", "init_ray",
+           "quiet_ray_data"]

@@ -10,6 +10,7 @@ from typing import Any
 
 from raydistill.data.files import read_split
 from raydistill.errors import ConfigError, ModelError
+from raydistill.runtime import check_writable
 from raydistill.models.ct2 import prepare_backend
 from raydistill.models.generate import add_backend_args, generate_parallel
 from raydistill.metrics import METRICS, score
@@ -84,6 +85,7 @@ def evaluate(
         raise ConfigError(f"{model_dir} is not a local folder; pass out_dir (--out-dir) "
                           "to say where the results go")
     out = Path(out_dir if out_dir is not None else model_dir)
+    check_writable(out, "--out-dir")
     data = read_split(data_dir, split, n=n)
     refs = data.refs if data.refs is not None else data.targets
 

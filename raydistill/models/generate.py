@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from raydistill.runtime import check_actor_pool, init_ray
 from raydistill.models.ct2 import (
     BACKENDS,
     COMPUTE_TYPES,
@@ -194,8 +195,8 @@ def generate_parallel(
     if isinstance(backend, str):
         backend = prepare_backend(model_dir, backend, compute_type, ct2_cache_dir,
                                   device="cuda" if num_gpus > 0 else "cpu")
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"))
+    init_ray()
+    check_actor_pool("generation", num_workers, num_cpus, num_gpus)
     # Sorting on the driver costs nothing next to generation and avoids a Ray Data sort
     # (a shuffle stage). One block per batch keeps each batch's lengths alike.
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))

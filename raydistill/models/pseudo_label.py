@@ -41,7 +41,7 @@ from raydistill.data.files import (
     write_text,
 )
 from raydistill.data.fingerprint import digest, model_fingerprint, split_fingerprint
-from raydistill.errors import ConfigError
+from raydistill.errors import ConfigError, ModelError
 from raydistill.models.ct2 import Backend, prepare_backend
 
 PARTS = "pseudo_labels"
@@ -75,8 +75,10 @@ def generate_batches(rows: dict[str, np.ndarray], settings: dict[str, Any],
 
     from raydistill.models.generate import Generator
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"))
+    from raydistill.runtime import check_actor_pool, init_ray
+
+    init_ray()
+    check_actor_pool("pseudo-label", num_workers, 1, num_gpus)
     table = pa.table({"id": rows["id"], "source": rows["source"]})
     # Blocks of a few batches: enough parallelism, few enough blocks for millions of rows.
     block = 4 * settings["batch_size"]
@@ -121,6 +123,9 @@ def pseudo_label(teacher: str, data_dir: str, out: str, *, split: str = "train",
     out_dir = Path(out)
     if out_dir.resolve() == Path(data_dir).resolve():
         raise ConfigError(f"--out {out} is --data-dir: write pseudo-labels to a new folder")
+    from raydistill.runtime import check_writable
+
+    check_writable(out_dir, "--out")
     data = read_split(data_dir, split, n)
     used = prepare_backend(teacher_dir, backend, compute_type, ct2_cache_dir,
                            device="cuda" if num_gpus > 0 else "cpu")
@@ -266,8 +271,9 @@ def _write_split(out_dir: Path, split: str, n_shards: int) -> tuple[int, int]:
         print(f"[raydistill] pseudo-label: {dropped} examples got an empty output and are left "
               f"out of {split}.target (kept in {PARTS}/)", flush=True)
     if not sources:
-        raise RuntimeError("every pseudo-label is empty: check the teacher (max_length, "
-                           "generation config) before training on them")
+        raise ModelError(f"every pseudo-label of {split} is empty: the teacher wrote nothing for "
+                         f"any of its {dropped} examples; check the teacher (max_length, its "
+                         f"generation config) before training on them (its outputs: {PARTS}/)")
     write_text(out_dir / f"{split}.source", "\n".join(sources) + "\n")
     write_text(out_dir / f"{split}.target", "\n".join(targets) + "\n")
     return len(sources), dropped

@@ -47,7 +47,7 @@ from raydistill.data.fingerprint import (
 )
 from raydistill.data.tokenize import hidden_column, hidden_side
 from raydistill.errors import ConfigError
-from raydistill.runtime import init_ray
+from raydistill.runtime import check_actor_pool, check_writable, init_ray
 
 DEFAULT_TOP_K = 64
 DTYPES = ("float16", "float32")
@@ -317,6 +317,7 @@ def build_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teache
         # One block is one actor task: a small set in few blocks would keep the other actors idle.
         # Materialized first: the actor pool starts with the pipeline and would hold the CPUs
         # the repartition tasks wait for.
+        check_actor_pool("cache-logits", num_workers, num_cpus, num_gpus)
         if tokenized.num_blocks() < 4 * num_workers:
             tokenized = tokenized.repartition(4 * num_workers).materialize()
         out = tokenized.map_batches(
@@ -406,6 +407,7 @@ def cache_logits(teacher: str | list[str], data_dir: str, out: str, *, top_k: in
     from raydistill.models.layers import teacher_dtype_label, teacher_torch_dtype
 
     teacher_torch_dtype(teacher_dtype)  # a bad name fails here, not in an actor
+    check_writable(Path(out).resolve().parent, "--out's folder")
     refs = [teacher] if isinstance(teacher, str) else list(teacher)
     teachers = [resolve_path(t, "teacher" if len(refs) == 1 else f"teacher[{i}]", model_cache_dir)
                 for i, t in enumerate(refs)]

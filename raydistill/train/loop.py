@@ -7,12 +7,10 @@ alone writes the checkpoint folder, with the RNG states of all ranks gathered in
 from __future__ import annotations
 
 import math
-import os
 import random
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +26,7 @@ from raydistill.models.generate import generate_local
 from raydistill.metrics import score
 from raydistill.models.layers import load_seq2seq, load_teacher
 from raydistill.train.checkpoint import load_training_state, rng_state, save_training_state
+from raydistill.train.logger import Logger
 from raydistill.train.targets import TargetSource, make_targets
 
 
@@ -127,6 +126,8 @@ class Worker:
     tokens: int = 0
     last_loss: Any = None  # the last micro-batch's loss and components (for the step line)
     last_parts: Any = None
+    started: float = field(default_factory=time.time)  # for the ETA: when, and from which step
+    first_step: int = 0
 
 
 def setup(config: dict[str, Any]) -> Worker:
@@ -183,9 +184,10 @@ def setup(config: dict[str, Any]) -> Worker:
                   projections=projections, optimizer=optimizer, scheduler=scheduler,
                   scaler=scaler, amp_dtype=amp_dtype, state=state,
                   resumed=checkpoint is not None, train_shard=train_shard, val_rows=val_rows,
-                  collate=collate, feed=feed, logger=_Logger(cfg, run, rank) if rank == 0 else None,
+                  collate=collate, feed=feed, logger=Logger(cfg, run) if rank == 0 else None,
                   last_val_step=state["global_step"] if checkpoint is not None else -1,
-                  done=state["global_step"] >= run["total_steps"])
+                  done=state["global_step"] >= run["total_steps"],
+                  first_step=state["global_step"])
 
 
 def _models(cfg: DistillConfig, run: dict[str, Any], needs, device):
@@ -286,12 +288,16 @@ def _optimizer_step(w: Worker) -> None:
     w.optimizer.zero_grad(set_to_none=True)
     state, total = w.state, w.run["total_steps"]
     state["global_step"] += 1
-    if w.logger and state["global_step"] % w.cfg.log_every_n_steps == 0:
-        dt = time.time() - w.t0
+    step = state["global_step"]
+    # Every log_every_n_steps, and the first and the last step: a short run shows its loss too.
+    if w.logger and (step % w.cfg.log_every_n_steps == 0 or step == w.first_step + 1
+                     or step == total):
+        now = time.time()
         w.logger.step(state, w.last_loss, w.last_parts, w.scheduler.get_last_lr()[0],
-                      w.loss_step.temperature_at(state["global_step"], total),
-                      w.tokens * w.world / max(dt, 1e-9))
-        w.t0, w.tokens = time.time(), 0
+                      w.loss_step.temperature_at(step, total),
+                      w.tokens * w.world / max(now - w.t0, 1e-9),
+                      eta_s=(now - w.started) / (step - w.first_step) * (total - step))
+        w.t0, w.tokens = now, 0
     if state["global_step"] >= total:
         w.done = True
 
@@ -425,57 +431,6 @@ def _validate(model, tokenizer, val_rows, cfg: DistillConfig, run, rank, world, 
     return {f"val_{k}" if not k.startswith("val") else k: v for k, v in scores.items()} | {
         cfg.val_metric: scores[cfg.val_metric], "val_gen_seconds": time.time() - t,
         "val_n": len(ordered)}
-
-
-class _Logger:
-    """Rank 0's console lines, TensorBoard events and (optionally) wandb."""
-
-    def __init__(self, cfg: DistillConfig, run: dict[str, Any], rank: int) -> None:
-        self.cfg = cfg
-        self.tb = None
-        self.wandb = None
-        if cfg.logger in ("tensorboard", "wandb"):
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(log_dir=cfg.log_dir or str(Path(run["output_dir"]) / "tensorboard"))
-        if cfg.logger == "wandb":
-            import wandb
-
-            os.environ.setdefault("WANDB_DIR", str(Path(run["output_dir"])))
-            # Offline unless the user logged in (an API key is configured).
-            mode = "online" if os.environ.get("WANDB_API_KEY") else os.environ.get("WANDB_MODE", "offline")
-            self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "raydistill"),
-                                    name=run.get("run_name"), config=cfg.to_dict(), mode=mode,
-                                    resume="allow")
-
-    def step(self, state, loss, parts, lr: float, temperature: float, tok_s: float) -> None:
-        step = state["global_step"]
-        comps = " ".join(f"{k}={float(v):.4f}" for k, v in parts.items())
-        print(f"[raydistill] step {step} epoch {state['epoch']} loss={float(loss):.4f} {comps} "
-              f"lr={lr:.3g} T={temperature:g} tok/s={tok_s:.0f}", flush=True)
-        values = {"train/loss": float(loss), "train/lr": lr, "train/temperature": temperature,
-                  "train/tokens_per_s": tok_s} | {f"train/{k}": float(v) for k, v in parts.items()}
-        self._log(values, step)
-
-    def validation(self, metrics: dict[str, Any]) -> None:
-        shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "final"}
-        print("[raydistill] validation " + " ".join(f"{k}={v:.4g}" for k, v in shown.items()),
-              flush=True)
-        self._log({f"val/{k}": v for k, v in shown.items()}, metrics["step"])
-
-    def _log(self, values: dict[str, float], step: int) -> None:
-        if self.tb:
-            for k, v in values.items():
-                self.tb.add_scalar(k, v, step)
-            self.tb.flush()
-        if self.wandb:
-            self.wandb.log(values, step=step)
-
-    def close(self) -> None:
-        if self.tb:
-            self.tb.close()
-        if self.wandb:
-            self.wandb.finish()
 
 
 def steps_per_epoch(n_train: int, world: int, batch_size: int, accumulation: int) -> tuple[int, int]:

@@ -21,7 +21,7 @@ from typing import Any
 from raydistill.config import DistillConfig
 from raydistill.errors import ConfigError, ModelError
 from raydistill.hub import resolve_model
-from raydistill.runtime import init_ray
+from raydistill.runtime import check_resources, check_writable, init_ray
 from raydistill.train.preflight import check_models
 from raydistill.train.checkpoint import (
     STATE_FILE,
@@ -84,6 +84,7 @@ def preflight(cfg: DistillConfig, *, overwrite: bool = False,
 
         check_cacheable(DistillationConfig.from_dict(cfg.distillation or {}))
     out = Path(cfg.output_dir)
+    check_writable(out, "output_dir")
     if out.exists() and any(out.iterdir()) and not (overwrite or resume):
         raise ConfigError(f"output_dir {out} is not empty; pass --resume to continue that run, "
                           "--overwrite to start over there, or choose another output_dir")
@@ -188,6 +189,7 @@ def run_training(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = 
     write_json_atomic(out / "git_log.json", git_log())
 
     init_ray(address)
+    check_workers(cfg, "distill")
     trainer = build_trainer(cfg, out, layers, storage_path=storage, run_name=run_name)
     t0 = time.time()
     try:
@@ -198,6 +200,23 @@ def run_training(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = 
     if result.error:
         raise_worker_error(result.error)
     return cfg, out, export_outputs(cfg, out, result, train_seconds)
+
+
+def check_workers(cfg: DistillConfig, what: str) -> None:
+    """The Train workers' request against the cluster, before any worker starts."""
+    gpu = 1.0 if cfg.use_gpu else 0.0
+    fix = ("set use_gpu: false, or run on a cluster with GPUs" if cfg.use_gpu and
+           not ray_has_gpus() else
+           f"use fewer workers (num_workers={cfg.num_workers}) or fewer CPUs per worker "
+           f"(cpus_per_worker={cfg.cpus_per_worker})")
+    check_resources(what, cfg.num_workers * cfg.cpus_per_worker, cfg.num_workers * gpu,
+                    per_unit_cpus=cfg.cpus_per_worker, per_unit_gpus=gpu, fix=fix)
+
+
+def ray_has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0.0) > 0
 
 
 def prebuilds_logit_cache(cfg: DistillConfig) -> bool:
@@ -235,8 +254,12 @@ def raise_worker_error(error: BaseException) -> None:
 
 def build_trainer(cfg: DistillConfig, out: Path, layers: dict[str, Any], *, storage_path: str,
                   run_name: str, callbacks: list | None = None,
-                  logit_cache_dir: str | Path | None = None):
+                  logit_cache_dir: str | Path | None = None, cpu_reserve: float = 0.0):
     """Datasets (tokenized once) + the TorchTrainer for ``cfg``; ``out/student`` must exist.
+
+    ``cpu_reserve``: logical CPUs the workers leave to a process that already holds them (a
+    Tune trial's driver): each worker asks for ``cpus_per_worker - cpu_reserve / num_workers``
+    and still runs ``cpus_per_worker`` threads, so a trial fits the CPUs its config names.
 
     With cached logits the teacher's top-k go to ``logit_cache_dir`` (default
     ``<output_dir>/logit_cache``; a shared folder lets several runs, e.g. Tune trials, reuse it:
@@ -292,7 +315,8 @@ def build_trainer(cfg: DistillConfig, out: Path, layers: dict[str, Any], *, stor
         train_loop_per_worker,
         train_loop_config={**cfg.to_dict(), "_run": run},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+                                     resources_per_worker={
+                                         "CPU": cfg.cpus_per_worker - cpu_reserve / cfg.num_workers}),
         run_config=RunConfig(
             name=run_name, storage_path=storage_path, callbacks=callbacks,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep,

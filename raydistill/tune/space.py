@@ -344,15 +344,19 @@ def expected_trials(settings: TuneSettings) -> int:
         len(d.values) for d in settings.search_space if d.kind in enumerated)
 
 
+def largest_value(cfg: DistillConfig, settings: TuneSettings, key: str) -> Any:
+    """The largest value of ``key`` a trial can have (the config's, or the search's)."""
+    dims = [d for d in settings.search_space if d.key == key]
+    return max(dims[0].representatives()) if dims else getattr(cfg, key)
+
+
 def default_max_concurrent(cfg: DistillConfig, settings: TuneSettings,
                            cluster: dict[str, float]) -> int:
     """Trials that fit the cluster at once: its CPUs (GPUs) over what one trial asks for."""
-    def largest(key: str) -> Any:
-        dims = [d for d in settings.search_space if d.key == key]
-        return max(dims[0].representatives()) if dims else getattr(cfg, key)
-
-    workers, cpus = largest("num_workers"), largest("cpus_per_worker")
-    fit = int(cluster.get("CPU", 1) // (workers * cpus + DRIVER_CPU))
+    workers = largest_value(cfg, settings, "num_workers")
+    cpus = largest_value(cfg, settings, "cpus_per_worker")
+    # A trial holds workers x cpus CPUs in all: its driver's sliver comes out of its workers'.
+    fit = int(cluster.get("CPU", 1) // (workers * cpus) + 1e-9)
     if cfg.use_gpu:
         fit = min(fit, int(cluster.get("GPU", 0) // workers))
     return max(1, fit)
@@ -372,6 +376,6 @@ def load_sweep(path: str | Path,
 
 
 __all__ = ["ASHA_KEYS", "DRIVER_CPU", "Dimension", "SCHEDULERS", "SEARCH_ALGS", "SPACE_KINDS",
-           "TuneSettings", "default_max_concurrent", "expected_trials", "flatten", "load_sweep",
+           "TuneSettings", "default_max_concurrent", "largest_value", "expected_trials", "flatten", "load_sweep",
            "nest", "param_space", "parse_dimension", "parse_tune_section", "reported_metrics",
            "trial_config"]

@@ -40,6 +40,7 @@ from raydistill.tune.space import (  # noqa: F401 (load_sweep & co. are this mod
     default_max_concurrent,
     expected_trials,
     flatten,
+    largest_value,
     load_sweep,
     nest,
     param_space,
@@ -94,8 +95,10 @@ def fit_trial(config: dict[str, Any], out: str, layers: dict[str, Any], run_name
     cfg = DistillConfig.from_dict(config)
     # The run's name is fixed per trial, so a restarted trial's run restores its checkpoint.
     storage = cfg.storage_path or str(Path(out) / "ray_results")
+    # The trial driver's sliver of a CPU comes out of its workers' share: a trial whose workers
+    # ask for every CPU of the machine is still placed (the threads stay cpus_per_worker).
     trainer = build_trainer(cfg, Path(out), layers, storage_path=storage, run_name=run_name,
-                            callbacks=[callback])
+                            callbacks=[callback], cpu_reserve=DRIVER_CPU)
     result = trainer.fit()
     if result.error:
         raise result.error
@@ -151,6 +154,7 @@ def run_sweep(cfg: DistillConfig, settings: TuneSettings, *, resume: str | None 
                                              "tune": _settings_dict(settings),
                                              "experiment_path": experiment, "models": models})
     init_ray(address)
+    check_trial_fits(cfg, settings)
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, base=run_cfg.to_dict(), trials_dir=str(out / "trials")),
         {"cpu": DRIVER_CPU})
@@ -165,6 +169,19 @@ def run_sweep(cfg: DistillConfig, settings: TuneSettings, *, resume: str | None 
     grid = tuner.fit()
     seconds = time.time() - t0
     return finish_sweep(cfg, settings, out, grid.experiment_path, seconds)
+
+
+def check_trial_fits(cfg: DistillConfig, settings: TuneSettings) -> None:
+    """The largest trial the space can sample against the cluster, before any trial starts."""
+    from raydistill.runtime import check_resources
+
+    workers, cpus = largest_value(cfg, settings, "num_workers"), largest_value(cfg, settings,
+                                                                                "cpus_per_worker")
+    gpu = 1.0 if cfg.use_gpu else 0.0
+    check_resources("a tune trial", workers * cpus, workers * gpu, per_unit_cpus=cpus,
+                    per_unit_gpus=gpu,
+                    fix=f"use fewer workers (num_workers={workers}) or fewer CPUs per worker "
+                        f"(cpus_per_worker={cpus}) in the config or the search space")
 
 
 def _settings_dict(settings: TuneSettings) -> dict[str, Any]:

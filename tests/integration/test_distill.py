@@ -183,16 +183,19 @@ def gkd_config(teacher, data, out, **kw) -> DistillConfig:
 def test_gkd_fully_on_policy_with_two_workers_reports_the_fraction_and_the_time_split(
         ray_session, tiny_bart_dir, tiny_data_dir, tmp_path, capsys):
     cfg = gkd_config(tiny_bart_dir, tiny_data_dir, tmp_path / "gkd", num_workers=2,
-                     cpus_per_worker=1)
+                     cpus_per_worker=1, log_every_n_steps=10)
     summary = run_distill(cfg)
     assert summary["final_step"] == 6 and [h["step"] for h in summary["val"]] == [2, 4, 6]
     for h in summary["val"]:
         assert h["on_policy_fraction"] == 1.0 and h["on_policy_batches"] == h["gkd_batches"] > 0
         assert h["sample_seconds"] > 0 and h["teacher_seconds"] > 0
         assert h["step_seconds"] > h["sample_seconds"] + h["teacher_seconds"]
-    # the step line shows what on-policy costs
-    line = next(s for s in capsys.readouterr().out.splitlines() if "[raydistill] step 6 " in s)
-    assert "on_policy_fraction=1.0000" in line and "time_sample=" in line and "gkd_loss=" in line
+    # log_every_n_steps 10 > 6 steps: still a line at the first and the last step, with an
+    # ETA; it shows what on-policy costs
+    lines = [s for s in capsys.readouterr().out.splitlines() if "[raydistill] step " in s]
+    assert [s.split("[raydistill] step ")[1].split()[0] for s in lines] == ["1/6", "6/6"], lines
+    assert "on_policy_fraction=1.0000" in lines[1] and "time_sample=" in lines[1]
+    assert "gkd_loss=" in lines[1] and " eta=0s" in lines[1] and " eta=" in lines[0]
 
 
 @pytest.mark.timeout(600)
@@ -216,3 +219,27 @@ def test_gkd_crash_and_resume_makes_the_same_sampling_decisions(
     assert counts == [(h["step"], h["on_policy_batches"], h["gkd_batches"])
                       for h in resumed["val"]]
     assert 0 < counts[-1][1] < counts[-1][2]  # some batches on-policy, some not
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kw,msg", [
+    ({"num_workers": 3}, "distill needs 3 CPUs but the Ray cluster has 2; use fewer workers "
+                         "(num_workers=3) or fewer CPUs per worker (cpus_per_worker=1)"),
+    ({"cpus_per_worker": 4}, "distill needs 4 CPUs but the Ray cluster has 2"),
+    ({"use_gpu": True}, "distill needs 1 GPUs but the Ray cluster has 0; set use_gpu: false"),
+])
+def test_requests_the_cluster_cannot_meet_fail_before_any_worker_starts(
+        ray_session, tiny_bart_dir, tiny_data_dir, tmp_path, kw, msg):
+    import time
+
+    from raydistill.errors import ConfigError
+
+    cfg = DistillConfig(method="sft", teacher=str(tiny_bart_dir), student_decoder_layers=1,
+                        data_dir=str(tiny_data_dir), output_dir=str(tmp_path / "out"),
+                        max_steps=1, do_predict=False, **kw)
+    t0 = time.time()
+    with pytest.raises(ConfigError) as err:
+        run_distill(cfg)
+    assert msg in str(err.value) and "\n" not in str(err.value)
+    assert time.time() - t0 < 60
+    assert not (tmp_path / "out" / "ray_results").exists()  # no Train run was started

@@ -139,3 +139,21 @@ def test_no_placement_group_left_behind(sweep, ray_session):
             break
         time.sleep(2)
     assert not stuck, stuck
+
+
+def test_a_trial_whose_workers_ask_for_every_cpu_is_placed(ray_session, tiny_bart_dir,
+                                                           tmp_path):
+    """jobs/configs/tune_summarization.yaml's cpus_per_worker: 2 on a 2-CPU Ray: the trial
+    driver's sliver of a CPU comes out of its workers' share, so the trial runs (it used to wait
+    for its worker group forever)."""
+    data = write_dataset(tmp_path / "data", n_train=8, n_val=4, n_test=2)
+    config = sweep_config(str(tiny_bart_dir), data, tmp_path / "sweep")
+    config.update(cpus_per_worker=2, max_steps=2)
+    config["tune"] = {"search_space": {"temperature": {"grid": [2.0]}}, "latency_examples": 2}
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cfg, settings = load_sweep(path)
+    t0 = time.time()
+    summary = run_sweep(cfg, settings)
+    assert time.time() - t0 < 300
+    assert [r["status"] for r in summary["rows"]] == ["completed"]
