@@ -160,7 +160,7 @@ def base_config(args, s: dict, data: Path, out: Path) -> dict:
             "sortish_sampler": True, "log_every_n_steps": 5}
 
 
-def cached_run(args, cfg: dict, after: str = "") -> tuple[Path, float, str]:
+def cached_run(args, cfg: dict, after: str = "") -> tuple[Path, float, str] | None:
     """One ``raydistill distill`` run, reused when a run of the same settings (and, through
     ``after``, the same teacher) finished before, and resumed from its last checkpoint when one
     was killed. ``--fresh`` retrains. Returns (best_tfmr, seconds, key)."""
@@ -176,6 +176,9 @@ def cached_run(args, cfg: dict, after: str = "") -> tuple[Path, float, str]:
             print(f"[quality] {out.name}: reused from an earlier run (--fresh retrains)",
                   flush=True)
             return best, float(seconds or 0), key
+    if getattr(args, "score_only", False):
+        print(f"[quality] {out.name}: not trained yet: left out (--score-only)", flush=True)
+        return None
     resume = (not args.fresh and started.is_file() and started.read_text() == resume_key
               and (out / "hparams.json").is_file())
     stamp.unlink(missing_ok=True)
@@ -304,6 +307,8 @@ def main() -> None:
     p.add_argument("--fresh", action="store_true",
                    help="retrain every model (otherwise runs finished before with the same "
                         "settings are reused, and a killed run resumes)")
+    p.add_argument("--score-only", action="store_true",
+                   help="train nothing: score the models finished before, list the others")
     p.add_argument("--seeds", type=int, default=3,
                    help="translation: seeds of the 6-3 sft and kd students (the spread)")
     p.add_argument("--student-n-train", type=int, default=None,
@@ -335,7 +340,10 @@ def main() -> None:
         data = capped_data(data, work, s["max_words"])
         print(f"== teacher: Marian 6-6 d{s['d_model']} from scratch (sft), "
               f"{s['teacher_steps']} steps", flush=True)
-        teacher, secs, t_key = translation_teacher(args, s, data, work)
+        trained = translation_teacher(args, s, data, work)
+        if trained is None:
+            sys.exit("the teacher is not trained yet: run without --score-only first")
+        teacher, secs, t_key = trained
     else:
         print("== teacher: BERT2BERT (MiniLM-L6 encoder and decoder) fine-tuned with sft",
               flush=True)
@@ -354,13 +362,18 @@ def main() -> None:
     runs += [(DEPTHS[0], m, s["seed"] + k) for k in range(1, s["seeds"]) for m in ("sft", "kd")]
     # The gkd runs last (the slowest), the beta said best for translation first at both depths.
     runs += [(d, m, s["seed"]) for m in METHODS[args.task] if m in GKD_BETAS for d in DEPTHS]
+    pending: list[str] = []  # --score-only: runs not trained yet
     for d, method, seed in runs:
         if method == "pl" and pl_error:
             continue
         name = f"student 6-{d} ({method})" + (f" seed {seed}" if seed != s["seed"] else "")
         print(f"== {name}", flush=True)
         cfg = student_config(args, s, method, d, seed, teacher, data, pl_data, work)
-        best, secs, key = cached_run(args, cfg, after=t_key)
+        done = cached_run(args, cfg, after=t_key)
+        if done is None:
+            pending.append(name)
+            continue
+        best, secs, key = done
         models[name] = {"dir": best, "train_seconds": secs, "method": method, "key": key,
                         "depth": d, "seed": seed}
 
@@ -374,7 +387,11 @@ def main() -> None:
                  n_test=s["n_test"], latency_n=s["latency_n"], latency_rounds=s["latency_rounds"],
                  num_workers=s["num_eval_workers"], device=args.device,
                  batch_size=s["eval_batch_size"], throughput_n=s["throughput_n"])
-    report(args, s, data, data_name, models, pl_seconds, pl_error, time.time() - t_all)
+    if pending:
+        print("not trained yet (a run without --score-only trains them): " + ", ".join(pending),
+              flush=True)
+    report(args, s, data, data_name, models, pl_seconds, pl_error, time.time() - t_all,
+           pending)
 
 
 def equal_time_runs(args, s, models: dict, teacher: Path, t_key: str, data: Path,
@@ -399,7 +416,10 @@ def equal_time_runs(args, s, models: dict, teacher: Path, t_key: str, data: Path
         cfg = student_config(args, s, "sft", d, s["seed"], teacher, data, pl_data, work)
         cfg.update(output_dir=str(work / f"student_6_{d}_sft_equal_time"), max_steps=steps,
                    val_check_steps=steps)
-        best, secs, key = cached_run(args, cfg, after=t_key)
+        done = cached_run(args, cfg, after=t_key)
+        if done is None:
+            continue
+        best, secs, key = done
         models[name] = {"dir": best, "train_seconds": secs, "method": "sft_equal_time",
                         "key": key, "depth": d, "seed": s["seed"], "steps": steps}
 
@@ -431,7 +451,7 @@ def make_pseudo_labels(args, s, teacher: Path, t_key: str, data: Path, work: Pat
 
 
 def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
-           pl_error: str | None, seconds: float) -> None:
+           pl_error: str | None, seconds: float, pending: list[str] | None = None) -> None:
     metric = METRIC[args.task]
     t_name = next(iter(models))
     t = models[t_name]
@@ -498,6 +518,9 @@ def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
             seeds[method] = {"scores": xs, "mean": statistics.mean(xs), "spread": max(xs) - min(xs)}
             print(f"6-{DEPTHS[0]} {method} over {len(xs)} seeds: " + ", ".join(f"{x:.2f}" for x in xs)
                   + f" (mean {statistics.mean(xs):.2f}, spread {max(xs) - min(xs):.2f})")
+    versus = versus_sft(models, metric, seeds)
+    for line in versus["lines"]:
+        print(line)
     if pl_error:
         print(f"pl students not trained: {pl_error}")
     print(f"pseudo-labelling {pl_seconds:.0f} s; benchmark wall time {seconds:.0f} s")
@@ -506,8 +529,34 @@ def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
                   "threads": max(1, args.threads), "quick": args.quick,
                   "models": jsonable(models), "target_met": target_met, "best": verdicts,
                   "seeds": seeds, "degenerate": degenerate, "teacher_examples": examples,
-                  "pl_seconds": pl_seconds, "pl_error": pl_error,
+                  "pl_seconds": pl_seconds, "pl_error": pl_error, "pending": pending or [],
+                  "versus_sft": versus["rows"],
                   "command": " ".join(sys.argv), "seconds": seconds})
+
+
+def versus_sft(models: dict, metric: str, seeds: dict) -> dict:
+    """Each method's score minus sft's at the same depth (seed 0), against the spread of the
+    6-3 sft seeds: a difference inside that spread cannot be told from noise."""
+    spread = seeds.get("sft", {}).get("spread")
+    rows, lines = [], []
+    for d in DEPTHS:
+        base = models.get(f"student 6-{d} (sft)")
+        if not base:
+            continue
+        for n, m in models.items():
+            if m.get("depth") != d or m["method"] == "sft" or m["seed"] != base["seed"]:
+                continue
+            diff = m["scores"][metric] - base["scores"][metric]
+            beats = spread is not None and diff > spread
+            rows.append({"model": n, "minus_sft": diff, "beats_sft_beyond_spread": beats,
+                         "train_seconds": m["train_seconds"]})
+            verdict = ("beats sft by more than" if beats else "does not beat sft by more than"
+                       ) + (f" the 6-3 sft seed spread ({spread:.2f})" if spread is not None
+                            else " (no seed spread measured)")
+            lines.append(f"{n}: {diff:+.2f} {metric} against sft at 6-{d}, "
+                         f"{m['train_seconds'] / max(base['train_seconds'], 1e-9):.1f}x its "
+                         f"train time: {verdict}")
+    return {"rows": rows, "lines": lines}
 
 
 def teacher_examples(gens: list[str], data: Path, n: int = 6) -> list[tuple[str, str, str]]:
