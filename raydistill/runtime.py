@@ -93,6 +93,31 @@ def check_writable(folder: str | os.PathLike, key: str) -> None:
                           "folder you can write to") from None
 
 
+class Progress:
+    """``[raydistill] <what>: done/total examples, ex/s, ETA`` every ``every_s`` seconds and at
+    the end: one line at a time, so log files and ``ray job logs`` stay readable."""
+
+    def __init__(self, what: str, total: int, every_s: float = 10.0) -> None:
+        import time
+
+        self.what, self.total, self.every_s = what, total, every_s
+        self.done = 0
+        self.start = self.last = time.monotonic()
+
+    def add(self, n: int) -> None:
+        import time
+
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every_s or self.done >= self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            left = (self.total - self.done) / rate if rate > 0 else float("inf")
+            eta = f", ETA {left:.0f} s" if self.done < self.total else f", {now - self.start:.0f} s"
+            print(f"[raydistill] {self.what}: {self.done}/{self.total} examples, "
+                  f"{rate:.1f} ex/s{eta}", flush=True)
+
+
 def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
@@ -183,5 +208,5 @@ def quiet_ray_data() -> None:
 
 
 __all__ = ["PASSED_THROUGH", "RAY_ENV", "RESOURCE_TIMEOUT_ENV", "check_actor_pool",
-           "check_resources", "check_writable", "init_ray",
+           "check_resources", "check_writable", "Progress", "init_ray",
            "quiet_ray_data"]

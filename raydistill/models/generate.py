@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from raydistill.runtime import check_actor_pool, init_ray
+from raydistill.runtime import Progress, check_actor_pool, init_ray
 from raydistill.models.ct2 import (
     BACKENDS,
     COMPUTE_TYPES,
@@ -218,12 +218,14 @@ def generate_parallel(
     first = None
     preds: list[str | None] = [None] * len(sources)
     busy = 0.0
+    progress = Progress("generation", len(sources))
     # No select_columns: it adds a task stage that waits for a CPU the actors hold.
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         first = first if first is not None else time.perf_counter() - start
         busy += float(batch["gen_seconds"].sum())
         for i, pred in zip(batch["idx"], batch["prediction"]):
             preds[int(i)] = str(pred)
+        progress.add(len(batch["idx"]))
     seconds = time.perf_counter() - start
     if timings is not None:
         timings.update(wall_s=seconds, first_batch_s=first or 0.0, busy_s=busy)

@@ -218,7 +218,11 @@ def _label(data, shards, pending, out_dir: Path, settings, num_workers, num_gpus
         shard_of[a:b] = s
     buffers: dict[int, dict[int, tuple[str, float]]] = {s: {} for s in pending}
     done = 0
+    from raydistill.runtime import Progress
+
+    progress = Progress("pseudo-label", len(order))
     for batch in generate_batches(rows, settings, num_workers, num_gpus, backend):
+        progress.add(len(batch["id"]))
         for i, pred, score in zip(batch["id"], batch["prediction"], batch["score"]):
             s = int(shard_of[int(i)])
             buffers[s][int(i)] = (str(pred), float(score))

@@ -98,3 +98,20 @@ def test_an_unwritable_folder_is_one_line(tmp_path):
         runtime.check_writable(blocker / "out", "output_dir")
     runtime.check_writable(tmp_path / "fine", "output_dir")
     assert list((tmp_path / "fine").iterdir()) == []  # the probe file is gone
+
+
+def test_progress_prints_a_line_every_so_often_and_at_the_end(capsys, monkeypatch):
+    import time
+
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    p = runtime.Progress("pseudo-label", 100, every_s=10)
+    for _ in range(9):  # 9 batches of 10 over 45 s: lines at 10 s, 20 s, ...
+        clock[0] += 5
+        p.add(10)
+    clock[0] += 5
+    p.add(10)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "[raydistill] pseudo-label: 20/100 examples, 2.0 ex/s, ETA 40 s"
+    assert lines[-1] == "[raydistill] pseudo-label: 100/100 examples, 2.0 ex/s, 50 s"
+    assert len(lines) == 5  # every 10 s; the last one is also the end
