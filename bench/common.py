@@ -397,14 +397,15 @@ def score_models(models: dict[str, dict[str, Any]], data: Path, task: str, *, nu
                  max_length: int, max_source_length: int, n_test: int | None, latency_n: int,
                  latency_rounds: int, num_workers: int, device: str,
                  batch_size: int = 16, throughput_n: int = 0,
-                 throughput_batch: int = 32) -> None:
+                 throughput_batch: int = 32, ct2_compute_type: str | None = None) -> None:
     """Adds test ``scores`` (``evaluate``: parallel generation, all references), batch-1
     latency (``measure_latency``; interleaved rounds, median) and, with ``throughput_n``,
     examples/s at ``throughput_batch`` (the same rounds) to each entry of ``models``.
 
     A model entry with a ``key`` (its training settings) reuses the scores an earlier run saved
     for the same key and generation settings; latency is always measured, all models in the
-    same rounds."""
+    same rounds. ``ct2_compute_type`` adds batch-1 latency with the CTranslate2 backend in that
+    compute type (``ct2_ms``, ``ct2_speedup``), in the same rounds."""
     from raydistill.eval.evaluate import evaluate
     from raydistill.models.generate import measure_latency
 
@@ -439,6 +440,11 @@ def score_models(models: dict[str, dict[str, Any]], data: Path, task: str, *, nu
                     thr = measure_latency(str(models[name]["dir"]), sources, n=throughput_n,
                                           batch_size=throughput_batch, **kw)
                     models[name].setdefault("eps", []).append(thr["examples_per_s"])
+                if ct2_compute_type:
+                    fast = measure_latency(str(models[name]["dir"]), sources, n=latency_n,
+                                           backend="ctranslate2", compute_type=ct2_compute_type,
+                                           **kw)
+                    models[name].setdefault("ct2_ms_all", []).append(fast["ms_per_example"])
             models[name].setdefault("ms", []).append(lat["ms_per_example"])
             models[name]["parameters"] = lat["parameters"]
     first = next(iter(models.values()))  # the first model is the teacher
@@ -448,6 +454,9 @@ def score_models(models: dict[str, dict[str, Any]], data: Path, task: str, *, nu
         if throughput_n:
             m["examples_per_s"] = median(m["eps"])
             m["throughput_speedup"] = m["examples_per_s"] / median(first["eps"])
+        if ct2_compute_type:
+            m["ct2_ms"] = median(m["ct2_ms_all"])
+            m["ct2_speedup"] = median(first["ct2_ms_all"]) / m["ct2_ms"]
 
 
 def gpus_per_actor(device: str, num_workers: int) -> float:

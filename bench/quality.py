@@ -307,6 +307,9 @@ def main() -> None:
     p.add_argument("--fresh", action="store_true",
                    help="retrain every model (otherwise runs finished before with the same "
                         "settings are reused, and a killed run resumes)")
+    p.add_argument("--ct2-latency", default=None, metavar="COMPUTE_TYPE",
+                   help="also time batch-1 generation with the CTranslate2 backend in this "
+                        "compute type (float32, int8, ...), in the same rounds")
     p.add_argument("--score-only", action="store_true",
                    help="train nothing: score the models finished before, list the others")
     p.add_argument("--seeds", type=int, default=3,
@@ -386,7 +389,8 @@ def main() -> None:
                  max_length=s["gen_max_length"], max_source_length=s["max_source_length"],
                  n_test=s["n_test"], latency_n=s["latency_n"], latency_rounds=s["latency_rounds"],
                  num_workers=s["num_eval_workers"], device=args.device,
-                 batch_size=s["eval_batch_size"], throughput_n=s["throughput_n"])
+                 batch_size=s["eval_batch_size"], throughput_n=s["throughput_n"],
+                 ct2_compute_type=args.ct2_latency)
     if pending:
         print("not trained yet (a run without --score-only trains them): " + ", ".join(pending),
               flush=True)
@@ -468,6 +472,10 @@ def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
                  f"{m['throughput_speedup']:.2f}", f"{m['mean_gen_words']:.1f}",
                  f"{100 * m['distinct_outputs']:.0f}%", f"{m['train_seconds']:.0f}"]
                 for n, m in models.items()]
+        if args.ct2_latency:
+            header += [f"ct2 {args.ct2_latency} batch-1 ms", "speedup (ct2)"]
+            for row, m in zip(rows, models.values()):
+                row += [f"{m['ct2_ms']:.1f}", f"{m['ct2_speedup']:.2f}"]
     else:
         header = ["model", "# params (M)", "speedup", "ROUGE-1", "ROUGE-2", "ROUGE-L",
                   "ms/example", "output words", "distinct", "train s"]
@@ -503,9 +511,12 @@ def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
             continue
         best_n, best = max(cands, key=lambda c: c[1]["scores"][metric])
         kept = best["scores"][metric] / max(t_score, 1e-9)
-        verdicts[f"6-{d}"] = {"best": best_n, "kept": kept, "speedup": best["speedup"]}
+        verdicts[f"6-{d}"] = {"best": best_n, "kept": kept, "speedup": best["speedup"],
+                              "ct2_speedup": best.get("ct2_speedup")}
         print(f"best 6-{d} student: {best_n}, {metric} {best['scores'][metric]:.2f} "
-              f"({100 * kept:.1f}% of the teacher's) at {best['speedup']:.2f}x batch-1 speed")
+              f"({100 * kept:.1f}% of the teacher's) at {best['speedup']:.2f}x batch-1 speed"
+              + (f" ({best['ct2_speedup']:.2f}x with CTranslate2 {args.ct2_latency})"
+                 if best.get("ct2_speedup") else ""))
     met = verdicts.get("6-3", {})
     target_met = bool(met) and met["kept"] >= 0.97 and met["speedup"] >= 1.6
     print(f"target (a 6-3 student >= 97% of the teacher's {metric} at >= 1.6x batch-1 speed): "
