@@ -93,6 +93,23 @@ def check_writable(folder: str | os.PathLike, key: str) -> None:
                           "folder you can write to") from None
 
 
+def launch_time() -> float:
+    """When this process started (epoch seconds): start-up is counted from the launch."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - no psutil: count from the first call
+        import time
+
+        global _FIRST_CALL
+        _FIRST_CALL = _FIRST_CALL or time.time()
+        return _FIRST_CALL
+
+
+_FIRST_CALL = 0.0
+
+
 class Progress:
     """``[raydistill] <what>: done/total examples, ex/s, ETA`` every ``every_s`` seconds and at
     the end: one line at a time, so log files and ``ray job logs`` stay readable."""
@@ -208,5 +225,5 @@ def quiet_ray_data() -> None:
 
 
 __all__ = ["PASSED_THROUGH", "RAY_ENV", "RESOURCE_TIMEOUT_ENV", "check_actor_pool",
-           "check_resources", "check_writable", "Progress", "init_ray",
+           "check_resources", "check_writable", "launch_time", "Progress", "init_ray",
            "quiet_ray_data"]

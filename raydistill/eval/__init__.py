@@ -1,4 +1,5 @@
-"""Evaluation: batched generation (in-process or on a Ray actor pool) and ROUGE / BLEU metrics."""
+"""Evaluation: `evaluate` (generation on a Ray actor pool, then ROUGE / BLEU); the generation
+and metric functions re-exported here live in raydistill.models.generate and raydistill.metrics."""
 
 from raydistill.eval.evaluate import add_evaluate_args, evaluate, run_evaluate_cli
 from raydistill.models.generate import Generator, generate_local, generate_parallel

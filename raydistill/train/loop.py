@@ -128,12 +128,14 @@ class Worker:
     last_parts: Any = None
     started: float = field(default_factory=time.time)  # for the ETA: when, and from which step
     first_step: int = 0
+    setup_seconds: float = 0.0  # models, optimizer, restore and data handles
 
 
 def setup(config: dict[str, Any]) -> Worker:
     """Restore -> models -> optimizer -> state -> data, in that order: the checkpoint decides
     the weights, the RNG and where the data restarts; the config alone decides which models
     and stores the run needs (``run_needs``)."""
+    t_setup = time.time()
     config = dict(config)
     run = config.pop("_run")
     cfg = DistillConfig.from_dict(config)
@@ -187,7 +189,7 @@ def setup(config: dict[str, Any]) -> Worker:
                   collate=collate, feed=feed, logger=Logger(cfg, run) if rank == 0 else None,
                   last_val_step=state["global_step"] if checkpoint is not None else -1,
                   done=state["global_step"] >= run["total_steps"],
-                  first_step=state["global_step"])
+                  first_step=state["global_step"], setup_seconds=time.time() - t_setup)
 
 
 def _models(cfg: DistillConfig, run: dict[str, Any], needs, device):
@@ -289,6 +291,11 @@ def _optimizer_step(w: Worker) -> None:
     state, total = w.state, w.run["total_steps"]
     state["global_step"] += 1
     step = state["global_step"]
+    if w.logger and step == w.first_step + 1 and w.run.get("launch_time"):
+        now = time.time()
+        print(f"[raydistill] first optimizer step {now - w.run['launch_time']:.1f} s after "
+              f"launch (this worker: {w.setup_seconds:.1f} s setup, {now - w.started:.1f} s to "
+              "the step)", flush=True)
     # Every log_every_n_steps, and the first and the last step: a short run shows its loss too.
     if w.logger and (step % w.cfg.log_every_n_steps == 0 or step == w.first_step + 1
                      or step == total):

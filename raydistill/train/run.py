@@ -21,7 +21,7 @@ from typing import Any
 from raydistill.config import DistillConfig
 from raydistill.errors import ConfigError, ModelError
 from raydistill.hub import resolve_model
-from raydistill.runtime import check_resources, check_writable, init_ray
+from raydistill.runtime import check_resources, check_writable, init_ray, launch_time
 from raydistill.train.preflight import check_models
 from raydistill.train.checkpoint import (
     STATE_FILE,
@@ -188,10 +188,17 @@ def run_training(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = 
     write_json_atomic(out / "hparams.json", {**given.to_dict(), "models": models})
     write_json_atomic(out / "git_log.json", git_log())
 
+    launched = launch_time()
+    t_ray = time.time()
     init_ray(address)
     check_workers(cfg, "distill")
+    t_data = time.time()
     trainer = build_trainer(cfg, out, layers, storage_path=storage, run_name=run_name)
     t0 = time.time()
+    # Where the seconds before training go (the workers add theirs at the first step).
+    print(f"[raydistill] start-up: {t_ray - launched:.1f} s imports and checks, "
+          f"{t_data - t_ray:.1f} s Ray, {t0 - t_data:.1f} s datasets; starting the workers "
+          f"{t0 - launched:.1f} s after launch", flush=True)
     try:
         result = trainer.fit()
     except Exception as err:  # Ray raises worker failures from fit(); keep input errors one line
@@ -310,7 +317,7 @@ def build_trainer(cfg: DistillConfig, out: Path, layers: dict[str, Any], *, stor
                 "cached_logits": cached}
     run = {"student_init": student_dir, "tokenizer": student_dir, "output_dir": str(out),
            "run_name": run_name, "total_steps": total_steps, "batches_per_epoch": batches,
-           "plan": plan, **layers}
+           "plan": plan, "launch_time": launch_time(), **layers}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**cfg.to_dict(), "_run": run},

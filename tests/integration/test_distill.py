@@ -192,7 +192,11 @@ def test_gkd_fully_on_policy_with_two_workers_reports_the_fraction_and_the_time_
         assert h["step_seconds"] > h["sample_seconds"] + h["teacher_seconds"]
     # log_every_n_steps 10 > 6 steps: still a line at the first and the last step, with an
     # ETA; it shows what on-policy costs
-    lines = [s for s in capsys.readouterr().out.splitlines() if "[raydistill] step " in s]
+    out = capsys.readouterr().out
+    # where start-up went: the driver's phases, and the workers' first step after launch
+    assert "[raydistill] start-up: " in out and " s Ray, " in out and "starting the workers" in out
+    assert "[raydistill] first optimizer step " in out and " s after launch (this worker: " in out
+    lines = [s for s in out.splitlines() if "[raydistill] step " in s]
     assert [s.split("[raydistill] step ")[1].split()[0] for s in lines] == ["1/6", "6/6"], lines
     assert "on_policy_fraction=1.0000" in lines[1] and "time_sample=" in lines[1]
     assert "gkd_loss=" in lines[1] and " eta=0s" in lines[1] and " eta=" in lines[0]
