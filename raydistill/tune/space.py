@@ -355,8 +355,10 @@ def default_max_concurrent(cfg: DistillConfig, settings: TuneSettings,
     """Trials that fit the cluster at once: its CPUs (GPUs) over what one trial asks for."""
     workers = largest_value(cfg, settings, "num_workers")
     cpus = largest_value(cfg, settings, "cpus_per_worker")
-    # A trial holds workers x cpus CPUs in all: its driver's sliver comes out of its workers'.
-    fit = int(cluster.get("CPU", 1) // (workers * cpus) + 1e-9)
+    # Counted with the driver's sliver, as if it came on top: on a 2-CPU machine one 1-CPU
+    # trial at a time, which leaves the driver and Ray's own tasks room (the trial itself asks
+    # for exactly workers x cpus: see build_trainer's cpu_reserve).
+    fit = int(cluster.get("CPU", 1) // (workers * cpus + DRIVER_CPU))
     if cfg.use_gpu:
         fit = min(fit, int(cluster.get("GPU", 0) // workers))
     return max(1, fit)

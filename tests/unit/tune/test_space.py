@@ -156,11 +156,9 @@ def test_optional_search_alg_needs_its_package():
 
 
 @pytest.mark.parametrize("cfg_kw,space,cluster,expected", [
-    # A trial holds num_workers x cpus_per_worker CPUs in all: its driver's 0.01 CPU comes out
-    # of its workers' share, so 2 one-CPU trials fit 2 CPUs.
-    ({}, {}, {"CPU": 2.0}, 2),
-    ({"num_workers": 2}, {}, {"CPU": 8.0}, 4),
-    ({}, {"num_workers": {"grid": [1, 4]}}, {"CPU": 8.0}, 2),  # the largest trial: 4 CPUs
+    ({}, {}, {"CPU": 2.0}, 1),  # 2 // (1 + 0.01): the driver's 0.01 CPU counts
+    ({"num_workers": 2}, {}, {"CPU": 8.0}, 3),
+    ({}, {"num_workers": {"grid": [1, 4]}}, {"CPU": 8.0}, 1),
     ({"cpus_per_worker": 2}, {}, {"CPU": 1.0}, 1),  # never below 1
     ({"use_gpu": True, "num_workers": 2}, {}, {"CPU": 16.0, "GPU": 4.0}, 2),
 ])
