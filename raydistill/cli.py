@@ -134,11 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a full disk, a folder that became unwritable, ...
         if args.debug or not _is_storage_error(err):
             raise
+        from raydistill.runtime import first_line
+
         where = f" {err.filename}" if getattr(err, "filename", None) else ""
         fix = ("free space there, or write elsewhere" if _no_space(err) else
                "choose a folder you can write to")
         print(f"raydistill {args.command}: error: cannot write{where}: "
-              f"{_first_line(err)}; {fix} (files written before stay as they were)",
+              f"{first_line(err)}; {fix} (files written before stay as they were)",
               file=sys.stderr)
         return 2
 
@@ -155,10 +157,6 @@ def _is_storage_error(err: OSError) -> bool:
     """A write the user's storage refused (pyarrow raises these without an errno)."""
     return err.errno in STORAGE_ERRNOS or _no_space(err) or "Permission denied" in str(err)
 
-
-def _first_line(err: BaseException) -> str:
-    text = (err.strerror if isinstance(err, OSError) and err.strerror else str(err)).strip()
-    return (text.splitlines() or [type(err).__name__])[0][:200]
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def init_ray(address: str | None = None) -> None:
         if problem is None:
             ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
     except (ConnectionError, TimeoutError) as err:
-        problem = _first_line(err)
+        problem = first_line(err)
     if problem is not None:
         raise ConfigError(f"no Ray cluster answers at {address} ({problem}); start one there "
                           "(ray start --head, or ray up cluster.yaml), fix --address / "
@@ -135,8 +135,10 @@ class Progress:
                   f"{rate:.1f} ex/s{eta}", flush=True)
 
 
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+def first_line(err: BaseException) -> str:
+    """An error's message on one line (an OSError's strerror when it has one)."""
+    text = (err.strerror if isinstance(err, OSError) and err.strerror else str(err)).strip()
+    return (text.splitlines() or [type(err).__name__])[0][:200]
 
 
 def check_resources(what: str, cpus: float, gpus: float = 0.0, *, per_unit_cpus: float = 0.0,
@@ -225,5 +227,5 @@ def quiet_ray_data() -> None:
 
 
 __all__ = ["PASSED_THROUGH", "RAY_ENV", "RESOURCE_TIMEOUT_ENV", "check_actor_pool",
-           "check_resources", "check_writable", "launch_time", "Progress", "init_ray",
+           "check_resources", "check_writable", "first_line", "launch_time", "Progress", "init_ray",
            "quiet_ray_data"]

@@ -80,17 +80,23 @@ def generate_local(
     return (preds, scores) if return_scores else preds
 
 
+def past_first_eos(tokens: torch.Tensor, eos_token_id: int | list[int] | None) -> torch.Tensor:
+    """(B, L) generated ids -> (B, L) True at the positions after each row's first EOS (any of
+    the ids in ``eos_token_id``); all False without an EOS id."""
+    if eos_token_id is None:
+        return torch.zeros_like(tokens, dtype=torch.bool)
+    ids = eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
+    is_eos = torch.isin(tokens, torch.tensor(ids, device=tokens.device))
+    return (is_eos.long().cumsum(1) - is_eos.long()) > 0
+
+
 def _sequence_scores(model, out, num_beams: int, length_penalty: float) -> list[float]:
     """Length-normalized log-probability per sequence (greedy: as beam search reports it)."""
     if num_beams > 1 and getattr(out, "sequences_scores", None) is not None:
         return out.sequences_scores.float().cpu().tolist()
     logp = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
     gen = out.sequences[:, -logp.size(1):]
-    eos = model.generation_config.eos_token_id
-    eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos], device=gen.device)
-    is_eos = torch.isin(gen, eos_ids)
-    after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # tokens past the first </s>
-    keep = ~after_eos & torch.isfinite(logp)
+    keep = ~past_first_eos(gen, model.generation_config.eos_token_id) & torch.isfinite(logp)
     length = keep.sum(1).clamp(min=1).float()
     return ((logp.float() * keep).sum(1) / length ** length_penalty).cpu().tolist()
 

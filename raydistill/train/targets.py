@@ -27,6 +27,7 @@ import torch
 
 from raydistill.config import DistillConfig
 from raydistill.distill.step import LossStep, RunNeeds
+from raydistill.models.generate import past_first_eos
 
 Gather = Callable[[Any], list[Any]]
 
@@ -165,13 +166,8 @@ def sample_targets(model: torch.nn.Module, batch: dict[str, torch.Tensor], g) ->
     finally:
         model.train(was_training)
     labels = seqs[:, 1:].clone()  # seqs[:, 0] is the decoder start token
-    eos = config.eos_token_id
-    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
-    if eos is not None and labels.numel():
-        is_eos = labels.eq(eos)
-        # Keep each row through its first EOS; everything after it (pads) is ignored.
-        after = (is_eos.cumsum(1) - is_eos.long()) > 0
-        labels[after] = -100
+    # Keep each row through its first EOS; everything after it (pads) is ignored.
+    labels[past_first_eos(labels, config.eos_token_id)] = -100
     return labels
 
 
