@@ -418,8 +418,10 @@ def equal_time_runs(args, s, models: dict, teacher: Path, t_key: str, data: Path
         name = f"student 6-{d} (sft, equal time)"
         print(f"== {name}: {steps} steps", flush=True)
         cfg = student_config(args, s, "sft", d, s["seed"], teacher, data, pl_data, work)
+        # Validated (and checkpointed) every val_check_steps, so a killed run of ~30 minutes
+        # resumes; best_tfmr is then the best of its validations.
         cfg.update(output_dir=str(work / f"student_6_{d}_sft_equal_time"), max_steps=steps,
-                   val_check_steps=steps)
+                   val_check_steps=min(steps, s["val_check_steps"]))
         done = cached_run(args, cfg, after=t_key)
         if done is None:
             continue
