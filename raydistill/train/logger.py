@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from raydistill.config import DistillConfig
 
 
@@ -34,13 +36,15 @@ class Logger:
     def step(self, state, loss, parts, lr: float, temperature: float, tok_s: float,
              eta_s: float | None = None) -> None:
         step = state["global_step"]
-        comps = " ".join(f"{k}={float(v):.4f}" for k, v in parts.items())
+        parts = {k: _scalar(v) for k, v in parts.items()}  # a part may still carry its graph
+        loss = _scalar(loss)
+        comps = " ".join(f"{k}={v:.4f}" for k, v in parts.items())
         eta = f" eta={format_duration(eta_s)}" if eta_s is not None else ""
         print(f"[raydistill] step {step}/{self.total} epoch {state['epoch']} "
-              f"loss={float(loss):.4f} {comps} lr={lr:.3g} T={temperature:g} tok/s={tok_s:.0f}"
+              f"loss={loss:.4f} {comps} lr={lr:.3g} T={temperature:g} tok/s={tok_s:.0f}"
               f"{eta}", flush=True)
-        values = {"train/loss": float(loss), "train/lr": lr, "train/temperature": temperature,
-                  "train/tokens_per_s": tok_s} | {f"train/{k}": float(v) for k, v in parts.items()}
+        values = {"train/loss": loss, "train/lr": lr, "train/temperature": temperature,
+                  "train/tokens_per_s": tok_s} | {f"train/{k}": v for k, v in parts.items()}
         self._log(values, step)
 
     def validation(self, metrics: dict[str, Any]) -> None:
@@ -72,3 +76,9 @@ def format_duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _scalar(value) -> float:
+    """A float of a loss or loss part, without autograd's warning for a tensor that requires
+    grad."""
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
