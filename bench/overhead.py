@@ -127,7 +127,7 @@ def plain_loop(config_path: str, result_path: str, device: str) -> None:
     teacher = load_seq2seq(cfg.teacher).to(device).eval().requires_grad_(False)
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad],
                             lr=cfg.learning_rate, eps=cfg.adam_epsilon,
-                            weight_decay=cfg.weight_decay)
+                            weight_decay=cfg.weight_decay, fused=True)  # as raydistill's
     sched = get_linear_schedule_with_warmup(opt, cfg.warmup_steps, cfg.max_steps)
     spec = PlanSpec(mode="sortish", num_workers=1, seed=cfg.seed, batch_size=cfg.train_batch_size)
 

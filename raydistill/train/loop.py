@@ -364,9 +364,17 @@ def build_optimizer(cfg: DistillConfig, student: torch.nn.Module, total_steps: i
         from raydistill.distill.textbrewer import projection_param_groups
 
         groups += projection_param_groups(tb_config, projections, cfg.learning_rate)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, eps=cfg.adam_epsilon,
-                                  betas=(cfg.adam_beta1, cfg.adam_beta2))
+    kw = dict(lr=cfg.learning_rate, eps=cfg.adam_epsilon, betas=(cfg.adam_beta1, cfg.adam_beta2))
+    params = [p for g in groups for p in g["params"]]
+    # The fused kernel: one pass over all weights instead of a Python loop over them (on CPU,
+    # 13 against 63 ms a step for 7 M weights here); the same update (test_optimizer).
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in _FUSED_DEVICES
+                                 for p in params)
+    optimizer = torch.optim.AdamW(groups, fused=fused or None, **kw)
     return optimizer, get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, total_steps)
+
+
+_FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused AdamW runs (mps/xpu: left to torch's default)
 
 
 class _PlannedFeed:
