@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from raydistill.config import DistillConfig
-from raydistill.train.checkpoint import write_json_atomic, write_text_atomic
+from raydistill.atomic import write_json_atomic, write_text_atomic
 from raydistill.train.run import run_training
 
 

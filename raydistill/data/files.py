@@ -137,19 +137,9 @@ def one_line(text: str) -> str:
 
 def write_text(path: str | Path, text: str) -> None:
     """Write to a temporary name beside ``path``, then rename it into place (never half a file)."""
-    import os
-    import tempfile
+    from raydistill.atomic import write_text_atomic
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
 
 
 def copy_split(src_dir: str | Path, dst_dir: str | Path, split: str) -> list[str]:

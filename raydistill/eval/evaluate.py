@@ -8,19 +8,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from raydistill.atomic import write_text_atomic
 from raydistill.data.files import read_split
 from raydistill.errors import ConfigError, ModelError
 from raydistill.runtime import check_writable
 from raydistill.models.ct2 import prepare_backend
 from raydistill.models.generate import add_backend_args, generate_parallel
 from raydistill.metrics import METRICS, score
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary name in the same folder, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _check_model(model_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
@@ -127,9 +121,9 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     gen_path, res_path = out / f"{split}_generations.txt", out / f"{split}_results.json"
     # One line per example, whatever the model generated.
-    _write_atomic(gen_path, "".join(p.replace("\n", " ") + "\n" for p in preds))
+    write_text_atomic(gen_path, "".join(p.replace("\n", " ") + "\n" for p in preds))
     results["files"] = {"generations": str(gen_path), "results": str(res_path)}
-    _write_atomic(res_path, json.dumps(results, indent=2) + "\n")
+    write_text_atomic(res_path, json.dumps(results, indent=2) + "\n")
     return results
 
 

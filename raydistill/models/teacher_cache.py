@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -39,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from raydistill.atomic import recover_dir, replace_dir_atomic
 from raydistill.data.fingerprint import (
     digest,
     model_fingerprint,
@@ -151,6 +151,7 @@ def cache_key(teachers: list[str], tokenizer_dir: str, data_dir: str, *, split: 
 
 
 def read_manifest(cache_dir: str | Path) -> dict[str, Any] | None:
+    recover_dir(cache_dir)  # a build killed between its two renames left the old cache as .old
     path = Path(cache_dir) / MANIFEST
     if not path.is_file():
         return None
@@ -343,13 +344,7 @@ def build_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teache
                     "examples_per_second": round(n_rows / max(seconds, 1e-9), 2),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        old = cache_dir.with_name(cache_dir.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        if cache_dir.exists():
-            os.replace(cache_dir, old)
-        os.replace(tmp, cache_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir_atomic(tmp, cache_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

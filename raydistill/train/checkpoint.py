@@ -1,4 +1,4 @@
-"""Checkpoints that resume exactly, and atomic writes for everything a run leaves behind.
+"""Checkpoints that resume exactly.
 
 A checkpoint folder holds:
 - the student as ``save_pretrained`` (config.json + model.safetensors) and its tokenizer, so any
@@ -13,10 +13,7 @@ A checkpoint folder holds:
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,52 +21,17 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+# The atomic writes live in the base module raydistill.atomic (every stage writes files); the
+# names stay importable from here for checkpoint code and older imports.
+from raydistill.atomic import (  # noqa: F401
+    recover_dir,
+    replace_dir_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+
 STATE_FILE = "trainer_state.json"
 RNG_FILE = "rng_states.json"
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON to a temporary name beside ``path``, then rename it into place."""
-    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write to a temporary name beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def replace_dir_atomic(src: str | Path, dst: str | Path) -> None:
-    """Move the finished folder ``src`` to ``dst``; the old ``dst`` stays readable until the swap.
-
-    Two renames: dst -> dst.old, src -> dst; a crash between them leaves dst.old, which
-    ``recover_dir`` puts back.
-    """
-    src, dst = Path(src), Path(dst)
-    old = dst.with_name(dst.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def recover_dir(dst: str | Path) -> None:
-    """Undo a swap interrupted between its two renames."""
-    dst = Path(dst)
-    old = dst.with_name(dst.name + ".old")
-    if old.exists() and not dst.exists():
-        os.replace(old, dst)
 
 
 def model_files(checkpoint_dir: str | Path) -> list[Path]:

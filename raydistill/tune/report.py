@@ -189,7 +189,7 @@ def pareto_plot(rows: list[dict[str, Any]], path: str | Path, metric: str, mode:
 def write_report(rows: list[dict[str, Any]], out_dir: str | Path, *, metric: str, mode: str,
                  keys: list[str], best_id: str | None = None) -> list[dict[str, Any]]:
     """Write results.csv, results.md and pareto.png into ``out_dir``; returns the marked rows."""
-    from raydistill.train.checkpoint import write_text_atomic
+    from raydistill.atomic import write_text_atomic
 
     out = Path(out_dir)
     rows = mark_frontier(rows, mode)

@@ -63,7 +63,7 @@ def trial_driver(config: dict[str, Any], base: dict[str, Any], trials_dir: str) 
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raydistill.train.checkpoint import write_json_atomic
+    from raydistill.atomic import write_json_atomic
     from raydistill.train.run import prepare_student
 
     trial_id = ray.tune.get_context().get_trial_id()
@@ -130,7 +130,7 @@ def run_sweep(cfg: DistillConfig, settings: TuneSettings, *, resume: str | None 
     import ray
     from ray import tune
 
-    from raydistill.train.checkpoint import write_json_atomic
+    from raydistill.atomic import write_json_atomic
     from raydistill.runtime import init_ray
     from raydistill.train.run import resolve_models
 
@@ -308,7 +308,7 @@ def _measure_trial(trial_dir: Path, checkpoints: list[str],
     """Export the trial's best checkpoint to best_tfmr/ and time generation (cached)."""
     from raydistill.data.files import read_split
     from raydistill.models.generate import measure_latency
-    from raydistill.train.checkpoint import write_json_atomic
+    from raydistill.atomic import write_json_atomic
 
     empty = {"parameters": None, "ms_per_example": None}
     if not checkpoints or not (trial_dir / "hparams.json").exists():
@@ -344,7 +344,8 @@ def _export_checkpoint(path: str, dst: Path) -> bool:
     """Copy a Train checkpoint's model + tokenizer files (no optimizer state) to ``dst``."""
     from ray.train import Checkpoint
 
-    from raydistill.train.checkpoint import model_files, replace_dir_atomic
+    from raydistill.atomic import replace_dir_atomic
+    from raydistill.train.checkpoint import model_files
 
     try:
         with Checkpoint(path).as_directory() as src:
@@ -362,7 +363,7 @@ def _export_checkpoint(path: str, dst: Path) -> bool:
 
 
 def _copy_best(src: Path, dst: Path, row: dict[str, Any]) -> None:
-    from raydistill.train.checkpoint import replace_dir_atomic, write_json_atomic
+    from raydistill.atomic import replace_dir_atomic, write_json_atomic
 
     if not (src / "config.json").exists():
         raise ModelError(f"best trial {row['trial_id']}: {src} holds no model")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "raydistill"
 ORDER = ("data", "models", "distill", "train", "eval", "tune")
-BASE = ("errors", "config", "hub", "runtime", "metrics", "textbrewer_training")
+BASE = ("errors", "atomic", "config", "hub", "runtime", "metrics", "textbrewer_training")
 ENTRY = ("__init__", "cli", "pipeline", "demo", "jobkit", "losses", "schedulers")
 
 

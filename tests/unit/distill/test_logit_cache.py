@@ -479,3 +479,15 @@ def test_cache_is_rebuilt_when_teacher_data_or_tokenizer_change(cache_inputs, tm
     ensure()
     ensure()
     assert builds == [64, 8, 64, 64, 64, 64]  # weights, data, tokenizer, config; then reuse
+
+
+def test_a_cache_swap_killed_between_its_renames_is_recovered(tmp_path):
+    """build_cache swaps the new cache in with two renames (raydistill.atomic): a build killed
+    between them leaves only <cache>.old, which the next read puts back, manifest and all."""
+    cache = tmp_path / "logit_cache"
+    old = tmp_path / "logit_cache.old"
+    old.mkdir()
+    (old / teacher_cache.MANIFEST).write_text(json.dumps({"key_digest": "abc", "top_k": 8}))
+    manifest = teacher_cache.read_manifest(cache)
+    assert manifest == {"key_digest": "abc", "top_k": 8}
+    assert cache.is_dir() and not old.exists()
