@@ -1,63 +1,37 @@
 """Data: read and validate split files, tokenize with Ray Data, plan and pad batches,
-and combine data sets (pseudo-labels: raydistill.models.pseudo_label)."""
+and combine data sets (pseudo-labels: raydistill.models.pseudo_label).
+The names below import on first use (raydistill.lazy): reading split files needs no torch."""
 
-from raydistill.data.batching import (
-    BatchPlan,
-    fixed_size_plan,
-    padding_fraction,
-    shard_batches,
-    sortish_batches,
-    token_budget_batches,
-    token_budget_plan,
-)
-from raydistill.data.combine import combine_data
-from raydistill.data.files import (
-    SPLITS,
-    SplitData,
-    find_split_files,
-    read_split,
-    split_dataset,
-    validate_data_dir,
-)
-from raydistill.data.plan import PlanSpec, epoch_plan, plan_mode, planned_batches
-from raydistill.data.tokenize import (
-    IGNORE_INDEX,
-    PadCollate,
-    Tokenize,
-    make_collate_fn,
-    pad_batch,
-    pad_hidden,
-    pad_topk,
-    tokenize_dataset,
-    tokenized_split,
-)
+from raydistill.lazy import lazy_exports
 
-__all__ = [
-    "SPLITS",
-    "IGNORE_INDEX",
-    "BatchPlan",
-    "PlanSpec",
-    "PadCollate",
-    "SplitData",
-    "Tokenize",
-    "combine_data",
-    "epoch_plan",
-    "find_split_files",
-    "fixed_size_plan",
-    "make_collate_fn",
-    "pad_batch",
-    "pad_hidden",
-    "pad_topk",
-    "padding_fraction",
-    "plan_mode",
-    "planned_batches",
-    "read_split",
-    "shard_batches",
-    "sortish_batches",
-    "split_dataset",
-    "token_budget_batches",
-    "token_budget_plan",
-    "tokenize_dataset",
-    "tokenized_split",
-    "validate_data_dir",
-]
+_EXPORTS = {
+    "BatchPlan": "raydistill.data.batching",
+    "fixed_size_plan": "raydistill.data.batching",
+    "padding_fraction": "raydistill.data.batching",
+    "shard_batches": "raydistill.data.batching",
+    "sortish_batches": "raydistill.data.batching",
+    "token_budget_batches": "raydistill.data.batching",
+    "token_budget_plan": "raydistill.data.batching",
+    "combine_data": "raydistill.data.combine",
+    "SPLITS": "raydistill.data.files",
+    "SplitData": "raydistill.data.files",
+    "find_split_files": "raydistill.data.files",
+    "read_split": "raydistill.data.files",
+    "split_dataset": "raydistill.data.files",
+    "validate_data_dir": "raydistill.data.files",
+    "PlanSpec": "raydistill.data.plan",
+    "epoch_plan": "raydistill.data.plan",
+    "plan_mode": "raydistill.data.plan",
+    "planned_batches": "raydistill.data.plan",
+    "IGNORE_INDEX": "raydistill.data.tokenize",
+    "PadCollate": "raydistill.data.tokenize",
+    "Tokenize": "raydistill.data.tokenize",
+    "make_collate_fn": "raydistill.data.tokenize",
+    "pad_batch": "raydistill.data.tokenize",
+    "pad_hidden": "raydistill.data.tokenize",
+    "pad_topk": "raydistill.data.tokenize",
+    "tokenize_dataset": "raydistill.data.tokenize",
+    "tokenized_split": "raydistill.data.tokenize",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -115,8 +115,6 @@ class Generator:
         import ray
         from transformers import AutoTokenizer, GenerationConfig
 
-        from raydistill.models.layers import load_seq2seq, load_teacher
-
         # Use the CPUs Ray gave this actor, not every core of the node (actors share the node).
         cpus = 1.0
         if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
@@ -134,6 +132,8 @@ class Generator:
                                               self.backend.compute_type, threads)
             self.generation_config = _generation_config(model_dir, GenerationConfig)
             return
+        from raydistill.models.layers import load_seq2seq, load_teacher  # not for ctranslate2
+
         self.model = (load_teacher(model_dir, teacher_dtype, device) if teacher_dtype
                       else load_seq2seq(model_dir).to(device).eval())
 

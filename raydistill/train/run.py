@@ -347,11 +347,15 @@ def plan_epochs(cfg: DistillConfig, mode: str, train_ds, out: Path):
     from raydistill.data.batching import padding_fraction
     from raydistill.data.plan import PlanSpec, epoch_plan
 
+    import ray
+
     cols: dict[str, list] = {"id": [], "src_len": [], "tgt_len": []}
-    for block in train_ds.select_columns(list(cols)).iter_batches(batch_size=None,
-                                                                  batch_format="numpy"):
+    # The materialized blocks read straight from the object store: a select_columns +
+    # iter_batches would start a Ray Data execution and its tasks (2 s of start-up here).
+    for ref in train_ds.to_arrow_refs():
+        block = ray.get(ref)
         for c in cols:
-            cols[c].append(np.asarray(block[c]))
+            cols[c].append(block.column(c).to_numpy())
     ids, src, tgt = (np.concatenate(cols[c]) for c in ("id", "src_len", "tgt_len"))
     # Sorted by id: the plan must not depend on the block order of this run's tokenization,
     # or a resumed run (which tokenizes again) would see another plan.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "raydistill"
 ORDER = ("data", "models", "distill", "train", "eval", "tune")
-BASE = ("errors", "atomic", "config", "hub", "runtime", "metrics", "textbrewer_training")
+BASE = ("errors", "atomic", "lazy", "config", "hub", "runtime", "metrics", "textbrewer_training")
 ENTRY = ("__init__", "cli", "pipeline", "demo", "jobkit", "losses", "schedulers")
 
 
@@ -24,6 +24,11 @@ def imports(path: Path) -> list[tuple[int, str]]:
             out.append((node.lineno, node.module))
         elif isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names if a.name.startswith("raydistill")]
+        elif (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+              and any(isinstance(t, ast.Name) and t.id == "_EXPORTS" for t in node.targets)):
+            # a package's lazy exports (raydistill.lazy): each value is a module it imports
+            out += [(v.lineno, v.value) for v in node.value.values
+                    if isinstance(v, ast.Constant) and str(v.value).startswith("raydistill")]
     return out
 
 

@@ -15,6 +15,8 @@ def ray_init(monkeypatch):
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
     monkeypatch.setattr(runtime, "quiet_ray_data", lambda: None)
     monkeypatch.setattr(runtime, "_unreachable", lambda address: None)
+    # init_ray records whether it joined a cluster; put the flag back for the tests after this
+    monkeypatch.setattr(runtime, "_attached_flag", runtime._attached_flag)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv(runtime.DASHBOARD_ENV, raising=False)
     monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)

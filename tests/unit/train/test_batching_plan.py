@@ -165,3 +165,26 @@ def test_worker_feed_resumes_at_the_batch_index_of_the_plan(lengths):
         resumed, n2 = feed.epoch(1, 5)
         assert n == n2 == len(full) == batches_per_worker(src, tgt, spec, 2)[1]
         assert [b["id"].tolist() for b in resumed] == full[5:]
+
+
+def test_the_driver_reads_lengths_from_the_materialized_blocks_sorted_by_id(ray_session, tmp_path):
+    """plan_epochs reads id / src_len / tgt_len from the tokenized split's blocks (no Ray Data
+    execution): shuffled blocks still give lengths sorted by id, equal to the rows'."""
+    import pyarrow as pa
+    import ray.data
+
+    from raydistill.config import DistillConfig
+    from raydistill.train.run import plan_epochs
+
+    rng = np.random.default_rng(1)
+    ids = rng.permutation(50).astype(np.int64)
+    src, tgt = rng.integers(3, 40, 50).astype(np.int32), rng.integers(2, 20, 50).astype(np.int32)
+    table = pa.table({"id": ids, "src_len": src, "tgt_len": tgt})
+    ds = ray.data.from_arrow([table.slice(0, 17), table.slice(17, 20), table.slice(37)])
+    cfg = DistillConfig.from_dict({"method": "sft", "student": "s", "data_dir": "d",
+                                   "output_dir": str(tmp_path), "max_tokens_per_batch": 200,
+                                   "max_steps": 5})
+    spec, lengths, counts = plan_epochs(cfg, "token_budget", ds, tmp_path)
+    order = np.argsort(ids)
+    np.testing.assert_array_equal(lengths, np.stack([ids[order], src[order], tgt[order]]))
+    assert counts[0] == len(epoch_plan(lengths[1], lengths[2], spec, 0).batches)
