@@ -262,7 +262,10 @@ def run_epoch(w: Worker) -> None:
 def _forward_backward(w: Worker, raw: dict[str, torch.Tensor]) -> None:
     """One micro-batch: its targets (the target source), the loss, the backward pass."""
     t0 = time.perf_counter()
+    data_labels = raw["labels"]
     batch = w.targets.batch(raw, w.inner, w.state["global_step"])
+    if batch["labels"] is not data_labels:  # sampled targets (gkd): tokens/s counts those
+        w.tokens += int(batch["labels"].ne(-100).sum()) - int(data_labels.ne(-100).sum())
     with torch.autocast(w.device.type, dtype=w.amp_dtype, enabled=w.amp_dtype is not None):
         loss, parts = w.loss_step(w.model, batch, w.state["global_step"], w.run["total_steps"])
     loss_value = float(loss.detach())  # the step's one read: finite check and the mean

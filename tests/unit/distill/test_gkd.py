@@ -189,3 +189,36 @@ def test_kd_loss_choice_replaces_the_kl_term_and_the_default_is_unchanged(models
     loss, _ = LossStep(cfg, [teacher], student)(student, batch, 0, 10)
     assert float(loss) == pytest.approx(float(generalized_jsd_loss(s, t, mask, 0.9)), rel=1e-5)
     assert math.isfinite(float(loss))
+
+
+def test_tokens_per_second_counts_the_sampled_targets_of_an_on_policy_batch():
+    """The loop counts a batch's tokens from the data first; when its targets are replaced by
+    samples, the count follows the samples (what the student was trained on)."""
+    from types import SimpleNamespace
+
+    from raydistill.train import loop
+
+    data = {"attention_mask": torch.ones(2, 5, dtype=torch.long),
+            "labels": torch.tensor([[5, 6, 7, -100], [5, 6, -100, -100]])}  # 5 target tokens
+    sampled = torch.tensor([[9, 9, 9, 9, 9, 2], [9, 2, -100, -100, -100, -100]])  # 8
+
+    class Sampler:
+        def batch(self, raw, model, step):
+            return {**raw, "labels": sampled}
+
+        def after_step(self, *a):
+            pass
+
+    class Keep(Sampler):
+        def batch(self, raw, model, step):
+            return raw
+
+    w = SimpleNamespace(inner=None, state={"global_step": 0}, device=torch.device("cpu"),
+                        amp_dtype=None, model=None, cfg=SimpleNamespace(gradient_accumulation_steps=1),
+                        scaler=None, loss_sum=0.0, loss_n=0, tokens=0,
+                        loss_step=lambda m, b, s, t: (torch.tensor(1.0, requires_grad=True), {}),
+                        run={"total_steps": 1})
+    for targets, want in ((Sampler(), 8 - 5), (Keep(), 0)):
+        w.targets, w.tokens = targets, 0
+        loop._forward_backward(w, dict(data))
+        assert w.tokens == want
