@@ -1,6 +1,6 @@
 """What Ray costs: raydistill's kd step against a plain PyTorch loop, side by side.
 
-    python bench/overhead.py --quick            # scratch BART 6-6 d128 -> 6-1, ~3 min
+    python bench/overhead.py --quick            # scratch BART 6-6 d128 -> 6-1, ~4 min
     python bench/overhead.py                    # MiniLM BERT2BERT teacher, 3 repetitions each
     python bench/overhead.py --device cuda      # one GPU, bf16 autocast on both sides
 
@@ -11,6 +11,10 @@ T=2, alpha_mlm 0.2 CE), AdamW with linear decay, gradient clipping, one worker:
 - raydistill: a real ``raydistill distill`` run (a subprocess of the CLI; Ray Train, one worker,
   Ray Data feeding length-grouped "sortish" batches of ``train_batch_size``). Its tokens/s is read
   from the run's own TensorBoard log (``train/tokens_per_s``, every ``log_every_n_steps``).
+- raydistill_local: the same run with ``num_workers: 0``: Ray Train's local mode, the loop in
+  the CLI's own process (Ray and Ray Data still start; no Train controller or worker process).
+  For both raydistill runs the time from launch to the first optimizer step is read from the
+  line rank 0 prints.
 - plain: this file's ``plain_loop`` (a subprocess too): no Ray runtime (importing raydistill
   imports the ray module; nothing starts it), tokenization in-process with the same tokenizer,
   the same batch plan (``raydistill.data.plan.epoch_plan`` is a pure function of the token
@@ -185,6 +189,14 @@ def plain_loop(config_path: str, result_path: str, device: str) -> None:
 
 # ---- measurement ------------------------------------------------------------------------------
 
+def first_step_seconds(log: Path) -> float | None:
+    """The 'first optimizer step X s after launch' rank 0 prints (None for the plain loop)."""
+    import re
+
+    found = re.search(r"first optimizer step ([0-9.]+) s after launch", log.read_text())
+    return float(found.group(1)) if found else None
+
+
 def raydistill_windows(tb_dir: Path) -> list[tuple[float, float]]:
     """(seconds, tokens) per logging window, from the run's TensorBoard tokens/s and wall times."""
     events = tb_scalars(tb_dir, "train/tokens_per_s")
@@ -223,13 +235,16 @@ def main() -> None:
         if not (student / "config.json").is_file():
             make_student_quietly(teacher, (6, 1), student)
 
-    reps: dict[str, list[dict]] = {"plain": [], "raydistill": []}
-    for rep, system in abba(s["reps"], ("plain", "raydistill")):
+    systems = ("plain", "raydistill", "raydistill_local")
+    reps: dict[str, list[dict]] = {k: [] for k in systems}
+    for rep, system in abba(s["reps"], systems):
         out = work / "runs" / f"{system}_{rep}"
         shutil.rmtree(out, ignore_errors=True)
         run_dir = out / "run"  # raydistill wants an empty output_dir: config and log sit beside it
-        cfg_path = write_yaml(out / "config.yaml",
-                              distill_config(args, s, teacher, student, data, run_dir))
+        cfg = distill_config(args, s, teacher, student, data, run_dir)
+        if system == "raydistill_local":  # num_workers: 0, Ray Train's local mode
+            cfg["num_workers"] = 0
+        cfg_path = write_yaml(out / "config.yaml", cfg)
         log = out / "log.txt"
         if system == "plain":
             wall = run_logged([sys.executable, str(Path(__file__).resolve()), "--plain",
@@ -243,13 +258,17 @@ def main() -> None:
         rates = window_rates(windows)
         reps[system].append({"rep": rep, "steady_tokens_per_s": rates["median"],
                              "steady_mean_tokens_per_s": rates["mean"], "wall_seconds": wall,
-                             "window_rates": [t / s for s, t in windows[1:]]})
+                             "window_rates": [t / s for s, t in windows[1:]],
+                             "first_step_s": first_step_seconds(log)})
         print(f"[overhead] rep {rep} {system:>10}: steady {rates['median']:7.0f} tok/s (median "
               f"window; mean {rates['mean']:.0f}), end-to-end {wall:6.1f} s", flush=True)
 
     med = {k: {key: median([r[key] for r in v]) for key in
                ("steady_tokens_per_s", "steady_mean_tokens_per_s", "wall_seconds")}
            for k, v in reps.items()}
+    for k in ("raydistill", "raydistill_local"):
+        firsts = [r["first_step_s"] for r in reps[k] if r["first_step_s"] is not None]
+        med[k]["first_step_s"] = median(firsts) if firsts else None
     ratio = med["raydistill"]["steady_tokens_per_s"] / med["plain"]["steady_tokens_per_s"]
     mean_ratio = (med["raydistill"]["steady_mean_tokens_per_s"]
                   / med["plain"]["steady_mean_tokens_per_s"])
@@ -264,18 +283,28 @@ def main() -> None:
     print(table([[label, f"{med[k]['steady_tokens_per_s']:.0f}",
                   f"{med[k]['steady_mean_tokens_per_s']:.0f}", f"{med[k]['wall_seconds']:.1f}"]
                  for k, label in (("plain", "plain PyTorch"),
-                                  ("raydistill", "raydistill (Ray Train + Ray Data)"))],
+                                  ("raydistill", "raydistill (Ray Train + Ray Data)"),
+                                  ("raydistill_local", "raydistill, num_workers: 0 (in process)"))],
                 ["system", "steady tokens/s (median window)", "steady tokens/s (mean)",
                  "end-to-end wall (s)"]))
     print(f"\nsteady-state tokens/s ratio raydistill/plain: {ratio:.3f} (target >= 0.95: "
           f"{'met' if ratio >= 0.95 else 'NOT met'}); per repetition pair: "
           f"{', '.join(f'{r:.3f}' for r in pair_ratios)}; with mean rates: {mean_ratio:.3f}")
+    local_ratio = (med["raydistill_local"]["steady_tokens_per_s"]
+                   / med["plain"]["steady_tokens_per_s"])
+    print(f"steady-state tokens/s ratio raydistill (num_workers: 0)/plain: {local_ratio:.3f}")
+    for k, label in (("raydistill", "1 Train worker"), ("raydistill_local", "num_workers: 0")):
+        first = med[k]["first_step_s"]
+        print(f"first optimizer step after launch, {label}: "
+              + (f"{first:.1f} s (target <= 15 s: {'met' if first <= 15 else 'NOT met'})"
+                 if first is not None else "not printed"))
     extra = med["raydistill"]["wall_seconds"] - med["plain"]["wall_seconds"]
     print(f"end-to-end wall time ratio raydistill/plain: {wall_ratio:.2f}x "
           f"(+{extra:.1f} s of fixed cost)")
     print(f"benchmark wall time {time.time() - t_all:.0f} s")
     write_result(NAME, {"settings": s, "device": args.device, "reps": reps, "medians": med,
                         "steady_ratio": ratio, "steady_mean_ratio": mean_ratio,
+                        "steady_ratio_local": local_ratio,
                         "pair_ratios": pair_ratios, "wall_ratio": wall_ratio,
                         "command": " ".join(sys.argv), "seconds": time.time() - t_all})
 

@@ -55,6 +55,8 @@ class DistillConfig:
     run_name: str | None = None  # default: the output_dir's name (deterministic, so restarts resume)
 
     # Ray.
+    # 0: train in this process (Ray Train's local mode: no worker processes to start, the fastest
+    # start-up; no restarts on failure); >= 1: that many Ray Train workers (DDP).
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: int = 1
@@ -173,7 +175,12 @@ class DistillConfig:
         _check_gkd(self)
         if self.method in ("sft", "pl") and not (self.student or self.teacher):
             raise ConfigError(f"method: {self.method} needs student: PATH (or teacher: PATH to shrink)")
-        for key in ("num_workers", "cpus_per_worker", "train_batch_size", "eval_batch_size",
+        _at_least("num_workers", self.num_workers, 0)
+        if self.num_workers == 0 and self.max_failures:
+            raise ConfigError(f"max_failures={self.max_failures} needs Ray Train workers to "
+                              "restart; num_workers: 0 trains in this process (resume it with "
+                              "--resume instead): set num_workers >= 1 or max_failures: 0")
+        for key in ("cpus_per_worker", "train_batch_size", "eval_batch_size",
                     "max_epochs", "gradient_accumulation_steps", "max_source_length",
                     "max_target_length", "val_max_target_length", "test_max_target_length",
                     "eval_beams", "num_eval_workers", "num_tokenize_workers", "log_every_n_steps",
@@ -210,6 +217,11 @@ class DistillConfig:
                 self.alpha_ce + self.alpha_mlm + self.alpha_hid == 0:
             raise ConfigError("alpha_ce, alpha_mlm and alpha_hid are all 0: nothing to train; "
                               "set at least one above 0")
+
+    @property
+    def world_size(self) -> int:
+        """Training processes: num_workers, or 1 for num_workers: 0 (this process)."""
+        return max(1, self.num_workers)
 
     @property
     def val_metric(self) -> str:

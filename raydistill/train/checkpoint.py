@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +118,55 @@ def load_training_state(
     rngs = json.loads((path / RNG_FILE).read_text())
     set_rng_state(rngs[min(rank, len(rngs) - 1)])
     return json.loads((path / STATE_FILE).read_text())
+
+
+# ---- checkpoints of a run in this process (num_workers: 0, Ray Train's local mode) -----------
+# Ray Train's local mode keeps only the last reported checkpoint object, in memory; a run in
+# this process keeps its own under <storage>/<run_name>/ as Ray would: each validation's
+# checkpoint, the best `keep` by the validation metric plus the latest.
+
+REPORTED_FILE = "reported_metrics.json"
+
+
+def local_checkpoints(run_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
+    """(folder, reported metrics) of every finished checkpoint in ``run_dir``, oldest first."""
+    run_dir = Path(run_dir)
+    found = [(p, json.loads((p / REPORTED_FILE).read_text()))
+             for p in run_dir.glob("checkpoint_*") if (p / REPORTED_FILE).is_file()]
+    return sorted(found, key=lambda pm: pm[1]["step"])
+
+
+def persist_local_checkpoint(run_dir: str | Path, src: str | Path, metrics: dict[str, Any], *,
+                             keep: int, metric: str) -> Path:
+    """Move the finished checkpoint folder ``src`` into ``run_dir`` with its metrics, then drop
+    all but the best ``keep`` (by ``metric``) and the latest. Returns its folder."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(src) / REPORTED_FILE, metrics)
+    dst = run_dir / f"checkpoint_{int(metrics['step']):08d}"
+    replace_dir_atomic(src, dst)
+    found = local_checkpoints(run_dir)
+    best = sorted(found, key=lambda pm: pm[1].get(metric, float("-inf")), reverse=True)[:keep]
+    kept = {p for p, _ in best} | {found[-1][0]}
+    for p, _ in found:
+        if p not in kept:
+            shutil.rmtree(p, ignore_errors=True)
+    return dst
+
+
+@dataclass
+class LocalResult:
+    """What ``export_outputs`` reads of a Ray Train Result, for a run in this process."""
+
+    best_checkpoints: list
+    checkpoint: Any
+    error: BaseException | None = None
+
+
+def local_result(run_dir: str):
+    from ray.train import Checkpoint
+
+    found = [(Checkpoint.from_directory(str(p)), m) for p, m in local_checkpoints(run_dir)]
+    if not found:
+        raise RuntimeError(f"training reported no checkpoint in {run_dir}")
+    return LocalResult(best_checkpoints=found, checkpoint=found[-1][0])

@@ -7,6 +7,7 @@ alone writes the checkpoint folder, with the RNG states of all ranks gathered in
 from __future__ import annotations
 
 import math
+import os
 import random
 import tempfile
 import time
@@ -25,7 +26,13 @@ from raydistill.errors import TrainingError
 from raydistill.models.generate import generate_local
 from raydistill.metrics import score
 from raydistill.models.layers import load_seq2seq, load_teacher
-from raydistill.train.checkpoint import load_training_state, rng_state, save_training_state
+from raydistill.train.checkpoint import (
+    load_training_state,
+    local_checkpoints,
+    persist_local_checkpoint,
+    rng_state,
+    save_training_state,
+)
 from raydistill.train.logger import Logger
 from raydistill.train.targets import TargetSource, make_targets
 
@@ -143,6 +150,9 @@ def setup(config: dict[str, Any]) -> Worker:
     torch.set_num_threads(max(1, cfg.cpus_per_worker))
     device = ray.train.torch.get_device()
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and run.get("local_run_dir"):  # this process: its own checkpoints
+        found = local_checkpoints(run["local_run_dir"])
+        checkpoint = ray.train.Checkpoint.from_directory(str(found[-1][0])) if found else None
     _seed_everything(cfg.seed + rank)
 
     needs = run_needs(cfg)
@@ -342,14 +352,21 @@ def validate_and_report(w: Worker, final: bool = False) -> None:
     rngs = _gather(rng_state(), w.world)
     if w.logger:
         w.logger.validation(metrics)
-    with tempfile.TemporaryDirectory() as tmp:
+    local = w.run.get("local_run_dir")
+    if local:
+        os.makedirs(local, exist_ok=True)
+    # (ignore_cleanup_errors: a checkpoint kept by this process has been moved out of tmp)
+    with tempfile.TemporaryDirectory(dir=local, ignore_cleanup_errors=True) as tmp:
         ckpt = None
         if w.rank == 0:
             save_training_state(tmp, student=w.inner, tokenizer=w.tokenizer,
                                 optimizer=w.optimizer, scheduler=w.scheduler, scaler=w.scaler,
                                 projections=w.projections,
                                 state={**state, "config": cfg.to_dict()}, rng_states=rngs)
-            ckpt = ray.train.Checkpoint.from_directory(tmp)
+            if local:  # Ray keeps no checkpoint in its local mode: this run keeps its own
+                tmp = persist_local_checkpoint(local, tmp, metrics, keep=cfg.checkpoints_to_keep,
+                                               metric=name)
+            ckpt = ray.train.Checkpoint.from_directory(str(tmp))
         ray.train.report(metrics, checkpoint=ckpt)
     w.last_val_step = state["global_step"]
     w.model.train()

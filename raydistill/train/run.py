@@ -197,13 +197,18 @@ def run_training(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = 
     t0 = time.time()
     # Where the seconds before training go (the workers add theirs at the first step).
     print(f"[raydistill] start-up: {t_ray - launched:.1f} s imports and checks, "
-          f"{t_data - t_ray:.1f} s Ray, {t0 - t_data:.1f} s datasets; starting the workers "
-          f"{t0 - launched:.1f} s after launch", flush=True)
+          f"{t_data - t_ray:.1f} s Ray, {t0 - t_data:.1f} s datasets; "
+          + ("training in this process (num_workers: 0)" if cfg.num_workers == 0 else
+             "starting the workers") + f" {t0 - launched:.1f} s after launch", flush=True)
     try:
         result = trainer.fit()
     except Exception as err:  # Ray raises worker failures from fit(); keep input errors one line
         raise_worker_error(err)
     train_seconds = time.time() - t0
+    if cfg.num_workers == 0:  # Ray's local mode keeps no checkpoints: the run kept its own
+        from raydistill.train.checkpoint import local_result
+
+        result = local_result(local_run_dir(cfg, storage, run_name))
     if result.error:
         raise_worker_error(result.error)
     return cfg, out, export_outputs(cfg, out, result, train_seconds)
@@ -216,6 +221,10 @@ def check_workers(cfg: DistillConfig, what: str) -> None:
            not ray_has_gpus() else
            f"use fewer workers (num_workers={cfg.num_workers}) or fewer CPUs per worker "
            f"(cpus_per_worker={cfg.cpus_per_worker})")
+    if cfg.num_workers == 0:  # this process trains: it holds its CPUs already
+        if cfg.use_gpu and not ray_has_gpus():
+            raise ConfigError(f"{what}: use_gpu: true but this machine's Ray has no GPU; {fix}")
+        return
     check_resources(what, cfg.num_workers * cfg.cpus_per_worker, cfg.num_workers * gpu,
                     per_unit_cpus=cfg.cpus_per_worker, per_unit_gpus=gpu, fix=fix)
 
@@ -284,7 +293,7 @@ def build_trainer(cfg: DistillConfig, out: Path, layers: dict[str, Any], *, stor
     student_dir = str(out / "student")
     train_split = read_split(cfg.data_dir, "train", cfg.n_train)
     n_train = len(train_split)
-    if n_train < cfg.num_workers:
+    if n_train < cfg.world_size:
         raise ConfigError(f"n_train={n_train} examples is fewer than num_workers={cfg.num_workers}; "
                           "use fewer workers or more data")
     # Tokenize once, before the workers take the CPUs: every epoch then reads the object store.
@@ -305,7 +314,7 @@ def build_trainer(cfg: DistillConfig, out: Path, layers: dict[str, Any], *, stor
     mode = plan_mode(cfg.max_tokens_per_batch, cfg.sortish_sampler, cached)
     plan = None
     if mode is None:  # fixed-size batches streamed from an equal split of the rows
-        batches, opt_steps = steps_per_epoch(n_train, cfg.num_workers, cfg.train_batch_size,
+        batches, opt_steps = steps_per_epoch(n_train, cfg.world_size, cfg.train_batch_size,
                                              cfg.gradient_accumulation_steps)
         total_steps = cfg.max_steps or cfg.max_epochs * opt_steps
     else:  # every epoch's batches planned from the lengths; workers pull their rows by id
@@ -317,13 +326,14 @@ def build_trainer(cfg: DistillConfig, out: Path, layers: dict[str, Any], *, stor
                 "cached_logits": cached}
     run = {"student_init": student_dir, "tokenizer": student_dir, "output_dir": str(out),
            "run_name": run_name, "total_steps": total_steps, "batches_per_epoch": batches,
+           "local_run_dir": local_run_dir(cfg, storage_path, run_name),
            "plan": plan, "launch_time": launch_time(), **layers}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**cfg.to_dict(), "_run": run},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={
-                                         "CPU": cfg.cpus_per_worker - cpu_reserve / cfg.num_workers}),
+                                         "CPU": cfg.cpus_per_worker - cpu_reserve / cfg.world_size}),
         run_config=RunConfig(
             name=run_name, storage_path=storage_path, callbacks=callbacks,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep,
@@ -335,6 +345,17 @@ def build_trainer(cfg: DistillConfig, out: Path, layers: dict[str, Any], *, stor
         # A planned run gives every worker the whole (materialized) train set to pull rows from.
         dataset_config=DataConfig(datasets_to_split=["train"] if plan is None else []),
     )
+
+
+def local_run_dir(cfg: DistillConfig, storage_path: str, run_name: str) -> str | None:
+    """Where a run in this process (num_workers: 0) keeps its checkpoints; None for workers."""
+    if cfg.num_workers:
+        return None
+    if "://" in storage_path:
+        raise ConfigError(f"num_workers: 0 keeps its checkpoints on this machine's disk, not at "
+                          f"storage_path={storage_path}; use a local storage_path or "
+                          "num_workers >= 1")
+    return str(Path(storage_path).resolve() / run_name)
 
 
 def plan_epochs(cfg: DistillConfig, mode: str, train_ds, out: Path):
@@ -361,13 +382,13 @@ def plan_epochs(cfg: DistillConfig, mode: str, train_ds, out: Path):
     # or a resumed run (which tokenizes again) would see another plan.
     order = np.argsort(ids, kind="stable")
     lengths = np.stack([ids[order], src[order], tgt[order]]).astype(np.int64)
-    spec = PlanSpec(mode=mode, num_workers=cfg.num_workers, seed=cfg.seed,
+    spec = PlanSpec(mode=mode, num_workers=cfg.world_size, seed=cfg.seed,
                     batch_size=cfg.train_batch_size, max_tokens=cfg.max_tokens_per_batch)
     # With max_steps the schedule needs no epoch count; epoch 0 is planned for the summary.
     epochs = 1 if cfg.max_steps else cfg.max_epochs
     plans = [epoch_plan(lengths[1], lengths[2], spec, e) for e in range(epochs)]
-    counts = [len(p.batches) // cfg.num_workers for p in plans]
-    summary = {"mode": mode, "num_workers": cfg.num_workers, "examples": int(len(ids)),
+    counts = [len(p.batches) // cfg.world_size for p in plans]
+    summary = {"mode": mode, "num_workers": cfg.world_size, "examples": int(len(ids)),
                "max_tokens_per_batch": cfg.max_tokens_per_batch,
                "train_batch_size": None if mode == "token_budget" else cfg.train_batch_size,
                "batches_per_worker": counts, "num_oversized": plans[0].num_oversized,

@@ -175,6 +175,12 @@ def check_trial_fits(cfg: DistillConfig, settings: TuneSettings) -> None:
     """The largest trial the space can sample against the cluster, before any trial starts."""
     from raydistill.runtime import check_resources
 
+    from raydistill.errors import ConfigError
+
+    dims = [d for d in settings.search_space if d.key == "num_workers"]
+    if min(dims[0].representatives() if dims else [cfg.num_workers]) == 0:
+        raise ConfigError("num_workers: 0 trains in the process that starts it; a sweep's "
+                          "trials need Ray Train workers: set num_workers >= 1")
     workers, cpus = largest_value(cfg, settings, "num_workers"), largest_value(cfg, settings,
                                                                                 "cpus_per_worker")
     gpu = 1.0 if cfg.use_gpu else 0.0

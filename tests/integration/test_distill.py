@@ -142,6 +142,62 @@ def test_textbrewer_config_run_crashes_and_resumes_from_the_checkpoint_step(
 
 
 @pytest.mark.timeout(300)
+def test_in_process_run_keeps_its_checkpoints_and_resumes_after_a_crash(
+        ray_session, tiny_bart_dir, tmp_path, monkeypatch):
+    """num_workers: 0 trains in this process (Ray Train's local mode): it keeps its own
+    checkpoints under ray_results (the best and the latest), exports best_tfmr, and --resume
+    continues from the latest after the process died."""
+    from raydistill.train import loop
+
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = [f"sentence {i} about cats and dogs ." for i in range(12)]
+    for split, n in (("train", 12), ("val", 4), ("test", 4)):
+        (data / f"{split}.source").write_text("\n".join(lines[:n]) + "\n")
+        (data / f"{split}.target").write_text("\n".join(s.split(" ")[1] + " ." for s in lines[:n]) + "\n")
+    out = tmp_path / "local"
+    cfg = DistillConfig(
+        method="kd", teacher=str(tiny_bart_dir), student_encoder_layers=2, student_decoder_layers=1,
+        data_dir=str(data), output_dir=str(out), num_workers=0, cpus_per_worker=1,
+        train_batch_size=2, max_steps=6, max_epochs=10, val_check_steps=2, eval_beams=1,
+        checkpoints_to_keep=1, learning_rate=1e-3, do_predict=False, val_max_target_length=8,
+        seed=0)
+    product = loop.train_loop_per_worker
+
+    def dies_after_step_4(config):
+        import ray.train
+
+        report = ray.train.report
+
+        def report_then_die(metrics, checkpoint=None, **kw):
+            report(metrics, checkpoint=checkpoint, **kw)
+            if metrics.get("step") == 4:
+                raise KeyboardInterrupt("killed after the step-4 checkpoint")
+
+        monkeypatch.setattr(ray.train, "report", report_then_die)
+        try:
+            product(config)
+        finally:
+            monkeypatch.setattr(ray.train, "report", report)
+
+    monkeypatch.setattr(loop, "train_loop_per_worker", dies_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        run_distill(cfg)
+    run_dir = out / "ray_results" / "local"
+    steps = sorted(json.loads((c / "trainer_state.json").read_text())["global_step"]
+                   for c in run_dir.glob("checkpoint_*"))
+    assert steps[-1] == 4 and len(steps) <= 2  # the best and the latest
+
+    monkeypatch.setattr(loop, "train_loop_per_worker", product)
+    summary = run_distill(cfg, resume=True)
+    assert summary["resumed_from"] == [4] and summary["final_step"] == 6
+    assert [h["step"] for h in summary["val"]] == [2, 4, 6]
+    assert (out / "best_tfmr" / "model.safetensors").is_file()
+    kept = list(run_dir.glob("checkpoint_*"))
+    assert 1 <= len(kept) <= 2 and not list(run_dir.glob("tmp*"))
+
+
+@pytest.mark.timeout(300)
 def test_nan_loss_stops_the_run_naming_step_and_component(
         ray_session, tiny_bart_dir, tiny_data_dir, tmp_path, capsys):
     """A teacher with a NaN weight makes the KD term NaN at the first step: one line, exit 2."""

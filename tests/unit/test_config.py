@@ -70,6 +70,7 @@ def test_overrides_are_typed_and_nested(tmp_path):
     ("adam_beta2", 1.0, r"adam_beta2=1.0 is out of range: it must be in \[0, 1\)"),
     ("logit_cache_top_k", 0, r"logit_cache_top_k=0 is out of range: it must be >= 1"),
     ("logit_cache", "disk", r"logit_cache='disk' is not allowed: choose one of parquet, memory"),
+    ("num_workers", -1, r"num_workers=-1 is out of range: it must be >= 0"),
 ])
 def test_bad_values_name_key_value_and_range(key, value, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -130,3 +131,20 @@ def test_textbrewer_training_section_maps_onto_run_keys():
                                  "training": {"gradient_accumulation_steps": 4}})
     with pytest.raises(ConfigError, match="ckpt_frequncy"):
         DistillConfig.from_dict({**BASE, "training": {"ckpt_frequncy": 2}})
+
+
+def test_num_workers_0_trains_in_this_process_and_cannot_restart():
+    cfg = DistillConfig.from_dict({**BASE, "num_workers": 0})
+    assert cfg.world_size == 1 and DistillConfig.from_dict({**BASE, "num_workers": 3}).world_size == 3
+    with pytest.raises(ConfigError, match=r"max_failures=1 needs Ray Train workers .*--resume"):
+        DistillConfig.from_dict({**BASE, "num_workers": 0, "max_failures": 1})
+
+
+def test_num_workers_0_keeps_checkpoints_on_local_disk(tmp_path):
+    from raydistill.train.run import local_run_dir
+
+    cfg = DistillConfig.from_dict({**BASE, "num_workers": 0})
+    assert local_run_dir(cfg, str(tmp_path), "r") == str(tmp_path / "r")
+    assert local_run_dir(DistillConfig.from_dict(BASE), str(tmp_path), "r") is None
+    with pytest.raises(ConfigError, match="num_workers: 0 keeps its checkpoints on this machine"):
+        local_run_dir(cfg, "s3://bucket/runs", "r")

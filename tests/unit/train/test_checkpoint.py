@@ -88,3 +88,22 @@ def test_write_json_atomic_leaves_no_partial_file(tmp_path):
         write_json_atomic(p, circular)
     assert json.loads(p.read_text()) == {"a": 1}
     assert [f.name for f in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left behind
+
+
+def test_a_run_in_this_process_keeps_the_best_and_the_latest_checkpoints(tmp_path):
+    """num_workers: 0 keeps its own checkpoints (Ray's local mode keeps none): each validation's
+    folder moves in with its metrics, then all but the best `keep` and the latest go."""
+    from raydistill.train.checkpoint import local_checkpoints, local_result, persist_local_checkpoint
+
+    run = tmp_path / "run"
+    for step, bleu in ((2, 5.0), (4, 9.0), (6, 7.0), (8, 3.0)):
+        src = tmp_path / f"tmp{step}"
+        src.mkdir()
+        (src / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        persist_local_checkpoint(run, src, {"step": step, "bleu": bleu}, keep=1, metric="bleu")
+        assert not src.exists()
+    kept = local_checkpoints(run)
+    assert [m["step"] for _, m in kept] == [4, 8]  # the best (bleu 9) and the latest
+    result = local_result(str(run))
+    assert [m["bleu"] for _, m in result.best_checkpoints] == [9.0, 3.0]
+    assert result.checkpoint.path.endswith("checkpoint_00000008") and result.error is None

@@ -230,3 +230,15 @@ def test_gkd_beta_and_lmbda_are_searched_like_any_key():
         parse_tune_section(section(**{"gkd.beta": {"grid": [0.1]}}), BASE)
     with pytest.raises(ConfigError, match=r"gkd.beta=1.5 is out of range"):
         parse_tune_section(section(**{"gkd.beta": {"uniform": [0.5, 1.5]}}), gkd)
+
+
+@pytest.mark.parametrize("cfg,space", [
+    (DistillConfig(data_dir="d", output_dir="o", teacher="t", num_workers=0), {}),
+    (BASE, {"num_workers": {"choice": [0, 1]}}),
+])
+def test_a_sweep_refuses_in_process_trials(cfg, space):
+    from raydistill.tune.sweep import check_trial_fits
+
+    settings = parse_tune_section(section(**(space or {"temperature": {"choice": [1.0, 2.0]}})), cfg)
+    with pytest.raises(ConfigError, match="num_workers: 0 trains in the process that starts it"):
+        check_trial_fits(cfg, settings)
