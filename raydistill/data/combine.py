@@ -13,13 +13,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from raydistill.atomic import write_text_atomic
 from raydistill.data.files import (
     copy_split,
     find_split_files,
     one_line,
     read_split,
     validate_data_dir,
-    write_text,
 )
 from raydistill.errors import ConfigError, DataError
 
@@ -51,12 +51,12 @@ def combine_data(out: str | Path, data_dirs: list[str | Path], *,
         targets += [one_line(t) for t in split.targets]
         counts.append({"dir": str(d.resolve()), "train": len(split)})
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "train.source", "\n".join(sources) + "\n")
-    write_text(out / "train.target", "\n".join(targets) + "\n")
+    write_text_atomic(out / "train.source", "\n".join(sources) + "\n")
+    write_text_atomic(out / "train.target", "\n".join(targets) + "\n")
     copied = copy_split(dirs[0], out, "val") + (copy_split(dirs[0], out, "test") if has_test else [])
     summary = {"inputs": counts, "train": len(sources), "val_test_from": str(dirs[0].resolve()),
                "copied": copied}
-    write_text(out / "combine.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "combine.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -135,13 +135,6 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def write_text(path: str | Path, text: str) -> None:
-    """Write to a temporary name beside ``path``, then rename it into place (never half a file)."""
-    from raydistill.atomic import write_text_atomic
-
-    write_text_atomic(path, text)
-
-
 def copy_split(src_dir: str | Path, dst_dir: str | Path, split: str) -> list[str]:
     """Copy the files of ``split`` (any layout, with its refs) into ``dst_dir``; returns their names."""
     import os

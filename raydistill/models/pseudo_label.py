@@ -32,13 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from raydistill.atomic import write_text_atomic
 from raydistill.data.files import (
     SPLITS,
     copy_split,
     one_line,
     read_split,
     validate_data_dir,
-    write_text,
 )
 from raydistill.data.fingerprint import digest, model_fingerprint, split_fingerprint
 from raydistill.errors import ConfigError, ModelError
@@ -181,7 +181,7 @@ def pseudo_label(teacher: str, data_dir: str, out: str, *, split: str = "train",
         if timed else None,
         "runs": runs,
     }
-    write_text(out_dir / REPORT, json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out_dir / REPORT, json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -202,7 +202,7 @@ def _check_or_start(out_dir: Path, identity: dict[str, Any], overwrite: bool) ->
     if out_dir.exists() and any(p.name != PARTS for p in out_dir.iterdir()) and not overwrite:
         raise ConfigError(f"--out {out_dir} is not empty and holds no pseudo-label run; "
                           "choose an empty folder or pass --overwrite")
-    write_text(settings_file, json.dumps(identity, indent=2) + "\n")
+    write_text_atomic(settings_file, json.dumps(identity, indent=2) + "\n")
 
 
 def _label(data, shards, pending, out_dir: Path, settings, num_workers, num_gpus,
@@ -278,8 +278,8 @@ def _write_split(out_dir: Path, split: str, n_shards: int) -> tuple[int, int]:
         raise ModelError(f"every pseudo-label of {split} is empty: the teacher wrote nothing for "
                          f"any of its {dropped} examples; check the teacher (max_length, its "
                          f"generation config) before training on them (its outputs: {PARTS}/)")
-    write_text(out_dir / f"{split}.source", "\n".join(sources) + "\n")
-    write_text(out_dir / f"{split}.target", "\n".join(targets) + "\n")
+    write_text_atomic(out_dir / f"{split}.source", "\n".join(sources) + "\n")
+    write_text_atomic(out_dir / f"{split}.target", "\n".join(targets) + "\n")
     return len(sources), dropped
 
 
