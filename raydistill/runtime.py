@@ -47,9 +47,13 @@ def init_ray(address: str | None = None) -> None:
     # Inside `ray job submit`, the job's runtime env may set some of these already: Ray refuses
     # to merge two values for one variable, so the job's own win.
     job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
-    taken = set(((job_env.get("runtime_env") or {}).get("env_vars") or {}))
+    job_runtime_env = job_env.get("runtime_env") or {}
+    taken = set(job_runtime_env.get("env_vars") or {})
     passed = {k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}
     env = {k: v for k, v in {**RAY_ENV, **passed}.items() if k not in taken}
+    runtime_env: dict = {"env_vars": env}
+    if "worker_process_setup_hook" not in job_runtime_env:
+        runtime_env["worker_process_setup_hook"] = f"{__name__}.{pin_cluster_address.__name__}"
     # Ray itself waits minutes, mostly silently, for an address where nothing listens.
     problem = _unreachable(address) if _attached_flag else None
     # Start-up: a local Ray skips the dashboard's UI modules (about 1.5 s of ray.init and a
@@ -59,7 +63,7 @@ def init_ray(address: str | None = None) -> None:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     try:
         if problem is None:
-            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, **local)
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, **local)
     except (ConnectionError, TimeoutError) as err:
         problem = first_line(err)
     if problem is not None:
@@ -67,6 +71,22 @@ def init_ray(address: str | None = None) -> None:
                           "(ray start --head, or ray up cluster.yaml), fix --address / "
                           "RAY_ADDRESS, or leave both unset to start a local Ray")
     quiet_ray_data()
+
+
+def pin_cluster_address() -> None:
+    """Every Ray worker's setup hook (init_ray): $RAY_ADDRESS = this worker's own cluster.
+
+    Ray resolves an unset address to the cluster started last on the machine
+    (/tmp/ray/ray_current_cluster). Ray Train's placement-group cleaner asks the state API, so
+    addressed, whether its controller is alive; once a second local Ray started on the same
+    machine (a second raydistill command, a test session, a notebook), the answer could come
+    from that other cluster, which knows no such actor, and the cleaner removed the running
+    training's placement group, which killed the run (seen: a teacher run died at step 250
+    when a test session started beside it; tests/integration/test_two_local_rays.py).
+    """
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
 def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:
@@ -200,6 +220,17 @@ def check_actor_pool(what: str, actors: int, cpus_per_actor: float, gpus_per_act
                     per_unit_cpus=cpus_per_actor, per_unit_gpus=gpus_per_actor,
                     fix=f"use fewer actors ({knob}={actors} now)"
                         + (", or no GPU (num_gpus=0)" if gpus_per_actor else ""))
+
+
+def actor_threads() -> int:
+    """Threads for this process's compute: the CPUs Ray gave this actor or task (actors share
+    the node, so not every core of it), 1 outside a Ray worker."""
+    import ray
+
+    cpus = 1.0
+    if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    return max(1, int(cpus))
 
 
 def _missing(cpus: float, gpus: float, per_cpus: float, per_gpus: float) -> str:

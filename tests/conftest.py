@@ -47,8 +47,12 @@ def ray_session():
 
     if not ray.is_initialized():
         # The dashboard (job submission) starts when ray[default] is installed, as in CI.
+        # The setup hook keeps this session's workers on this cluster when a test starts another
+        # local Ray (runtime.pin_cluster_address).
         ray.init(num_cpus=2, log_to_driver=True,
-                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"},
+                              "worker_process_setup_hook":
+                                  "raydistill.runtime.pin_cluster_address"})
     yield ray
     ray.shutdown()
 

@@ -41,3 +41,30 @@ def test_joining_a_cluster_leaves_its_dashboard_alone(ray_init, monkeypatch):
     import os
 
     assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
+
+
+def test_workers_get_the_address_pin_unless_the_job_sets_its_own_hook(ray_init, monkeypatch):
+    import json
+
+    runtime.init_ray()
+    hook = ray_init[-1]["runtime_env"]["worker_process_setup_hook"]
+    assert hook == "raydistill.runtime.pin_cluster_address"
+    # Inside `ray job submit` with a hook of the job's own, Ray would refuse a second one.
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(
+        {"runtime_env": {"worker_process_setup_hook": "mine.setup"}}))
+    runtime.init_ray()
+    assert "worker_process_setup_hook" not in ray_init[-1]["runtime_env"]
+
+
+def test_the_pin_sets_ray_address_to_the_workers_own_cluster(monkeypatch):
+    import os
+
+    import ray
+
+    class Context:
+        gcs_address = "10.0.0.7:6379"
+
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: Context())
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    runtime.pin_cluster_address()
+    assert os.environ["RAY_ADDRESS"] == "10.0.0.7:6379"
