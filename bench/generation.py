@@ -126,7 +126,7 @@ def main() -> None:
     for name, backend, compute_type in systems:
         t0 = time.perf_counter()
         used = prepare_backend(model_dir, backend, compute_type, cache,
-                               device="cuda" if cuda else "cpu")
+                               device="cuda" if cuda else "cpu", samples=sources[:64])
         convert_s = time.perf_counter() - t0
         timings: dict[str, float] = {}
         preds, seconds = generate_parallel(model_dir, sources, num_workers=args.num_workers,

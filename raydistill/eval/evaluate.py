@@ -12,7 +12,7 @@ from raydistill.atomic import write_text_atomic
 from raydistill.data.files import read_split
 from raydistill.errors import ConfigError, ModelError
 from raydistill.runtime import check_writable
-from raydistill.models.ct2 import prepare_backend
+from raydistill.models.ct2 import TOKENIZER_SAMPLES, prepare_backend
 from raydistill.models.generate import add_backend_args, generate_parallel
 from raydistill.metrics import METRICS, score
 
@@ -84,7 +84,8 @@ def evaluate(
     refs = data.refs if data.refs is not None else data.targets
 
     used = prepare_backend(source.path, backend, compute_type, ct2_cache_dir,
-                           device="cuda" if num_gpus > 0 else "cpu")
+                           device="cuda" if num_gpus > 0 else "cpu",
+                           samples=data.sources[:TOKENIZER_SAMPLES])
     preds, seconds = generate_parallel(
         source.path, data.sources, num_beams=num_beams, length_penalty=length_penalty,
         max_length=max_length, max_source_length=max_source_length, batch_size=batch_size,

@@ -7,11 +7,16 @@ cache folder (``prepare_backend``); each Ray Data actor then loads the converted
 max length and batch size what ``generate_local`` means by them. Architectures CTranslate2
 cannot convert (or that raydistill has not checked against transformers) fall back to
 transformers with one warning.
+
+A CTranslate2 actor (``CT2Generator``) imports neither torch nor transformers when the model's
+``tokenizer.json`` tokenizes and decodes like its transformers tokenizer (``LightTokenizer``,
+checked on the driver): that import was most of an actor's start (3.4 s of 5 s on 2 cores).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -19,7 +24,10 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+import numpy as np
 
 from raydistill.config import BACKENDS, COMPUTE_TYPES
 
@@ -54,6 +62,88 @@ class Backend:
     name: str = "transformers"
     compute_type: str = "float32"
     ct2_dir: str | None = None
+    # The model's tokenizer.json, loaded by the tokenizers library alone, gave the transformers
+    # tokenizer's ids and texts on the driver's probes (``light_tokenizer_matches``).
+    light_tokenizer: bool = False
+    # The generation config's settings ``decode_options`` reads, as (key, value) pairs.
+    generation: tuple[tuple[str, Any], ...] = ()
+
+# What ``light_tokenizer_matches`` tries besides the caller's samples: punctuation, digits,
+# accents, runs of spaces, a script the vocabulary may lack, and the empty string.
+_PROBES = ("Hello, world! It's 3.5 km (2 miles).", "  two  spaces , and a tab\there ",
+           "Ça coûte 12 € — n'est-ce pas?", "Größe über Maß: 100%.", "日本語のテキスト", "")
+# How many of the sources to generate ``prepare_backend`` callers pass as tokenizer ``samples``.
+TOKENIZER_SAMPLES = 64
+# The generation config's keys ``decode_options`` reads.
+_GENERATION_KEYS = ("forced_eos_token_id", "min_length", "no_repeat_ngram_size",
+                    "repetition_penalty")
+
+
+class LightTokenizer:
+    """What ``generate_ct2`` uses of a transformers tokenizer, on the tokenizers library alone.
+
+    Loads ``tokenizer.json`` (no torch, no transformers import). Use it only where
+    ``light_tokenizer_matches`` said it tokenizes like the transformers tokenizer.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike) -> None:
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+        self.tokenizer.no_padding()
+
+    def __call__(self, texts: Sequence[str], max_length: int, truncation: bool = True
+                 ) -> dict[str, list[list[int]]]:
+        if truncation:
+            self.tokenizer.enable_truncation(max_length)
+        else:
+            self.tokenizer.no_truncation()
+        return {"input_ids": [e.ids for e in self.tokenizer.encode_batch(list(texts))]}
+
+    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
+        return [self.tokenizer.id_to_token(int(i)) for i in ids]
+
+    def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int]:
+        return [self.tokenizer.token_to_id(t) for t in tokens]
+
+    def batch_decode(self, ids: Sequence[Sequence[int]], skip_special_tokens: bool = True
+                     ) -> list[str]:
+        return self.tokenizer.decode_batch([list(x) for x in ids],
+                                           skip_special_tokens=skip_special_tokens)
+
+
+def light_tokenizer_matches(model_dir: str | os.PathLike, tokenizer: Any,
+                            samples: Sequence[str] = (), max_length: int = 512) -> bool:
+    """Whether ``LightTokenizer(model_dir)`` gives ``tokenizer``'s ids and decoded texts.
+
+    Checked on ``_PROBES`` and ``samples`` (the caller's first sources): ids of each, and the
+    decoding of those ids with and without special tokens. False when the folder has no
+    tokenizer.json (a SentencePiece-only tokenizer, as OPUS-MT's) or it does not load.
+    """
+    if not (Path(model_dir) / "tokenizer.json").is_file():
+        return False
+    try:
+        light = LightTokenizer(model_dir)
+    except Exception:  # noqa: BLE001 - any load failure means: use transformers
+        return False
+    texts = list(_PROBES) + [str(t) for t in samples]
+    ids = tokenizer(texts, max_length=max_length, truncation=True)["input_ids"]
+    if light(texts, max_length=max_length)["input_ids"] != [list(x) for x in ids]:
+        return False
+    if light.convert_ids_to_tokens(ids[0]) != tokenizer.convert_ids_to_tokens(ids[0]):
+        return False
+    return all(light.batch_decode(ids, skip_special_tokens=skip)
+               == tokenizer.batch_decode(ids, skip_special_tokens=skip) for skip in (True, False))
+
+
+def saved_generation_config(model_dir: str | os.PathLike):
+    """The saved generation config, else the one transformers derives from config.json."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(str(model_dir))
+    except OSError:
+        return GenerationConfig.from_model_config(AutoConfig.from_pretrained(str(model_dir)))
 
 
 def default_cache_dir() -> Path:
@@ -75,8 +165,13 @@ def check_choice(backend: str, compute_type: str) -> None:
 
 def prepare_backend(model_dir: str | os.PathLike, backend: str = "transformers",
                     compute_type: str = "float32", cache_dir: str | os.PathLike | None = None,
-                    device: str = "cpu") -> Backend:
-    """On the driver: convert ``model_dir`` for CTranslate2 (cached) or decide to fall back."""
+                    device: str = "cpu", samples: Sequence[str] = ()) -> Backend:
+    """On the driver: convert ``model_dir`` for CTranslate2 (cached) or decide to fall back.
+
+    Also checks whether the actors may tokenize without transformers (``LightTokenizer``, on
+    ``samples``, a few of the sources to generate, besides fixed probes) and reads the
+    generation settings the actors need, so that an actor imports neither torch nor transformers.
+    """
     check_choice(backend, compute_type)
     if backend == "transformers":
         return Backend()
@@ -101,7 +196,13 @@ def prepare_backend(model_dir: str | os.PathLike, backend: str = "transformers",
         _fallback(model_dir, f"CTranslate2 cannot convert it ({type(err).__name__}: "
                   f"{str(err).splitlines()[0][:200]})")
         return Backend()
-    return Backend("ctranslate2", compute_type, str(ct2_dir))
+    from transformers import AutoTokenizer
+
+    gen = saved_generation_config(model_dir)
+    light = light_tokenizer_matches(model_dir, AutoTokenizer.from_pretrained(str(model_dir)),
+                                    samples)
+    return Backend("ctranslate2", compute_type, str(ct2_dir), light_tokenizer=light,
+                   generation=tuple((k, getattr(gen, k, None)) for k in _GENERATION_KEYS))
 
 
 def _fallback(model_dir, why: str) -> None:
@@ -271,5 +372,59 @@ def generate_ct2(translator: Any, tokenizer: Any, sources: Sequence[str], *,
     return (preds, scores) if return_scores else preds
 
 
-__all__ = ["BACKENDS", "COMPUTE_TYPES", "Backend", "convert_cached", "generate_ct2",
-           "load_translator", "prepare_backend"]
+def add_predictions(batch: dict[str, np.ndarray], preds: Sequence[str],
+                    scores: Sequence[float] | None, seconds: float) -> dict[str, np.ndarray]:
+    """A generator actor's output: "prediction", "gen_seconds" (each row's share of the batch's
+    generation time: summed, the pool's busy time) and "score" when there are scores."""
+    batch["prediction"] = np.array(list(preds), dtype=object)
+    batch["gen_seconds"] = np.full(len(preds), seconds / max(len(preds), 1))
+    if scores is not None:
+        batch["score"] = np.asarray(scores, dtype=np.float32)
+    return batch
+
+
+class CT2Generator:
+    """The Ray Data ``map_batches`` callable of the ctranslate2 backend (``Generator``'s twin
+    for a ``prepare_backend`` result): loads the translator once per actor, adds "prediction".
+
+    Imports neither torch nor transformers when ``backend.light_tokenizer``. ``teacher_dtype``
+    is accepted and ignored (the compute type decides).
+    """
+
+    def __init__(self, model_dir: str, num_beams: int = 4, length_penalty: float = 1.0,
+                 max_length: int = 64, max_source_length: int = 512, batch_size: int = 16,
+                 device: str = "cpu", return_scores: bool = False,
+                 teacher_dtype: str | None = None, backend: Backend | None = None) -> None:
+        from raydistill.runtime import actor_threads
+
+        if backend is None or backend.name != "ctranslate2":
+            raise ValueError("CT2Generator needs a ctranslate2 prepare_backend result")
+        if backend.light_tokenizer:
+            self.tokenizer: Any = LightTokenizer(model_dir)
+        else:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.generation_config = (SimpleNamespace(**dict(backend.generation)) if backend.generation
+                                  else saved_generation_config(model_dir))
+        self.translator = load_translator(backend.ct2_dir, device, backend.compute_type,
+                                          actor_threads())
+        self.kw = dict(num_beams=num_beams, length_penalty=length_penalty, max_length=max_length,
+                       max_source_length=max_source_length, batch_size=batch_size)
+        self.return_scores = return_scores
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Adds "prediction" (and "score", CTranslate2's hypothesis score, when asked for)."""
+        import time
+
+        t0 = time.perf_counter()
+        out = generate_ct2(self.translator, self.tokenizer, [str(s) for s in batch["source"]],
+                           generation_config=self.generation_config,
+                           return_scores=self.return_scores, **self.kw)
+        preds, scores = out if self.return_scores else (out, None)
+        return add_predictions(batch, preds, scores, time.perf_counter() - t0)
+
+
+__all__ = ["BACKENDS", "COMPUTE_TYPES", "TOKENIZER_SAMPLES", "Backend", "CT2Generator", "LightTokenizer",
+           "add_predictions", "convert_cached", "generate_ct2", "light_tokenizer_matches",
+           "load_translator", "prepare_backend", "saved_generation_config"]

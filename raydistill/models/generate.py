@@ -17,14 +17,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from raydistill.runtime import Progress, check_actor_pool, init_ray
+from raydistill.runtime import Progress, actor_threads, check_actor_pool, init_ray
 from raydistill.models.ct2 import (
     BACKENDS,
     COMPUTE_TYPES,
     Backend,
+    CT2Generator,
+    TOKENIZER_SAMPLES,
+    add_predictions,
     generate_ct2,
     load_translator,
     prepare_backend,
+    saved_generation_config,
 )
 
 
@@ -102,69 +106,49 @@ def _sequence_scores(model, out, num_beams: int, length_penalty: float) -> list[
 
 
 class Generator:
-    """A Ray Data ``map_batches`` callable: loads the model once per actor, adds "prediction"."""
+    """A Ray Data ``map_batches`` callable: loads the model once per actor, adds "prediction".
+
+    With a ctranslate2 ``backend`` the object made is a ``CT2Generator`` (an actor pool gets
+    that class itself, ``generator_class``, so that its actors need not import torch).
+    """
+
+    def __new__(cls, *args: Any, backend: Backend | None = None, **kwargs: Any):
+        if backend is not None and backend.name == "ctranslate2":
+            return CT2Generator(*args, backend=backend, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, model_dir: str, num_beams: int = 4, length_penalty: float = 1.0,
                  max_length: int = 64, max_source_length: int = 512, batch_size: int = 16,
                  device: str = "cpu", return_scores: bool = False,
                  teacher_dtype: str | None = None, backend: Backend | None = None) -> None:
         """``teacher_dtype`` (auto | bf16 | fp16 | fp32): load the model as a frozen teacher in
-        that dtype (``load_teacher``: the weights themselves); None: as saved, for evaluation.
-        ``backend``: a ``prepare_backend`` result (None: transformers); with ctranslate2 the
-        actor loads the converted model and ``teacher_dtype`` gives way to its compute type."""
-        import ray
-        from transformers import AutoTokenizer, GenerationConfig
+        that dtype (``load_teacher``: the weights themselves); None: as saved, for evaluation."""
+        from transformers import AutoTokenizer
 
-        # Use the CPUs Ray gave this actor, not every core of the node (actors share the node).
-        cpus = 1.0
-        if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
-            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-        threads = max(1, int(cpus))
-        torch.set_num_threads(threads)
+        from raydistill.models.layers import load_seq2seq, load_teacher
+
+        torch.set_num_threads(actor_threads())
         self.device = device
-        self.backend = backend or Backend()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.kw = dict(num_beams=num_beams, length_penalty=length_penalty, max_length=max_length,
                        max_source_length=max_source_length, batch_size=batch_size)
         self.return_scores = return_scores
-        if self.backend.name == "ctranslate2":
-            self.translator = load_translator(self.backend.ct2_dir, device,
-                                              self.backend.compute_type, threads)
-            self.generation_config = _generation_config(model_dir, GenerationConfig)
-            return
-        from raydistill.models.layers import load_seq2seq, load_teacher  # not for ctranslate2
-
         self.model = (load_teacher(model_dir, teacher_dtype, device) if teacher_dtype
                       else load_seq2seq(model_dir).to(device).eval())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Adds "prediction" (and "score", the sequence score, when asked for)."""
-        sources = [str(s) for s in batch["source"]]
         t0 = time.perf_counter()
-        if self.backend.name == "ctranslate2":
-            out = generate_ct2(self.translator, self.tokenizer, sources,
-                               generation_config=self.generation_config,
-                               return_scores=self.return_scores, **self.kw)
-        else:
-            out = generate_local(self.model, self.tokenizer, sources, device=self.device,
-                                 return_scores=self.return_scores, **self.kw)
+        out = generate_local(self.model, self.tokenizer, [str(s) for s in batch["source"]],
+                             device=self.device, return_scores=self.return_scores, **self.kw)
         preds, scores = out if self.return_scores else (out, None)
-        batch["prediction"] = np.array(preds, dtype=object)
-        # Each row's share of this batch's generation time: summed, the pool's busy time.
-        batch["gen_seconds"] = np.full(len(preds), (time.perf_counter() - t0) / max(len(preds), 1))
-        if scores is not None:
-            batch["score"] = np.asarray(scores, dtype=np.float32)
-        return batch
+        return add_predictions(batch, preds, scores, time.perf_counter() - t0)
 
 
-def _generation_config(model_dir: str, cls):
-    """The saved generation config, else the one transformers derives from config.json."""
-    try:
-        return cls.from_pretrained(model_dir)
-    except OSError:
-        from transformers import AutoConfig
-
-        return cls.from_model_config(AutoConfig.from_pretrained(model_dir))
+def generator_class(backend: Backend | None) -> type:
+    """The ``map_batches`` class for ``backend``: ``CT2Generator`` for ctranslate2 (its actors
+    import no torch), else ``Generator``."""
+    return CT2Generator if backend is not None and backend.name == "ctranslate2" else Generator
 
 
 def generate_parallel(
@@ -200,7 +184,8 @@ def generate_parallel(
         return [], 0.0
     if isinstance(backend, str):
         backend = prepare_backend(model_dir, backend, compute_type, ct2_cache_dir,
-                                  device="cuda" if num_gpus > 0 else "cpu")
+                                  device="cuda" if num_gpus > 0 else "cpu",
+                                  samples=sources[:TOKENIZER_SAMPLES])
     init_ray()
     check_actor_pool("generation", num_workers, num_cpus, num_gpus)
     # Sorting on the driver costs nothing next to generation and avoids a Ray Data sort
@@ -209,7 +194,7 @@ def generate_parallel(
     ds = ray.data.from_items([{"idx": i, "source": sources[i]} for i in order],
                              override_num_blocks=math.ceil(len(sources) / batch_size))
     ds = ds.map_batches(
-        Generator,
+        generator_class(backend),
         fn_constructor_kwargs=dict(model_dir=str(model_dir), num_beams=num_beams,
                                    length_penalty=length_penalty, max_length=max_length,
                                    max_source_length=max_source_length, batch_size=batch_size,
@@ -264,7 +249,7 @@ def measure_latency(
     batch, then times ``n`` examples in this process. Returns ``ms_per_example``,
     ``examples_per_s`` and ``parameters`` (of the transformers model).
     """
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+    from transformers import AutoConfig, AutoTokenizer
 
     from raydistill.models.layers import load_seq2seq
 
@@ -276,7 +261,7 @@ def measure_latency(
     if prepared.name == "ctranslate2":
         translator = load_translator(prepared.ct2_dir, device, compute_type,
                                      torch.get_num_threads())
-        gen_cfg = _generation_config(model_dir, GenerationConfig)
+        gen_cfg = saved_generation_config(model_dir)
         parameters = _count_parameters(AutoConfig.from_pretrained(model_dir))
 
         def run(texts):

@@ -42,7 +42,7 @@ from raydistill.data.files import (
 )
 from raydistill.data.fingerprint import digest, model_fingerprint, split_fingerprint
 from raydistill.errors import ConfigError, ModelError
-from raydistill.models.ct2 import Backend, prepare_backend
+from raydistill.models.ct2 import TOKENIZER_SAMPLES, Backend, prepare_backend
 
 PARTS = "pseudo_labels"
 SETTINGS_FILE = "_settings.json"
@@ -73,7 +73,7 @@ def generate_batches(rows: dict[str, np.ndarray], settings: dict[str, Any],
     import ray
     import ray.data
 
-    from raydistill.models.generate import Generator
+    from raydistill.models.generate import generator_class
 
     from raydistill.runtime import check_actor_pool, init_ray
 
@@ -84,7 +84,7 @@ def generate_batches(rows: dict[str, np.ndarray], settings: dict[str, Any],
     block = 4 * settings["batch_size"]
     ds = ray.data.from_arrow([table.slice(i, block) for i in range(0, table.num_rows, block)])
     ds = ds.map_batches(
-        Generator,
+        generator_class(backend),
         fn_constructor_kwargs=dict(
             model_dir=settings["teacher"], teacher_dtype=settings.get("teacher_dtype", "fp32"),
             num_beams=settings["num_beams"],
@@ -128,7 +128,8 @@ def pseudo_label(teacher: str, data_dir: str, out: str, *, split: str = "train",
     check_writable(out_dir, "--out")
     data = read_split(data_dir, split, n)
     used = prepare_backend(teacher_dir, backend, compute_type, ct2_cache_dir,
-                           device="cuda" if num_gpus > 0 else "cpu")
+                           device="cuda" if num_gpus > 0 else "cpu",
+                           samples=data.sources[:TOKENIZER_SAMPLES])
     settings = {"teacher": str(teacher_dir.resolve()), "split": split, "n": len(data),
                 "num_beams": num_beams, "max_length": max_length, "length_penalty": length_penalty,
                 "max_source_length": max_source_length, "batch_size": batch_size,

@@ -143,3 +143,76 @@ def test_bad_names_and_missing_package_are_clear_errors(tiny_bart_dir, monkeypat
     with pytest.raises(ConfigError, match="pip install"):
         prepare_backend(tiny_bart_dir, "ctranslate2", "int8")
     assert prepare_backend(tiny_bart_dir, "transformers").name == "transformers"
+
+
+def test_light_tokenizer_gives_the_transformers_ids_and_texts(converted):
+    from raydistill.models.ct2 import LightTokenizer, light_tokenizer_matches
+
+    _, tok, model_dir, _ = converted
+    light = LightTokenizer(model_dir)
+    ids = tok(SOURCES, max_length=7, truncation=True)["input_ids"]
+    assert light(SOURCES, max_length=7)["input_ids"] == ids  # truncation keeps </s> the same way
+    full = tok(SOURCES, max_length=512, truncation=True)["input_ids"]
+    assert [light.convert_ids_to_tokens(x) for x in full] == [tok.convert_ids_to_tokens(x)
+                                                              for x in full]
+    assert light.batch_decode(full) == tok.batch_decode(full, skip_special_tokens=True)
+    assert light_tokenizer_matches(model_dir, tok, SOURCES)
+    assert prepare_backend(model_dir, "ctranslate2", "float32").light_tokenizer
+
+
+class _Cleaned:
+    """A tokenizer that decodes like transformers' clean_up_tokenization_spaces=True."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+    def __call__(self, *args, **kwargs):
+        return self.tok(*args, **kwargs)
+
+    def batch_decode(self, ids, **kwargs):
+        return [t.replace(" .", ".").replace(" ,", ",") for t in self.tok.batch_decode(ids, **kwargs)]
+
+
+def test_light_tokenizer_is_refused_where_it_would_differ(tiny_bart_dir, tiny_tokenizer,
+                                                          tmp_path):
+    import shutil
+
+    from raydistill.models.ct2 import light_tokenizer_matches
+
+    assert light_tokenizer_matches(tiny_bart_dir, tiny_tokenizer, ["a cat ."])
+    assert not light_tokenizer_matches(tiny_bart_dir, _Cleaned(tiny_tokenizer), ["a cat ."])
+    no_json = tmp_path / "no_json"
+    shutil.copytree(tiny_bart_dir, no_json)
+    (no_json / "tokenizer.json").unlink()
+    assert not light_tokenizer_matches(no_json, tiny_tokenizer, ["a cat ."])
+
+
+def test_ct2_actor_imports_neither_torch_nor_transformers(converted, tmp_path):
+    """What a ctranslate2 pool actor runs, in a fresh interpreter: the same outputs, no torch."""
+    import json
+    import subprocess
+    from dataclasses import asdict
+
+    model, tok, model_dir, _ = converted
+    backend = prepare_backend(model_dir, "ctranslate2", "float32", cache_dir=tmp_path,
+                              samples=SOURCES)
+    script = (
+        "import json, sys\n"
+        "import numpy as np\n"
+        "from raydistill.models.ct2 import Backend, CT2Generator\n"
+        "spec = json.loads(sys.argv[1])\n"
+        "spec['generation'] = tuple(tuple(kv) for kv in spec['generation'])\n"
+        f"gen = CT2Generator({str(model_dir)!r}, num_beams=1, max_length=12, batch_size=3,\n"
+        "                   backend=Backend(**spec))\n"
+        "out = gen({'source': np.array(json.loads(sys.argv[2]), dtype=object)})\n"
+        "print(json.dumps({'preds': list(out['prediction']),\n"
+        "                  'heavy': [m for m in ('torch', 'transformers') if m in sys.modules]}))\n")
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(asdict(backend)),
+                           json.dumps(SOURCES)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["heavy"] == []
+    assert got["preds"] == generate_local(model, tok, SOURCES, num_beams=1, max_length=12)
