@@ -122,13 +122,12 @@ def tokenized_split(
     Splits of at most ``local_max_rows`` examples are tokenized here, in this process; larger
     ones by ``tokenize_dataset`` on ``num_actors`` actors. The rows are the same either way.
     """
-    import ray.data
     from ray.data.block import BlockAccessor
 
-    from raydistill.data.files import split_table, table_blocks
+    from raydistill.data.files import arrow_dataset, split_table, table_blocks
 
     if len(data) > local_max_rows:
-        return tokenize_dataset(ray.data.from_arrow(table_blocks(split_table(data))),
+        return tokenize_dataset(arrow_dataset(table_blocks(split_table(data))),
                                 tokenizer_path, max_source_length, max_target_length,
                                 num_actors=num_actors).materialize()
     batch = {"id": np.arange(len(data), dtype=np.int64),
@@ -136,7 +135,7 @@ def tokenized_split(
              "target": np.array(data.targets, dtype=object)}
     out = Tokenize(tokenizer_path, max_source_length, max_target_length)(batch)
     # The block Ray Data builds from a map_batches result: ragged ids become its tensor column.
-    return ray.data.from_arrow(table_blocks(BlockAccessor.batch_to_block(out)))
+    return arrow_dataset(table_blocks(BlockAccessor.batch_to_block(out)))
 
 
 def pad_batch(

@@ -73,6 +73,7 @@ def generate_batches(rows: dict[str, np.ndarray], settings: dict[str, Any],
     import ray
     import ray.data
 
+    from raydistill.data.files import arrow_dataset
     from raydistill.models.generate import generator_class
 
     from raydistill.runtime import check_actor_pool, init_ray
@@ -82,7 +83,7 @@ def generate_batches(rows: dict[str, np.ndarray], settings: dict[str, Any],
     table = pa.table({"id": rows["id"], "source": rows["source"]})
     # Blocks of a few batches: enough parallelism, few enough blocks for millions of rows.
     block = 4 * settings["batch_size"]
-    ds = ray.data.from_arrow([table.slice(i, block) for i in range(0, table.num_rows, block)])
+    ds = arrow_dataset([table.slice(i, block) for i in range(0, table.num_rows, block)])
     ds = ds.map_batches(
         generator_class(backend),
         fn_constructor_kwargs=dict(

@@ -150,6 +150,25 @@ def test_split_dataset_columns(ray_session, tiny_data_dir):
     assert rows[1]["target"] == "dog ."
 
 
+def test_arrow_dataset_keeps_blocks_and_rows_without_a_metadata_task(ray_session, monkeypatch):
+    import pyarrow as pa
+    import ray.data.read_api
+
+    from raydistill.data.files import arrow_dataset
+
+    tables = [pa.table({"id": [0, 1, 2]}), pa.table({"id": [3, 4]})]
+    expected = ray.data.from_arrow(tables)
+
+    def no_task(*args, **kwargs):
+        raise AssertionError("arrow_dataset started a Ray task for block metadata")
+
+    monkeypatch.setattr(ray.data.read_api, "cached_remote_fn", no_task)
+    ds = arrow_dataset(tables)
+    assert ds.num_blocks() == expected.num_blocks() == 2
+    assert ds.count() == 5 and ds.schema() == expected.schema()
+    assert [r["id"] for r in ds.take_all()] == [r["id"] for r in expected.take_all()]
+
+
 def test_real_scitldr(scitldr_dir):
     validate_data_dir(scitldr_dir)
     data = read_split(scitldr_dir, "test")
