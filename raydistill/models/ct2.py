@@ -425,6 +425,6 @@ class CT2Generator:
         return add_predictions(batch, preds, scores, time.perf_counter() - t0)
 
 
-__all__ = ["BACKENDS", "COMPUTE_TYPES", "TOKENIZER_SAMPLES", "Backend", "CT2Generator", "LightTokenizer",
-           "add_predictions", "convert_cached", "generate_ct2", "light_tokenizer_matches",
+__all__ = ["BACKENDS", "COMPUTE_TYPES", "TOKENIZER_SAMPLES", "Backend", "CT2Generator",
+           "LightTokenizer", "add_predictions", "convert_cached", "generate_ct2", "light_tokenizer_matches",
            "load_translator", "prepare_backend", "saved_generation_config"]

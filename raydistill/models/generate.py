@@ -123,11 +123,12 @@ class Generator:
                  teacher_dtype: str | None = None, backend: Backend | None = None) -> None:
         """``teacher_dtype`` (auto | bf16 | fp16 | fp32): load the model as a frozen teacher in
         that dtype (``load_teacher``: the weights themselves); None: as saved, for evaluation."""
+        # The CPUs Ray gave this actor, not every core of the node (actors share the node).
+        torch.set_num_threads(actor_threads())
         from transformers import AutoTokenizer
 
         from raydistill.models.layers import load_seq2seq, load_teacher
 
-        torch.set_num_threads(actor_threads())
         self.device = device
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.kw = dict(num_beams=num_beams, length_penalty=length_penalty, max_length=max_length,

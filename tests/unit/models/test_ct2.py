@@ -145,7 +145,7 @@ def test_bad_names_and_missing_package_are_clear_errors(tiny_bart_dir, monkeypat
     assert prepare_backend(tiny_bart_dir, "transformers").name == "transformers"
 
 
-def test_light_tokenizer_gives_the_transformers_ids_and_texts(converted):
+def test_light_tokenizer_gives_the_transformers_ids_and_texts(converted, tmp_path):
     from raydistill.models.ct2 import LightTokenizer, light_tokenizer_matches
 
     _, tok, model_dir, _ = converted
@@ -157,7 +157,8 @@ def test_light_tokenizer_gives_the_transformers_ids_and_texts(converted):
                                                               for x in full]
     assert light.batch_decode(full) == tok.batch_decode(full, skip_special_tokens=True)
     assert light_tokenizer_matches(model_dir, tok, SOURCES)
-    assert prepare_backend(model_dir, "ctranslate2", "float32").light_tokenizer
+    assert prepare_backend(model_dir, "ctranslate2", "float32",
+                           cache_dir=tmp_path).light_tokenizer
 
 
 class _Cleaned:
@@ -173,7 +174,8 @@ class _Cleaned:
         return self.tok(*args, **kwargs)
 
     def batch_decode(self, ids, **kwargs):
-        return [t.replace(" .", ".").replace(" ,", ",") for t in self.tok.batch_decode(ids, **kwargs)]
+        texts = self.tok.batch_decode(ids, **kwargs)
+        return [t.replace(" .", ".").replace(" ,", ",") for t in texts]
 
 
 def test_light_tokenizer_is_refused_where_it_would_differ(tiny_bart_dir, tiny_tokenizer,
