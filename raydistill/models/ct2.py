@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -415,8 +416,6 @@ class CT2Generator:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Adds "prediction" (and "score", CTranslate2's hypothesis score, when asked for)."""
-        import time
-
         t0 = time.perf_counter()
         out = generate_ct2(self.translator, self.tokenizer, [str(s) for s in batch["source"]],
                            generation_config=self.generation_config,
@@ -426,5 +425,6 @@ class CT2Generator:
 
 
 __all__ = ["BACKENDS", "COMPUTE_TYPES", "TOKENIZER_SAMPLES", "Backend", "CT2Generator",
-           "LightTokenizer", "add_predictions", "convert_cached", "generate_ct2", "light_tokenizer_matches",
-           "load_translator", "prepare_backend", "saved_generation_config"]
+           "LightTokenizer", "add_predictions", "convert_cached", "generate_ct2",
+           "light_tokenizer_matches", "load_translator", "prepare_backend",
+           "saved_generation_config"]
