@@ -69,6 +69,10 @@ class Backend:
     # The generation config's settings ``decode_options`` reads, as (key, value) pairs.
     generation: tuple[tuple[str, Any], ...] = ()
 
+    def generation_config(self) -> SimpleNamespace:
+        """Those settings as the attributes ``decode_options`` reads (read once, on the driver)."""
+        return SimpleNamespace(**dict(self.generation))
+
 # What ``light_tokenizer_matches`` tries besides the caller's samples: punctuation, digits,
 # accents, runs of spaces, a script the vocabulary may lack, and the empty string.
 _PROBES = ("Hello, world! It's 3.5 km (2 miles).", "  two  spaces , and a tab\there ",
@@ -406,8 +410,7 @@ class CT2Generator:
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.generation_config = (SimpleNamespace(**dict(backend.generation)) if backend.generation
-                                  else saved_generation_config(model_dir))
+        self.generation_config = backend.generation_config()
         self.translator = load_translator(backend.ct2_dir, device, backend.compute_type,
                                           actor_threads())
         self.kw = dict(num_beams=num_beams, length_penalty=length_penalty, max_length=max_length,

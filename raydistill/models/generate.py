@@ -28,7 +28,6 @@ from raydistill.models.ct2 import (
     generate_ct2,
     load_translator,
     prepare_backend,
-    saved_generation_config,
 )
 
 
@@ -113,9 +112,8 @@ class Generator:
     """
 
     def __new__(cls, *args: Any, backend: Backend | None = None, **kwargs: Any):
-        if backend is not None and backend.name == "ctranslate2":
-            return CT2Generator(*args, backend=backend, **kwargs)
-        return super().__new__(cls)
+        impl = generator_class(backend)
+        return super().__new__(cls) if impl is cls else impl(*args, backend=backend, **kwargs)
 
     def __init__(self, model_dir: str, num_beams: int = 4, length_penalty: float = 1.0,
                  max_length: int = 64, max_source_length: int = 512, batch_size: int = 16,
@@ -262,7 +260,7 @@ def measure_latency(
     if prepared.name == "ctranslate2":
         translator = load_translator(prepared.ct2_dir, device, compute_type,
                                      torch.get_num_threads())
-        gen_cfg = saved_generation_config(model_dir)
+        gen_cfg = prepared.generation_config()
         parameters = _count_parameters(AutoConfig.from_pretrained(model_dir))
 
         def run(texts):
