@@ -14,8 +14,10 @@ from collections.abc import Callable
 from raydistill.errors import RaydistillError
 
 # HF_HUB_OFFLINE is the user's to set: a Hub id downloads unless it is (raydistill.hub).
+# Weight-loading and download bars would bury the one-line errors and the summaries; the
+# variable turns them off without importing transformers here (1-2 s of start-up).
 for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-               "TOKENIZERS_PARALLELISM": "false"}.items():
+               "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}.items():
     os.environ.setdefault(_k, _v)
 
 
@@ -120,10 +122,11 @@ _EXTRA_COMMANDS += [_register_pseudo_label, _register_combine, _register_cache_l
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Weight-loading bars would bury the one-line errors and the summaries.
-    from transformers.utils import logging as hf_logging
+    if "transformers" in sys.modules and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+        # imported before the variable was set (main() called from Python): the same, by call
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()
     try:
         return args.func(args)
     except RaydistillError as err:

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -71,6 +75,47 @@ def init_ray(address: str | None = None) -> None:
                           "(ray start --head, or ray up cluster.yaml), fix --address / "
                           "RAY_ADDRESS, or leave both unset to start a local Ray")
     quiet_ray_data()
+
+
+def init_ray_during(work: Callable[[], T], address: str | None = None) -> T:
+    """Run ``work()`` on a helper thread while this thread starts or joins Ray (``init_ray``);
+    returns what ``work`` returned.
+
+    A local Ray takes 5-7 s to start on a small machine, mostly waiting for its processes; the
+    imports and model writes a stage does next keep one core busy for as long. Side by side they
+    take about the longer of the two. Ray stays on the main thread: only there can it install
+    its SIGTERM handler, which stops a local Ray when the command is killed. The input checks
+    run before this call, so a bad input starts no Ray. An error of ``work`` wins over Ray's:
+    the Ray this call joined or started is shut down first, so it leaves none behind.
+    """
+    import threading
+
+    import ray
+
+    if ray.is_initialized():
+        return work()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread below
+            outcome["error"] = err
+
+    helper = threading.Thread(target=run, name="raydistill-prepare", daemon=True)
+    helper.start()
+    try:
+        init_ray(address)
+    except Exception:
+        helper.join()
+        if "error" in outcome:
+            raise outcome["error"] from None
+        raise
+    helper.join()
+    if "error" in outcome:
+        ray.shutdown()
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def pin_cluster_address() -> None:
@@ -136,6 +181,16 @@ def launch_time() -> float:
 
 
 _FIRST_CALL = 0.0
+_RUNS_STARTED = 0
+
+
+def run_start(called: float) -> tuple[float, str]:
+    """Where a run's start-up is counted from, and its name: the process's launch for the first
+    run in a process (a command: its imports count), ``called`` for each later run in the same
+    process (a notebook or a script running several, whose imports are done)."""
+    global _RUNS_STARTED
+    _RUNS_STARTED += 1
+    return (launch_time(), "launch") if _RUNS_STARTED == 1 else (called, "the call")
 
 
 class Progress:

@@ -12,8 +12,7 @@ from raydistill.atomic import write_text_atomic
 from raydistill.data.files import read_split
 from raydistill.errors import ConfigError, ModelError
 from raydistill.runtime import check_writable
-from raydistill.models.ct2 import TOKENIZER_SAMPLES, prepare_backend
-from raydistill.models.generate import add_backend_args, generate_parallel
+from raydistill.models.ct2 import TOKENIZER_SAMPLES, add_backend_args, prepare_backend
 from raydistill.metrics import METRICS, score
 
 
@@ -72,6 +71,8 @@ def evaluate(
     else ``{split}.target``. Writes ``{split}_generations.txt`` and ``{split}_results.json`` into
     ``out_dir`` (default: ``model_dir``) and returns the results dict.
     """
+    from raydistill.models.generate import generate_parallel  # torch: not for the CLI's parser
+
     if task not in METRICS:
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(METRICS)}")
     source = _check_model(model_dir, model_cache_dir)

@@ -15,6 +15,7 @@ checked on the driver): that import was most of an actor's start (3.4 s of 5 s o
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -427,7 +428,18 @@ class CT2Generator:
         return add_predictions(batch, preds, scores, time.perf_counter() - t0)
 
 
+def add_backend_args(p: argparse.ArgumentParser) -> None:
+    """``--backend``, ``--compute-type``, ``--ct2-cache-dir`` (evaluate, pseudo-label)."""
+    p.add_argument("--backend", choices=BACKENDS, default="transformers",
+                   help="generation engine (ctranslate2: converted once per compute type, "
+                   "cached; unconvertible models fall back to transformers with a warning)")
+    p.add_argument("--compute-type", choices=COMPUTE_TYPES, default="float32",
+                   help="CTranslate2 weights/computation (int8: fastest on CPU; float16 on GPU)")
+    p.add_argument("--ct2-cache-dir", default=None, help="converted models (default: "
+                   "$RAYDISTILL_CT2_CACHE, else ~/.cache/raydistill/ctranslate2)")
+
+
 __all__ = ["BACKENDS", "COMPUTE_TYPES", "TOKENIZER_SAMPLES", "Backend", "CT2Generator",
-           "LightTokenizer", "add_predictions", "convert_cached", "generate_ct2",
-           "light_tokenizer_matches", "load_translator", "prepare_backend",
+           "LightTokenizer", "add_backend_args", "add_predictions", "convert_cached",
+           "generate_ct2", "light_tokenizer_matches", "load_translator", "prepare_backend",
            "saved_generation_config"]

@@ -7,7 +7,6 @@ transformers or, with ``backend="ctranslate2"``, with CTranslate2 (``raydistill.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
@@ -19,8 +18,6 @@ import torch
 
 from raydistill.runtime import Progress, actor_threads, check_actor_pool, init_ray
 from raydistill.models.ct2 import (
-    BACKENDS,
-    COMPUTE_TYPES,
     Backend,
     CT2Generator,
     TOKENIZER_SAMPLES,
@@ -287,14 +284,3 @@ def _count_parameters(config) -> int:
     with torch.device("meta"):
         model = AutoModelForSeq2SeqLM.from_config(config)
     return sum(p.numel() for p in model.parameters())
-
-
-def add_backend_args(p: argparse.ArgumentParser) -> None:
-    """``--backend``, ``--compute-type``, ``--ct2-cache-dir`` (evaluate, pseudo-label)."""
-    p.add_argument("--backend", choices=BACKENDS, default="transformers",
-                   help="generation engine (ctranslate2: converted once per compute type, "
-                   "cached; unconvertible models fall back to transformers with a warning)")
-    p.add_argument("--compute-type", choices=COMPUTE_TYPES, default="float32",
-                   help="CTranslate2 weights/computation (int8: fastest on CPU; float16 on GPU)")
-    p.add_argument("--ct2-cache-dir", default=None, help="converted models (default: "
-                   "$RAYDISTILL_CT2_CACHE, else ~/.cache/raydistill/ctranslate2)")

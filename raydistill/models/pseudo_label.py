@@ -321,7 +321,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    help="the teacher's weights (auto: bf16 or fp16 on GPU actors, fp32 on CPU)")
     p.add_argument("--model-cache-dir", default=None, help="where a Hub id is downloaded "
                    "(default: $HF_HUB_CACHE, else Hugging Face's cache)")
-    from raydistill.models.generate import add_backend_args
+    from raydistill.models.ct2 import add_backend_args
 
     add_backend_args(p)
     p.set_defaults(func=_cli)

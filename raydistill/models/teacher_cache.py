@@ -33,10 +33,9 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
 
 from raydistill.atomic import recover_dir, replace_dir_atomic
 from raydistill.data.fingerprint import (
@@ -45,9 +44,15 @@ from raydistill.data.fingerprint import (
     split_fingerprint,
     tokenizer_fingerprint,
 )
-from raydistill.data.tokenize import hidden_column, hidden_side
 from raydistill.errors import ConfigError
 from raydistill.runtime import check_actor_pool, check_writable, init_ray
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and the tokenize module (which imports torch and Ray Data) are imported where they are
+# used: the CLI imports this module to register `cache-logits`, and every command pays for what
+# it imports (start-up, issue 19).
 
 DEFAULT_TOP_K = 64
 DTYPES = ("float16", "float32")
@@ -65,6 +70,8 @@ def teacher_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     order: nothing to select, so no sort (on CPU that sort cost two thirds of a d_model-128
     teacher's forward pass at V = 4,000).
     """
+    import torch
+
     logits = logits.float()
     if k >= logits.size(-1):
         indices = torch.arange(logits.size(-1), device=logits.device).expand_as(logits)
@@ -185,6 +192,7 @@ class TeacherTopK:
                  device: str = "cpu", hidden_layers: Sequence[int] = (),
                  teacher_dtype: str = "fp32") -> None:
         import ray
+        import torch
 
         from raydistill.models.layers import load_teacher
 
@@ -225,6 +233,8 @@ def example_rows(values: np.ndarray, indices: np.ndarray | None, hidden: dict[in
     ``topk_indices`` (tgt_len, k) int32, and one ``t_hidden_*`` (src_len or tgt_len, d) in
     ``dtype`` per entry; copies, so a row never keeps the batch's arrays alive.
     """
+    from raydistill.data.tokenize import hidden_column, hidden_side
+
     lens = {"enc": src_lens, "dec": tgt_lens}
     rows = []
     for r, n in enumerate(tgt_lens):
@@ -268,26 +278,28 @@ def topk_for_batch(teachers: list[torch.nn.Module], batch: dict[str, torch.Tenso
     return values, indices
 
 
-@torch.no_grad()
 def teacher_outputs_for_batch(teachers: list[torch.nn.Module], batch: dict[str, torch.Tensor],
                               top_k: int, device: str = "cpu", hidden_layers: Sequence[int] = (),
                               ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
     """Top-k of the teachers' mean logits (B, T, k) and the first teacher's hidden entries
     ``hidden_layers`` (indices into encoder + decoder hidden states), each (B, L, d) float32."""
+    import torch
+
     from raydistill.models.adaptor import seq2seq_forward
     from raydistill.models.layers import decoder_inputs
 
     batch = {k: v.to(device) for k, v in batch.items()}
     dec_in = decoder_inputs(teachers[0], batch["labels"])
-    outs = [seq2seq_forward(t, batch, dec_in, hidden=bool(hidden_layers and i == 0))
-            for i, t in enumerate(teachers)]
-    logits = [o.logits.float() for o in outs]
-    mean = torch.stack(logits).mean(0) if len(logits) > 1 else logits[0]
-    values, indices = teacher_topk(mean, top_k)
-    hidden: dict[int, np.ndarray] = {}
-    if hidden_layers:
-        states = list(outs[0].encoder_hidden_states) + list(outs[0].decoder_hidden_states)
-        hidden = {i: states[i].float().cpu().numpy() for i in hidden_layers}
+    with torch.no_grad():
+        outs = [seq2seq_forward(t, batch, dec_in, hidden=bool(hidden_layers and i == 0))
+                for i, t in enumerate(teachers)]
+        logits = [o.logits.float() for o in outs]
+        mean = torch.stack(logits).mean(0) if len(logits) > 1 else logits[0]
+        values, indices = teacher_topk(mean, top_k)
+        hidden: dict[int, np.ndarray] = {}
+        if hidden_layers:
+            states = list(outs[0].encoder_hidden_states) + list(outs[0].decoder_hidden_states)
+            hidden = {i: states[i].float().cpu().numpy() for i in hidden_layers}
     return values.cpu().numpy(), indices.cpu().numpy(), hidden
 
 

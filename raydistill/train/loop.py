@@ -307,8 +307,8 @@ def _optimizer_step(w: Worker) -> None:
     if w.logger and step == w.first_step + 1 and w.run.get("launch_time"):
         now = time.time()
         print(f"[raydistill] first optimizer step {now - w.run['launch_time']:.1f} s after "
-              f"launch (this worker: {w.setup_seconds:.1f} s setup, {now - w.started:.1f} s to "
-              "the step)", flush=True)
+              f"{w.run.get('launched_by', 'launch')} (this worker: {w.setup_seconds:.1f} s setup, "
+              f"{now - w.started:.1f} s to the step)", flush=True)
     # Every log_every_n_steps, and the first and the last step: a short run shows its loss too.
     if w.logger and (step % w.cfg.log_every_n_steps == 0 or step == w.first_step + 1
                      or step == total):

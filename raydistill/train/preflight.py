@@ -6,7 +6,9 @@ naming the key and the sizes, instead of minutes later inside a worker.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from raydistill.config import DistillConfig
 from raydistill.errors import ConfigError, ModelError
@@ -32,6 +34,13 @@ class Shape:
 
 
 def model_shape(path: str) -> Shape:
+    """The model's depths and hidden sizes, from its ``config.json`` where that names them all
+    (``save_pretrained`` writes every key); else from transformers' config class, which fills in
+    its defaults. The first costs nothing; the second imports torch and transformers (5 s on a
+    small machine) before Ray starts."""
+    shape = json_shape(json.loads((Path(path) / "config.json").read_text()))
+    if shape is not None:
+        return shape
     from transformers import AutoConfig
 
     from raydistill.models.layers import hidden_sizes, layer_counts
@@ -40,6 +49,26 @@ def model_shape(path: str) -> Shape:
     e, d = layer_counts(config)
     he, hd = hidden_sizes(config)
     return Shape(e, d, he, hd)
+
+
+def json_shape(raw: dict) -> Shape | None:
+    """``raydistill.models.layers``' layer_counts and hidden_sizes read from a raw config dict
+    (the same keys in the same order of preference); None where a key is missing."""
+    if raw.get("model_type") == "encoder-decoder":
+        enc, dec = raw.get("encoder") or {}, raw.get("decoder") or {}
+        sizes = (enc.get("num_hidden_layers"), dec.get("num_hidden_layers"),
+                 enc.get("hidden_size"), dec.get("hidden_size"))
+    elif "encoder_layers" in raw and "decoder_layers" in raw:  # BART, mBART, Marian, Pegasus, FSMT
+        sizes = (raw["encoder_layers"], raw["decoder_layers"], raw.get("d_model"),
+                 raw.get("d_model"))
+    elif "num_decoder_layers" in raw:  # T5-likes
+        sizes = (raw.get("num_encoder_layers", raw.get("num_layers")), raw["num_decoder_layers"],
+                 raw.get("d_model"), raw.get("d_model"))
+    else:
+        return None
+    if not all(isinstance(v, int) for v in sizes):
+        return None
+    return Shape(*sizes)
 
 
 def student_shape(cfg: DistillConfig, teacher: Shape | None) -> Shape | None:

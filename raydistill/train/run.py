@@ -18,18 +18,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from raydistill.atomic import recover_dir, replace_dir_atomic, write_json_atomic, write_text_atomic
 from raydistill.config import DistillConfig
 from raydistill.errors import ConfigError, ModelError
 from raydistill.hub import resolve_model
-from raydistill.runtime import check_resources, check_writable, init_ray, launch_time
-from raydistill.train.preflight import check_models
-from raydistill.train.checkpoint import (
-    STATE_FILE,
-    recover_dir,
-    replace_dir_atomic,
-    write_json_atomic,
-    write_text_atomic,
+from raydistill.runtime import (
+    check_resources,
+    check_writable,
+    init_ray_during,
+    launch_time,
+    run_start,
 )
+from raydistill.train.preflight import check_models
+
+# This module imports neither torch nor transformers at the top: the input checks read files
+# only, and the heavy imports run on a helper thread while Ray starts (run_training).
 
 BEST_INFO = "raydistill_best.json"
 def resolve_models(cfg: DistillConfig) -> tuple[DistillConfig, dict[str, Any]]:
@@ -174,6 +177,7 @@ def run_training(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = 
     workers) sees local snapshot folders; ``hparams.json`` keeps the config as given plus each
     model's id and commit. (``raydistill.pipeline.run_distill`` adds the test split.)
     """
+    started, since = run_start(time.time())
     given = cfg
     cfg, models = preflight(cfg, overwrite=overwrite, resume=resume)
     out = Path(cfg.output_dir).resolve()
@@ -184,22 +188,29 @@ def run_training(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = 
     if not resume:
         clear_previous_run(storage, run_name, owned=cfg.storage_path is None or overwrite)
 
-    layers = prepare_student(cfg, out, resume)
-    write_json_atomic(out / "hparams.json", {**given.to_dict(), "models": models})
-    write_json_atomic(out / "git_log.json", git_log())
 
-    launched = launch_time()
+    def prepare() -> dict[str, Any]:
+        # The inputs are checked; what is left before training needs torch and transformers
+        # (7-10 s of imports on a small machine) and runs beside Ray's start (init_ray_during).
+        layers = prepare_student(cfg, out, resume)
+        write_json_atomic(out / "hparams.json", {**given.to_dict(), "models": models})
+        write_json_atomic(out / "git_log.json", git_log())
+        import_training_stack()
+        return layers
+
     t_ray = time.time()
-    init_ray(address)
+    layers = init_ray_during(prepare, address)
     check_workers(cfg, "distill")
     t_data = time.time()
-    trainer = build_trainer(cfg, out, layers, storage_path=storage, run_name=run_name)
+    trainer = build_trainer(cfg, out, layers, storage_path=storage, run_name=run_name,
+                            started=(started, since))
     t0 = time.time()
     # Where the seconds before training go (the workers add theirs at the first step).
-    print(f"[raydistill] start-up: {t_ray - launched:.1f} s imports and checks, "
-          f"{t_data - t_ray:.1f} s Ray, {t0 - t_data:.1f} s datasets; "
+    print(f"[raydistill] start-up: {t_ray - started:.1f} s imports and checks, "
+          f"{t_data - t_ray:.1f} s Ray beside the student and the imports, "
+          f"{t0 - t_data:.1f} s datasets; "
           + ("training in this process (num_workers: 0)" if cfg.num_workers == 0 else
-             "starting the workers") + f" {t0 - launched:.1f} s after launch", flush=True)
+             "starting the workers") + f" {t0 - started:.1f} s after {since}", flush=True)
     try:
         result = trainer.fit()
     except Exception as err:  # Ray raises worker failures from fit(); keep input errors one line
@@ -212,6 +223,15 @@ def run_training(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = 
     if result.error:
         raise_worker_error(result.error)
     return cfg, out, export_outputs(cfg, out, result, train_seconds)
+
+
+def import_training_stack() -> None:
+    """Import what build_trainer and the loop use (torch, transformers' models, Ray Train, Ray
+    Data), so that the thread that starts Ray meanwhile finds them loaded."""
+    import ray.train.torch  # noqa: F401
+
+    import raydistill.data.tokenize  # noqa: F401
+    import raydistill.train.loop  # noqa: F401
 
 
 def check_workers(cfg: DistillConfig, what: str) -> None:
@@ -270,7 +290,8 @@ def raise_worker_error(error: BaseException) -> None:
 
 def build_trainer(cfg: DistillConfig, out: Path, layers: dict[str, Any], *, storage_path: str,
                   run_name: str, callbacks: list | None = None,
-                  logit_cache_dir: str | Path | None = None, cpu_reserve: float = 0.0):
+                  logit_cache_dir: str | Path | None = None, cpu_reserve: float = 0.0,
+                  started: tuple[float, str] | None = None):
     """Datasets (tokenized once) + the TorchTrainer for ``cfg``; ``out/student`` must exist.
 
     ``cpu_reserve``: logical CPUs the workers leave to a process that already holds them (a
@@ -280,6 +301,9 @@ def build_trainer(cfg: DistillConfig, out: Path, layers: dict[str, Any], *, stor
     With cached logits the teacher's top-k go to ``logit_cache_dir`` (default
     ``<output_dir>/logit_cache``; a shared folder lets several runs, e.g. Tune trials, reuse it:
     the cache is keyed by content, so sharing is safe).
+
+    ``started``: (when, what) the first optimizer step's time is counted from (run_start);
+    default the launch of this process.
     """
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -324,10 +348,11 @@ def build_trainer(cfg: DistillConfig, out: Path, layers: dict[str, Any], *, stor
         total_steps = cfg.max_steps or sum(max(1, -(-c // accum)) for c in counts)
         plan = {"spec": dataclasses.asdict(spec), "lengths": ray.put(lengths), "counts": counts,
                 "cached_logits": cached}
+    launch = started or (launch_time(), "launch")
     run = {"student_init": student_dir, "tokenizer": student_dir, "output_dir": str(out),
            "run_name": run_name, "total_steps": total_steps, "batches_per_epoch": batches,
            "local_run_dir": local_run_dir(cfg, storage_path, run_name),
-           "plan": plan, "launch_time": launch_time(), **layers}
+           "plan": plan, "launch_time": launch[0], "launched_by": launch[1], **layers}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**cfg.to_dict(), "_run": run},
@@ -448,6 +473,8 @@ def cache_actors(cfg: DistillConfig) -> int:
 
 def export_outputs(cfg: DistillConfig, out: Path, result, train_seconds: float) -> dict[str, Any]:
     """best checkpoint -> best_tfmr (never replacing a better one); the history -> metrics.json."""
+    from raydistill.train.checkpoint import RNG_FILE, STATE_FILE
+
     metric = cfg.val_metric
     scored = [(c, m) for c, m in (result.best_checkpoints or []) if m.get(metric) is not None]
     if not scored:
@@ -460,7 +487,7 @@ def export_outputs(cfg: DistillConfig, out: Path, result, train_seconds: float) 
         tmp = Path(tempfile.mkdtemp(prefix=".best_tfmr.", dir=out))
         with best_ckpt.as_directory() as src:
             for f in Path(src).iterdir():
-                if f.suffix != ".pt" and f.name not in (STATE_FILE, "rng_states.json") and f.is_file():
+                if f.suffix != ".pt" and f.name not in (STATE_FILE, RNG_FILE) and f.is_file():
                     shutil.copy2(f, tmp / f.name)
         write_json_atomic(tmp / BEST_INFO, {metric: best_metrics[metric],
                                             "step": best_metrics.get("step")})

@@ -14,6 +14,8 @@ from raydistill.metrics import calculate_rouge
 
 # The package re-exports the function ``evaluate``, which hides the module of the same name.
 evaluate_module = importlib.import_module("raydistill.eval.evaluate")
+# evaluate() imports generate_parallel from here when it runs (the CLI's parser needs no torch)
+generate_module = importlib.import_module("raydistill.models.generate")
 N = 16
 
 
@@ -74,7 +76,7 @@ def test_scores_use_every_reference(tiny_bart_dir, scitldr_dir, tmp_path, monkey
     """Predict each example's *last* reference: 100 only if all references are scored."""
     refs = [json.loads(line)["references"]
             for line in (scitldr_dir / "test.refs.jsonl").read_text().splitlines()[:N]]
-    monkeypatch.setattr(evaluate_module, "generate_parallel",
+    monkeypatch.setattr(generate_module, "generate_parallel",
                         lambda model_dir, sources, **kw: ([r[-1] for r in refs], 1.0))
     results = evaluate(tiny_bart_dir, scitldr_dir, out_dir=tmp_path, n=N)
     assert results["scores"] == {k: 100.0 for k in results["scores"]}

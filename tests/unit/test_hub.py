@@ -17,6 +17,8 @@ from raydistill.config import DistillConfig
 from raydistill.errors import ModelError
 HUB_ID, HUB_COMMIT = "org/tiny-bart", "0123456789abcdef0123456789abcdef01234567"  # conftest's
 evaluate_module = importlib.import_module("raydistill.eval.evaluate")
+# evaluate() imports generate_parallel from here when it runs (the CLI's parser needs no torch)
+generate_module = importlib.import_module("raydistill.models.generate")
 
 
 def _one_line(err: BaseException) -> str:
@@ -196,7 +198,7 @@ def test_evaluate_gives_the_actors_the_snapshot_and_records_the_commit(
         seen["model_dir"] = model_dir
         return [s.split()[1] + " ." for s in sources], 0.1
 
-    monkeypatch.setattr(evaluate_module, "generate_parallel", fake_generate)
+    monkeypatch.setattr(generate_module, "generate_parallel", fake_generate)
     with pytest.raises(Exception, match="out_dir"):  # no folder to write beside
         evaluate_module.evaluate(HUB_ID, tiny_data_dir)
     results = evaluate_module.evaluate(HUB_ID, tiny_data_dir, out_dir=tmp_path / "ev")

@@ -68,3 +68,81 @@ def test_the_pin_sets_ray_address_to_the_workers_own_cluster(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "auto")
     runtime.pin_cluster_address()
     assert os.environ["RAY_ADDRESS"] == "10.0.0.7:6379"
+
+
+def test_work_runs_beside_ray_start_and_ray_stays_on_the_main_thread(ray_init, monkeypatch):
+    import threading
+
+    import ray
+
+    started = threading.Event()
+    where = {}
+
+    def fake_init(**kw):
+        where["ray"] = threading.current_thread() is threading.main_thread()
+        started.set()
+
+    def work():
+        where["work"] = threading.current_thread() is threading.main_thread()
+        # Side by side: Ray's start is seen while the work is still running.
+        return started.wait(timeout=10)
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    assert runtime.init_ray_during(work) is True
+    assert where == {"ray": True, "work": False}
+
+
+def test_an_error_of_the_work_shuts_the_ray_down_and_is_raised(ray_init, monkeypatch):
+    import ray
+
+    from raydistill.errors import ModelError
+
+    shutdowns = []
+    monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append(1))
+
+    def work():
+        raise ModelError("teacher: no tokenizer found")
+
+    with pytest.raises(ModelError, match="no tokenizer"):
+        runtime.init_ray_during(work)
+    assert len(ray_init) == 1 and shutdowns == [1]
+
+
+def test_a_ray_error_waits_for_the_work_and_is_raised(ray_init, monkeypatch):
+    import time
+
+    import ray
+
+    from raydistill.errors import ConfigError
+
+    done = []
+
+    def refuse(**kw):
+        raise ConnectionError("nothing there")
+
+    def work():
+        time.sleep(0.2)
+        done.append(1)  # e.g. the student is written completely, never half
+
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(ConfigError, match="no Ray cluster answers"):
+        runtime.init_ray_during(work, "auto")
+    assert done == [1]
+
+
+def test_with_ray_running_the_work_runs_in_this_thread(monkeypatch):
+    import threading
+
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    main = runtime.init_ray_during(lambda: threading.current_thread() is threading.main_thread())
+    assert main is True
+
+
+def test_start_up_counts_from_the_launch_once_then_from_each_call(monkeypatch):
+    """A command's first run counts its imports; a notebook's second run counts from its call."""
+    monkeypatch.setattr(runtime, "_RUNS_STARTED", 0)
+    monkeypatch.setattr(runtime, "launch_time", lambda: 100.0)
+    assert runtime.run_start(130.0) == (100.0, "launch")
+    assert runtime.run_start(250.0) == (250.0, "the call")
