@@ -58,6 +58,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     return run_evaluate_cli(args)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from raydistill import serve
+
+    return serve.stop() if args.stop else serve.serve()
+
+
 def _demo(args: argparse.Namespace) -> int:
     from raydistill.demo import run_demo
 
@@ -95,31 +101,40 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_args(p)
     p.set_defaults(func=_evaluate)
 
+    p = sub.add_parser("serve", help="keep the imports warm: later commands run in a fork of "
+                       "this process (no torch/transformers/Ray imports to wait for)")
+    p.add_argument("--stop", action="store_true", help="stop the server that is running")
+    p.set_defaults(func=_serve)
+
     p = sub.add_parser("demo", help="the whole pipeline on a generated data set, no download")
     p.add_argument("--workdir", default="demo_runs", help="where the demo writes (cached)")
     p.add_argument("--fresh", action="store_true", help="ignore the cached teacher")
     p.set_defaults(func=_demo)
 
-    for register in _EXTRA_COMMANDS:
+    for register in _extra_commands():
         register(sub)
     return parser
 
 
-# Later stages (pseudo-label, cache-logits, tune, ...) register themselves here.
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """The later stages' subcommands (tune, pseudo-label, combine-data, cache-logits), each
+    defined beside its stage. Imported when the parser is built, not with this module: a
+    command handed to `raydistill serve` imports nothing of them."""
+    from raydistill.data.combine import register_cli as register_combine
+    from raydistill.models.pseudo_label import register_cli as register_pseudo_label
+    from raydistill.models.teacher_cache import register_cli as register_cache_logits
+    from raydistill.tune.cli import register as register_tune
 
-from raydistill.tune.cli import register as _register_tune  # noqa: E402
-
-_EXTRA_COMMANDS.append(_register_tune)
-
-from raydistill.data.combine import register_cli as _register_combine  # noqa: E402
-from raydistill.models.pseudo_label import register_cli as _register_pseudo_label  # noqa: E402
-from raydistill.models.teacher_cache import register_cli as _register_cache_logits  # noqa: E402
-
-_EXTRA_COMMANDS += [_register_pseudo_label, _register_combine, _register_cache_logits]
+    return [register_tune, register_pseudo_label, register_combine, register_cache_logits]
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] != ["serve"]:  # the command itself, not a call from Python
+        from raydistill.serve import hand_over
+
+        handed = hand_over(sys.argv[1:])  # a `raydistill serve` running? it runs this, warm
+        if handed is not None:
+            return handed
     parser = build_parser()
     args = parser.parse_args(argv)
     if "transformers" in sys.modules and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":

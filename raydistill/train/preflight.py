@@ -121,3 +121,20 @@ def check_models(cfg: DistillConfig) -> None:
             raise ConfigError(
                 f"{name}: student hidden size {dim_s} != teacher hidden size {dim_t}; add "
                 f"proj: [linear, {dim_s}, {dim_t}]")
+
+
+def vocab_size(path: str) -> int:
+    """The output vocabulary of the model in ``path``, from its config.json."""
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    if cfg.get("model_type") == "encoder-decoder":
+        return int(cfg["decoder"]["vocab_size"])
+    return int(cfg.get("tgt_vocab_size") or cfg.get("decoder_vocab_size") or cfg["vocab_size"])
+
+
+def check_vocabularies(cfg: DistillConfig) -> None:
+    """Teachers and student must share one vocabulary: KD compares logits token by token."""
+    sizes = {p: vocab_size(p) for p in cfg.teacher_paths + ([cfg.student] if cfg.student else [])}
+    if len(set(sizes.values())) > 1:
+        shown = ", ".join(f"{p}: {v}" for p, v in sizes.items())
+        raise ModelError(f"teacher and student vocabularies differ ({shown}); KD compares logits "
+                         "token by token, so all models must share one tokenizer")

@@ -29,7 +29,7 @@ from raydistill.runtime import (
     launch_time,
     run_start,
 )
-from raydistill.train.preflight import check_models
+from raydistill.train.preflight import check_models, check_vocabularies
 
 # This module imports neither torch nor transformers at the top: the input checks read files
 # only, and the heavy imports run on a helper thread while Ray starts (run_training).
@@ -59,13 +59,6 @@ def resolve_models(cfg: DistillConfig) -> tuple[DistillConfig, dict[str, Any]]:
     return dataclasses.replace(cfg, **changes), records
 
 
-def _vocab_size(path: str) -> int:
-    cfg = json.loads((Path(path) / "config.json").read_text())
-    if cfg.get("model_type") == "encoder-decoder":
-        return int(cfg["decoder"]["vocab_size"])
-    return int(cfg.get("tgt_vocab_size") or cfg.get("decoder_vocab_size") or cfg["vocab_size"])
-
-
 def preflight(cfg: DistillConfig, *, overwrite: bool = False,
               resume: bool = False) -> tuple[DistillConfig, dict[str, Any]]:
     """All the input checks, before any cluster resource is spent. Returns ``cfg`` with its
@@ -76,11 +69,7 @@ def preflight(cfg: DistillConfig, *, overwrite: bool = False,
     validate_data_dir(cfg.data_dir, splits)  # first: a typo here must not wait for a download
     cfg, models = resolve_models(cfg)  # every model folder checked, Hub ids found or fetched
     check_models(cfg)
-    sizes = {p: _vocab_size(p) for p in cfg.teacher_paths + ([cfg.student] if cfg.student else [])}
-    if len(set(sizes.values())) > 1:
-        shown = ", ".join(f"{p}: {v}" for p, v in sizes.items())
-        raise ModelError(f"teacher and student vocabularies differ ({shown}); KD compares logits "
-                         "token by token, so all models must share one tokenizer")
+    check_vocabularies(cfg)
     if cfg.caches_logits:  # layer_T ranges: check_models above
         from raydistill.models.teacher_cache import check_cacheable
         from raydistill.distill.textbrewer import DistillationConfig

@@ -2,7 +2,7 @@
 
 No module imports (at the top or inside a function) from a folder later in that order than its
 own; the root's base modules import no folder at all; and no module outgrows about 500 lines.
-The root's entry points (cli, pipeline, demo, jobkit and the public re-exports) may import
+The root's entry points (cli, serve, pipeline, demo, jobkit and the public re-exports) may import
 anything: they stand above the pipeline.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "raydistill"
 ORDER = ("data", "models", "distill", "train", "eval", "tune")
 BASE = ("errors", "atomic", "lazy", "config", "hub", "runtime", "metrics", "textbrewer_training")
-ENTRY = ("__init__", "cli", "pipeline", "demo", "jobkit", "losses", "schedulers")
+ENTRY = ("__init__", "cli", "serve", "pipeline", "demo", "jobkit", "losses", "schedulers")
 
 
 def imports(path: Path) -> list[tuple[int, str]]:
