@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             return handed
     parser = build_parser()
     args = parser.parse_args(argv)
-    if "transformers" in sys.modules and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+    if "transformers" in sys.modules and os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":
         # imported before the variable was set (main() called from Python): the same, by call
         from transformers.utils import logging as hf_logging
 

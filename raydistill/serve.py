@@ -32,6 +32,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,11 @@ def hand_over(argv: list[str]) -> int | None:
     with conn:
         request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
                    "code": code_fingerprint(), "launched": _launched()}
-        _send(conn, request, fds=[0, 1, 2])
-        reply = _recv(conn)
+        try:
+            _send(conn, request, fds=[0, 1, 2])
+            reply = _recv(conn)
+        except OSError as err:  # e.g. no stdin to hand over
+            reply = {"refused": f"cannot hand the terminal over ({err})"}
         if reply is None or "refused" in reply:
             why = reply["refused"] if reply else "the server closed the connection"
             print(f"[raydistill] serve: not used ({why}); running here", file=sys.stderr)
@@ -147,6 +151,7 @@ def serve(path: Path | None = None) -> int:
             probe.close()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
+    path.chmod(0o600)  # this user's commands only
     listener.listen(16)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGCHLD, _reap)
@@ -239,8 +244,10 @@ def _run_child(conn: socket.socket, request: dict[str, Any], fds: list[int],
 
         runtime.set_launch_time(float(request["launched"]))
         _send(conn, {"pid": os.getpid()})
+        threading.Thread(target=_end_with_the_command, args=(conn,), daemon=True).start()
         from raydistill.cli import main
 
+        sys.argv = ["raydistill", *request["argv"]]  # what Ray records as the job's entrypoint
         code = main(list(request["argv"]))
     except SystemExit as end:  # argparse: --help, usage errors
         code = end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
@@ -261,6 +268,16 @@ def _run_child(conn: socket.socket, request: dict[str, Any], fds: list[int],
             _send(conn, {"exit": code if isinstance(code, int) else 1})
         finally:
             os._exit(code if isinstance(code, int) else 1)
+
+
+def _end_with_the_command(conn: socket.socket) -> None:
+    """The command sends nothing more: its end (even by SIGKILL) closes the connection, and
+    this child then stops as a killed command would (SIGTERM: Ray's handler shuts it down)."""
+    try:
+        conn.recv(1)
+    except OSError:
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _reap(*_: Any) -> None:

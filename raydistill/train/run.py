@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raydistill.atomic import recover_dir, replace_dir_atomic, write_json_atomic, write_text_atomic
+from raydistill.atomic import recover_dir, replace_dir_atomic, write_json_atomic
 from raydistill.config import DistillConfig
 from raydistill.errors import ConfigError, ModelError
 from raydistill.hub import resolve_model
