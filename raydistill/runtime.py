@@ -77,6 +77,12 @@ def init_ray(address: str | None = None) -> None:
     quiet_ray_data()
 
 
+def starts_local_ray(address: str | None = None) -> bool:
+    """Whether ``init_ray(address)`` starts a Ray in this process rather than joining one."""
+    joins = address or os.environ.get("RAY_ADDRESS")
+    return not joins or joins == "local"
+
+
 def init_ray_during(work: Callable[[], T], address: str | None = None) -> T:
     """Run ``work()`` on a helper thread while this thread starts or joins Ray (``init_ray``);
     returns what ``work`` returned.
@@ -86,14 +92,20 @@ def init_ray_during(work: Callable[[], T], address: str | None = None) -> T:
     take about the longer of the two. Ray stays on the main thread: only there can it install
     its SIGTERM handler, which stops a local Ray when the command is killed. The input checks
     run before this call, so a bad input starts no Ray. An error of ``work`` wins over Ray's:
-    the Ray this call joined or started is shut down first, so it leaves none behind.
+    the Ray this call started is shut down first, so it leaves none behind.
+
+    Joining a cluster (``address`` or $RAY_ADDRESS) runs ``work`` first, then joins: joining
+    takes about a second, and inside ``ray job submit`` it re-creates the job's working_dir,
+    the driver's current folder, while it runs (an import beside it failed in os.getcwd).
     """
     import threading
 
     import ray
 
-    if ray.is_initialized():
-        return work()
+    if ray.is_initialized() or not starts_local_ray(address):
+        value = work()
+        init_ray(address)
+        return value
     outcome: dict[str, Any] = {}
 
     def run() -> None:

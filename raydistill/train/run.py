@@ -28,6 +28,7 @@ from raydistill.runtime import (
     init_ray_during,
     launch_time,
     run_start,
+    starts_local_ray,
 )
 from raydistill.train.preflight import check_models, check_vocabularies
 
@@ -184,7 +185,11 @@ def run_training(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = 
         layers = prepare_student(cfg, out, resume)
         write_json_atomic(out / "hparams.json", {**given.to_dict(), "models": models})
         write_json_atomic(out / "git_log.json", git_log())
-        import_training_stack()
+        if starts_local_ray(address):
+            # Only beside a local start: a `ray job submit` driver that imported Ray Train
+            # before joining could no longer import raydistill's modules from the job's
+            # working_dir (tests/integration/test_cluster.py); joining is quick anyway.
+            import_training_stack()
         return layers
 
     t_ray = time.time()
@@ -196,7 +201,7 @@ def run_training(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = 
     t0 = time.time()
     # Where the seconds before training go (the workers add theirs at the first step).
     print(f"[raydistill] start-up: {t_ray - started:.1f} s imports and checks, "
-          f"{t_data - t_ray:.1f} s Ray beside the student and the imports, "
+          f"{t_data - t_ray:.1f} s student and Ray, "
           f"{t0 - t_data:.1f} s datasets; "
           + ("training in this process (num_workers: 0)" if cfg.num_workers == 0 else
              "starting the workers") + f" {t0 - started:.1f} s after {since}", flush=True)

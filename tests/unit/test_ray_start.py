@@ -130,6 +130,23 @@ def test_a_ray_error_waits_for_the_work_and_is_raised(ray_init, monkeypatch):
     assert done == [1]
 
 
+def test_joining_a_cluster_runs_the_work_first_in_this_thread(ray_init, monkeypatch):
+    """Inside `ray job submit`, joining re-creates the driver's current folder: nothing runs
+    beside it."""
+    import threading
+
+    import ray
+
+    order = []
+    monkeypatch.setattr(ray, "init", lambda **kw: order.append("ray"))
+    value = runtime.init_ray_during(
+        lambda: order.append(threading.current_thread() is threading.main_thread()) or 7, "auto")
+    assert value == 7 and order == [True, "ray"]
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.7:6379")
+    runtime.init_ray_during(lambda: order.append("work"))
+    assert order[-2:] == ["work", "ray"]
+
+
 def test_with_ray_running_the_work_runs_in_this_thread(monkeypatch):
     import threading
 
