@@ -178,17 +178,11 @@ def run_training(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = 
     if not resume:
         clear_previous_run(storage, run_name, owned=cfg.storage_path is None or overwrite)
 
-
-    def prepare() -> dict[str, Any]:
-        # The inputs are checked; what is left before training needs torch and transformers
-        # (7-10 s of imports on a small machine) and runs beside Ray's start (init_ray_during).
+    def prepare() -> dict[str, Any]:  # the inputs are checked; this needs torch, transformers
         layers = prepare_student(cfg, out, resume)
         write_json_atomic(out / "hparams.json", {**given.to_dict(), "models": models})
         write_json_atomic(out / "git_log.json", git_log())
         if starts_local_ray(address):
-            # Only beside a local start: a `ray job submit` driver that imported Ray Train
-            # before joining could no longer import raydistill's modules from the job's
-            # working_dir (tests/integration/test_cluster.py); joining is quick anyway.
             import_training_stack()
         return layers
 
@@ -220,8 +214,9 @@ def run_training(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = 
 
 
 def import_training_stack() -> None:
-    """Import what build_trainer and the loop use (torch, transformers' models, Ray Train, Ray
-    Data), so that the thread that starts Ray meanwhile finds them loaded."""
+    """What build_trainer and the loop import (torch, transformers, Ray Train, Ray Data), while
+    a local Ray starts. Not before joining: a `ray job submit` driver that had imported Ray
+    Train then could not import raydistill from the job's working_dir (test_cluster.py)."""
     import ray.train.torch  # noqa: F401
 
     import raydistill.data.tokenize  # noqa: F401

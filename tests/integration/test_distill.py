@@ -250,7 +250,8 @@ def test_gkd_fully_on_policy_with_two_workers_reports_the_fraction_and_the_time_
     # ETA; it shows what on-policy costs
     out = capsys.readouterr().out
     # where start-up went: the driver's phases, and the workers' first step after launch
-    assert "[raydistill] start-up: " in out and " s Ray, " in out and "starting the workers" in out
+    assert "[raydistill] start-up: " in out and " s imports and checks, " in out
+    assert " s student and Ray, " in out and "starting the workers" in out
     assert "[raydistill] first optimizer step " in out and " s after launch (this worker: " in out
     lines = [s for s in out.splitlines() if "[raydistill] step " in s]
     assert [s.split("[raydistill] step ")[1].split()[0] for s in lines] == ["1/6", "6/6"], lines
