@@ -58,8 +58,10 @@ def code_fingerprint() -> str:
     return json.dumps([sys.executable, stats])
 
 
-# Read when Ray starts or is joined, in the child: a command may set them as it likes.
-READ_LATER = ("RAY_ADDRESS", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
+# Read when they are used, in the child: a command may set them as it likes. (torch writes
+# TORCHINDUCTOR_CACHE_DIR into the environment when it first uses its cache, so a script that
+# ran torch passes it on to the commands it starts.)
+READ_LATER = ("RAY_ADDRESS", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "TORCHINDUCTOR_CACHE_DIR")
 
 
 def import_time_env(env: dict[str, str]) -> dict[str, str]:

@@ -125,6 +125,10 @@ def test_other_code_or_environment_is_refused():
     why, stale = serve._refusal({**same, "env": {**os.environ, "TORCH_HOME": "/x"}},
                                 fingerprint, env)
     assert not stale and "TORCH_HOME" in why
+    # read when used, not at import: a command may bring its own
+    later = {**same, "env": {**os.environ, "TORCHINDUCTOR_CACHE_DIR": "/tmp/x",
+                             "RAY_ADDRESS": "auto"}}
+    assert serve._refusal(later, fingerprint, env) == ("", False)
 
 
 def test_without_a_server_a_command_runs_itself(tmp_path, monkeypatch):
