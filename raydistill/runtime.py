@@ -77,15 +77,17 @@ def init_ray(address: str | None = None) -> None:
     quiet_ray_data()
 
 
-def starts_local_ray(address: str | None = None) -> bool:
+def _starts_local_ray(address: str | None = None) -> bool:
     """Whether ``init_ray(address)`` starts a Ray in this process rather than joining one."""
     joins = address or os.environ.get("RAY_ADDRESS")
     return not joins or joins == "local"
 
 
-def init_ray_during(work: Callable[[], T], address: str | None = None) -> T:
+def init_ray_during(work: Callable[[], T], address: str | None = None,
+                    beside: Callable[[], None] | None = None) -> T:
     """Run ``work()`` on a helper thread while this thread starts or joins Ray (``init_ray``);
-    returns what ``work`` returned.
+    returns what ``work`` returned. ``beside`` (warming imports) runs after ``work`` on the
+    helper, only while a local Ray starts.
 
     A local Ray takes 5-7 s to start on a small machine, mostly waiting for its processes; the
     imports and model writes a stage does next keep one core busy for as long. Side by side they
@@ -96,13 +98,15 @@ def init_ray_during(work: Callable[[], T], address: str | None = None) -> T:
 
     Joining a cluster (``address`` or $RAY_ADDRESS) runs ``work`` first, then joins: joining
     takes about a second, and inside ``ray job submit`` it re-creates the job's working_dir,
-    the driver's current folder, while it runs (an import beside it failed in os.getcwd).
+    the driver's current folder, while it runs (an import beside it failed in os.getcwd;
+    a driver that had imported Ray Train before it joined could not import raydistill from
+    the job's working_dir after: tests/integration/test_cluster.py).
     """
     import threading
 
     import ray
 
-    if ray.is_initialized() or not starts_local_ray(address):
+    if ray.is_initialized() or not _starts_local_ray(address):
         value = work()
         init_ray(address)
         return value
@@ -111,6 +115,8 @@ def init_ray_during(work: Callable[[], T], address: str | None = None) -> T:
     def run() -> None:
         try:
             outcome["value"] = work()
+            if beside is not None:
+                beside()
         except BaseException as err:  # noqa: BLE001 - handed to the main thread below
             outcome["error"] = err
 

@@ -79,6 +79,8 @@ def hand_over(argv: list[str]) -> int | None:
     path = socket_path()
     if not path.exists():
         return None
+    from raydistill.runtime import launch_time
+
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(str(path))
@@ -87,7 +89,7 @@ def hand_over(argv: list[str]) -> int | None:
         return None
     with conn:
         request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
-                   "code": code_fingerprint(), "launched": _launched()}
+                   "code": code_fingerprint(), "launched": launch_time()}
         try:
             _send(conn, request, fds=[0, 1, 2])
             reply = _recv(conn)
@@ -117,12 +119,6 @@ def _signal_child(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
-
-
-def _launched() -> float:
-    from raydistill.runtime import launch_time
-
-    return launch_time()
 
 
 # ---- the server's side ----------------------------------------------------------------------
@@ -319,6 +315,7 @@ def _send(conn: socket.socket, message: dict[str, Any], fds: list[int] | None = 
 
 
 def _recv(conn: socket.socket, with_fds: bool = False):
+    """The next message (None when the other side closed); with ``with_fds``, (message, fds)."""
     buf, fds = b"", []
     while not buf.endswith(b"\n"):
         if with_fds and not buf:
@@ -327,8 +324,7 @@ def _recv(conn: socket.socket, with_fds: bool = False):
         else:
             chunk = conn.recv(MAX_MESSAGE)
         if not chunk:
-            message = None
-            return (message, fds) if with_fds else message
+            break
         buf += chunk
-    message = json.loads(buf)
+    message = json.loads(buf) if buf.endswith(b"\n") else None
     return (message, fds) if with_fds else message

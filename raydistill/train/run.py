@@ -28,7 +28,6 @@ from raydistill.runtime import (
     init_ray_during,
     launch_time,
     run_start,
-    starts_local_ray,
 )
 from raydistill.train.preflight import check_models, check_vocabularies
 
@@ -182,12 +181,10 @@ def run_training(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = 
         layers = prepare_student(cfg, out, resume)
         write_json_atomic(out / "hparams.json", {**given.to_dict(), "models": models})
         write_json_atomic(out / "git_log.json", git_log())
-        if starts_local_ray(address):
-            import_training_stack()
         return layers
 
     t_ray = time.time()
-    layers = init_ray_during(prepare, address)
+    layers = init_ray_during(prepare, address, beside=import_training_stack)
     check_workers(cfg, "distill")
     t_data = time.time()
     trainer = build_trainer(cfg, out, layers, storage_path=storage, run_name=run_name,
