@@ -189,11 +189,11 @@ def launch_time() -> float:
     ``raydistill serve`` child: when the command that handed itself over started."""
     if _LAUNCHED_AT:
         return _LAUNCHED_AT
+    started = process_start_time()
+    if started is not None:
+        return started
     import time
 
-    age = _process_age_s()
-    if age is not None:
-        return time.time() - age
     try:  # not Linux
         import psutil
 
@@ -202,6 +202,15 @@ def launch_time() -> float:
         global _FIRST_CALL
         _FIRST_CALL = _FIRST_CALL or time.time()
         return _FIRST_CALL
+
+
+def process_start_time() -> float | None:
+    """When this very process started (epoch seconds, Linux; None elsewhere): unlike
+    ``launch_time``, a ``raydistill serve`` child gets its own fork's start."""
+    import time
+
+    age = _process_age_s()
+    return None if age is None else time.time() - age
 
 
 def _process_age_s() -> float | None:

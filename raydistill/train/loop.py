@@ -26,6 +26,7 @@ from raydistill.errors import TrainingError
 from raydistill.models.generate import generate_local
 from raydistill.metrics import score
 from raydistill.models.layers import load_seq2seq, load_teacher
+from raydistill.runtime import process_start_time
 from raydistill.train.checkpoint import (
     load_training_state,
     local_checkpoints,
@@ -136,6 +137,10 @@ class Worker:
     started: float = field(default_factory=time.time)  # for the ETA: when, and from which step
     first_step: int = 0
     setup_seconds: float = 0.0  # models, optimizer, restore and data handles
+    # A Train worker's own start (its process, then this loop), for the first step's line;
+    # None in the driver's process (num_workers: 0)
+    process_started: float | None = None
+    loop_started: float = 0.0
 
 
 def setup(config: dict[str, Any]) -> Worker:
@@ -199,7 +204,9 @@ def setup(config: dict[str, Any]) -> Worker:
                   collate=collate, feed=feed, logger=Logger(cfg, run) if rank == 0 else None,
                   last_val_step=state["global_step"] if checkpoint is not None else -1,
                   done=state["global_step"] >= run["total_steps"],
-                  first_step=state["global_step"], setup_seconds=time.time() - t_setup)
+                  first_step=state["global_step"], setup_seconds=time.time() - t_setup,
+                  process_started=process_start_time() if cfg.num_workers else None,
+                  loop_started=t_setup)
 
 
 def _models(cfg: DistillConfig, run: dict[str, Any], needs, device):
@@ -288,6 +295,19 @@ def _forward_backward(w: Worker, raw: dict[str, torch.Tensor]) -> None:
     w.last_loss, w.last_parts = loss, parts
 
 
+def first_step_line(w: Worker, now: float) -> str:
+    """Where the seconds to the first optimizer step went, from the run's start (the launch,
+    or the call in a process that ran one before). A Train worker adds when its process
+    started (before: the Train controller and the placement) and when this loop began
+    (between: the worker's own start, mostly importing torch and transformers again)."""
+    base = w.run["launch_time"]
+    own = (f"process started at {w.process_started - base:.1f} s, loop started at "
+           f"{w.loop_started - base:.1f} s, " if w.process_started else "")
+    return (f"[raydistill] first optimizer step {now - base:.1f} s after "
+            f"{w.run.get('launched_by', 'launch')} (this worker: {own}{w.setup_seconds:.1f} s "
+            f"setup, {now - w.started:.1f} s to the step)")
+
+
 def _optimizer_step(w: Worker) -> None:
     _sync_projection_grads(w.projections, w.world)
     if w.scaler:
@@ -305,10 +325,7 @@ def _optimizer_step(w: Worker) -> None:
     state["global_step"] += 1
     step = state["global_step"]
     if w.logger and step == w.first_step + 1 and w.run.get("launch_time"):
-        now = time.time()
-        print(f"[raydistill] first optimizer step {now - w.run['launch_time']:.1f} s after "
-              f"{w.run.get('launched_by', 'launch')} (this worker: {w.setup_seconds:.1f} s setup, "
-              f"{now - w.started:.1f} s to the step)", flush=True)
+        print(first_step_line(w, time.time()), flush=True)
     # Every log_every_n_steps, and the first and the last step: a short run shows its loss too.
     if w.logger and (step % w.cfg.log_every_n_steps == 0 or step == w.first_step + 1
                      or step == total):

@@ -255,7 +255,8 @@ def test_gkd_fully_on_policy_with_two_workers_reports_the_fraction_and_the_time_
     assert "[raydistill] start-up: " in out and " s imports and checks, " in out
     assert " s student and Ray, " in out and "starting the workers" in out
     assert re.search(r"\[raydistill\] first optimizer step \d+\.\d s after (launch|the call) "
-                     r"\(this worker: \d+\.\d s setup, \d+\.\d s to the step\)", out), out
+                     r"\(this worker: process started at \d+\.\d s, loop started at \d+\.\d s, "
+                     r"\d+\.\d s setup, \d+\.\d s to the step\)", out), out
     lines = [s for s in out.splitlines() if "[raydistill] step " in s]
     assert [s.split("[raydistill] step ")[1].split()[0] for s in lines] == ["1/6", "6/6"], lines
     assert "on_policy_fraction=1.0000" in lines[1] and "time_sample=" in lines[1]

@@ -1,5 +1,5 @@
-"""How init_ray starts or joins Ray: the dashboard's UI only on request for a local Ray, and the
-Train controller's poll interval (start-up, issue 19)."""
+"""How init_ray starts or joins Ray (the dashboard's UI only on request for a local Ray, the
+Train controller's poll interval) and the clocks start-up is read with (issue 19)."""
 
 import pytest
 
@@ -163,3 +163,39 @@ def test_start_up_counts_from_the_launch_once_then_from_each_call(monkeypatch):
     monkeypatch.setattr(runtime, "launch_time", lambda: 100.0)
     assert runtime.run_start(130.0) == (100.0, "launch")
     assert runtime.run_start(250.0) == (250.0, "the call")
+
+
+def test_a_process_start_is_read_from_the_kernel_to_a_clock_tick(tmp_path):
+    """A child's own start lies between the parent's clock before and after starting it."""
+    import subprocess
+    import sys
+    import time
+
+    before = time.time()
+    out = subprocess.run([sys.executable, "-c", "import time; time.sleep(0.3); from "
+                          "raydistill.runtime import process_start_time; "
+                          "print(repr(process_start_time()))"],
+                         capture_output=True, text=True, check=True).stdout
+    after = time.time()
+    started = float(out)
+    tick = 0.02  # /proc counts in clock ticks (1/100 s)
+    assert before - tick <= started <= after
+    assert started < after - 0.3  # its start, not the time of the call (0.3 s later)
+
+
+def test_a_train_workers_first_step_line_says_when_its_process_and_loop_started():
+    from types import SimpleNamespace
+
+    from raydistill.train.loop import first_step_line
+
+    run = {"launch_time": 1000.0, "launched_by": "launch"}
+    worker = SimpleNamespace(run=run, process_started=1023.4, loop_started=1034.4,
+                             setup_seconds=1.0, started=1035.4)
+    assert first_step_line(worker, 1036.1) == (
+        "[raydistill] first optimizer step 36.1 s after launch (this worker: process started "
+        "at 23.4 s, loop started at 34.4 s, 1.0 s setup, 0.7 s to the step)")
+    in_process = SimpleNamespace(run={**run, "launched_by": "the call"}, process_started=None,
+                                 loop_started=1010.0, setup_seconds=1.1, started=1011.1)
+    assert first_step_line(in_process, 1011.5) == (
+        "[raydistill] first optimizer step 11.5 s after the call (this worker: 1.1 s setup, "
+        "0.4 s to the step)")
