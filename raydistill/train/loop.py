@@ -137,10 +137,9 @@ class Worker:
     started: float = field(default_factory=time.time)  # for the ETA: when, and from which step
     first_step: int = 0
     setup_seconds: float = 0.0  # models, optimizer, restore and data handles
-    # A Train worker's own start (its process, then this loop), for the first step's line;
-    # None in the driver's process (num_workers: 0)
+    # When a Train worker's process started, for the first step's line; None in the driver's
+    # process (num_workers: 0). (This loop started setup_seconds before ``started``.)
     process_started: float | None = None
-    loop_started: float = 0.0
 
 
 def setup(config: dict[str, Any]) -> Worker:
@@ -205,8 +204,7 @@ def setup(config: dict[str, Any]) -> Worker:
                   last_val_step=state["global_step"] if checkpoint is not None else -1,
                   done=state["global_step"] >= run["total_steps"],
                   first_step=state["global_step"], setup_seconds=time.time() - t_setup,
-                  process_started=process_start_time() if cfg.num_workers else None,
-                  loop_started=t_setup)
+                  process_started=process_start_time() if cfg.num_workers else None)
 
 
 def _models(cfg: DistillConfig, run: dict[str, Any], needs, device):
@@ -302,7 +300,7 @@ def first_step_line(w: Worker, now: float) -> str:
     (between: the worker's own start, mostly importing torch and transformers again)."""
     base = w.run["launch_time"]
     own = (f"process started at {w.process_started - base:.1f} s, loop started at "
-           f"{w.loop_started - base:.1f} s, " if w.process_started else "")
+           f"{w.started - w.setup_seconds - base:.1f} s, " if w.process_started else "")
     return (f"[raydistill] first optimizer step {now - base:.1f} s after "
             f"{w.run.get('launched_by', 'launch')} (this worker: {own}{w.setup_seconds:.1f} s "
             f"setup, {now - w.started:.1f} s to the step)")

@@ -189,13 +189,12 @@ def test_a_train_workers_first_step_line_says_when_its_process_and_loop_started(
     from raydistill.train.loop import first_step_line
 
     run = {"launch_time": 1000.0, "launched_by": "launch"}
-    worker = SimpleNamespace(run=run, process_started=1023.4, loop_started=1034.4,
-                             setup_seconds=1.0, started=1035.4)
+    worker = SimpleNamespace(run=run, process_started=1023.4, setup_seconds=1.0, started=1035.4)
     assert first_step_line(worker, 1036.1) == (
         "[raydistill] first optimizer step 36.1 s after launch (this worker: process started "
         "at 23.4 s, loop started at 34.4 s, 1.0 s setup, 0.7 s to the step)")
     in_process = SimpleNamespace(run={**run, "launched_by": "the call"}, process_started=None,
-                                 loop_started=1010.0, setup_seconds=1.1, started=1011.1)
+                                 setup_seconds=1.1, started=1011.1)
     assert first_step_line(in_process, 1011.5) == (
         "[raydistill] first optimizer step 11.5 s after the call (this worker: 1.1 s setup, "
         "0.4 s to the step)")
