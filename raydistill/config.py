@@ -26,6 +26,7 @@ TASKS = ("summarization", "translation")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOGGERS = ("tensorboard", "wandb", "none")
 LOGIT_CACHES = ("parquet", "memory")
+LR_SCHEDULERS = ("linear", "wsd")
 # generation_backend / compute_type (raydistill.models.ct2 reads them from here).
 BACKENDS = ("transformers", "ctranslate2")
 COMPUTE_TYPES = ("float32", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "float16",
@@ -85,6 +86,11 @@ class DistillConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999  # 0.98 (fairseq, Marian) suits transformers trained from scratch
     warmup_steps: int = 0
+    # linear: warm up, then decay to 0 at the last step. wsd (warmup-stable-decay): warm up, hold
+    # learning_rate, decay to 0 over the last lr_decay_steps only (default: a tenth of the run),
+    # so a run extended by raising max_steps keeps the schedule of the steps it already took.
+    lr_scheduler: str = "linear"
+    lr_decay_steps: int | None = None
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
     seed: int = 42
@@ -159,6 +165,7 @@ class DistillConfig:
         _choice("teacher_dtype", self.teacher_dtype, PRECISIONS)
         _choice("logger", self.logger, LOGGERS)
         _choice("logit_cache", self.logit_cache, LOGIT_CACHES)
+        _choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         _choice("generation_backend", self.generation_backend, BACKENDS)
         _choice("compute_type", self.compute_type, COMPUTE_TYPES)
         if not self.data_dir:
@@ -188,7 +195,7 @@ class DistillConfig:
             _at_least(key, getattr(self, key), 1)
         for key in ("max_steps", "max_tokens_per_batch", "n_train", "n_val", "n_test",
                     "student_encoder_layers", "student_decoder_layers", "eval_max_gen_length",
-                    "val_check_steps", "logit_cache_top_k"):
+                    "val_check_steps", "logit_cache_top_k", "lr_decay_steps"):
             if getattr(self, key) is not None:
                 _at_least(key, getattr(self, key), 1)
         for key in ("warmup_steps", "max_failures", "seed"):

@@ -69,3 +69,32 @@ def test_optimizer_falls_back_for_weights_the_fused_kernel_does_not_take():
     model = torch.nn.Linear(3, 2).to("meta")
     opt, _ = build_optimizer(cfg, model, total_steps=10)
     assert not opt.param_groups[0]["fused"]
+
+
+@pytest.mark.parametrize("decay_steps", [None, 3])
+def test_wsd_schedule_holds_the_peak_and_decays_only_at_the_end(decay_steps):
+    """lr_scheduler: wsd: linear warm-up, the peak held, linear decay to 0 over the last
+    lr_decay_steps (a tenth of the run by default); written out step by step."""
+    cfg = DistillConfig.from_dict({"method": "sft", "student": "s", "data_dir": "d",
+                                   "output_dir": "o", "learning_rate": 1e-3, "warmup_steps": 2,
+                                   "lr_scheduler": "wsd", "lr_decay_steps": decay_steps})
+    model = torch.nn.Linear(3, 2)
+    opt, sched = build_optimizer(cfg, model, total_steps=20)
+    decay = decay_steps or 2
+    expected = [s / 2 if s < 2 else 1.0 if s <= 20 - decay else (20 - s) / decay
+                for s in range(21)]
+    lrs = []
+    for _ in range(21):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([1e-3 * e for e in expected])
+    assert lrs[-1] == 0.0 and max(lrs) == pytest.approx(1e-3)
+
+
+def test_lr_scheduler_is_checked():
+    from raydistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lr_scheduler"):
+        DistillConfig.from_dict({"method": "sft", "student": "s", "data_dir": "d",
+                                 "output_dir": "o", "lr_scheduler": "cosine"})
