@@ -30,6 +30,9 @@ PASSED_THROUGH = ("HF_HUB_OFFLINE",)
 # A local Ray started by a command shows the dashboard (http://127.0.0.1:8265) only when this is 1.
 DASHBOARD_ENV = "RAYDISTILL_DASHBOARD"
 
+# Port 1 (tcpmux) is never served here: a state-API query is refused at once.
+NO_STATE_API = "http://127.0.0.1:1"
+
 # How long a stage waits for resources an attached cluster does not have yet (an autoscaler may
 # still add them); a local Ray fails at once. The user sets it with $RAYDISTILL_RESOURCE_TIMEOUT_S.
 RESOURCE_TIMEOUT_ENV = "RAYDISTILL_RESOURCE_TIMEOUT_S"
@@ -64,6 +67,14 @@ def init_ray(address: str | None = None) -> None:
     # process per module on a small machine) unless $RAYDISTILL_DASHBOARD=1; the Train
     # controller polls its workers every 0.5 s instead of 2 (it sees them start and end sooner).
     local = {} if _attached_flag else {"include_dashboard": os.environ.get(DASHBOARD_ENV) == "1"}
+    if local and not local["include_dashboard"] and "RAY_API_SERVER_ADDRESS" not in taken:
+        # Without its dashboard a local Ray still names http://127.0.0.1:8265 as its state API:
+        # once another Ray's dashboard takes that port, Ray Train's placement-group cleaner
+        # asked that cluster whether this run's controller lived, heard "no" and removed the
+        # run's placement group (a teacher run died at step 700 when a test session started).
+        # Its workers get an address where nothing answers: the cleaner's query fails, and it
+        # keeps waiting, as it does on a cluster whose dashboard is down.
+        env["RAY_API_SERVER_ADDRESS"] = NO_STATE_API
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     try:
         if problem is None:
