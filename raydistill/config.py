@@ -125,6 +125,10 @@ class DistillConfig:
     # max_new_tokens, seq_kd, plus top_p / top_k for sampling (GKD_DEFAULTS).
     gkd: dict | None = None
 
+    # Staged recipes (raydistill.stages): the keys each stage changes, in order; every stage
+    # after the first starts from the previous stage's best student.
+    stages: list | None = None
+
     # TextBrewer-compatible objective: a DistillationConfig / TrainingConfig dict.
     distillation: dict | None = None
     training: dict | None = None
@@ -157,8 +161,10 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
-        if self.training:
-            _apply_training_section(self)
+        if self.training:  # TextBrewer's TrainingConfig keys onto ours
+            from raydistill.textbrewer_training import apply_training_section
+
+            apply_training_section(self)
         _choice("method", self.method, METHODS)
         _choice("task", self.task, TASKS)
         _choice("precision", self.precision, PRECISIONS)
@@ -220,6 +226,10 @@ class DistillConfig:
             raise ConfigError("logit_cache: memory keeps cached teacher logits, but this run caches "
                               "none; set distillation: {is_caching_logits: true} with method: kd, "
                               "or drop logit_cache")
+        if self.stages is not None:  # every stage's config, validated now
+            from raydistill.stage_plan import plan_stages
+
+            plan_stages(self)
         if self.method == "kd" and self.distillation is None and \
                 self.alpha_ce + self.alpha_mlm + self.alpha_hid == 0:
             raise ConfigError("alpha_ce, alpha_mlm and alpha_hid are all 0: nothing to train; "
@@ -342,41 +352,6 @@ def _flatten_sections(data: dict[str, Any]) -> dict[str, Any]:
         else:
             flat[key] = value
     return flat
-
-
-# TextBrewer TrainingConfig field -> (our key, conversion). Only fields given explicitly apply.
-_TRAINING_KEYS = {
-    "gradient_accumulation_steps": ("gradient_accumulation_steps", lambda v: v),
-    "ckpt_frequency": ("val_check_interval", lambda v: 1.0 / v),
-    "ckpt_steps": ("val_check_steps", lambda v: v),
-    "log_dir": ("log_dir", lambda v: v),
-    "output_dir": ("output_dir", lambda v: v),
-    "device": ("use_gpu", lambda v: str(v).startswith("cuda")),
-    "fp16": ("precision", lambda v: "fp16" if v else "auto"),
-}
-
-
-def _apply_training_section(cfg: DistillConfig) -> None:
-    """Map a TextBrewer ``training:`` dict onto our keys (validated by TrainingConfig first).
-
-    A key still at its default takes the mapped value; a key set to another value is a conflict.
-    ``ckpt_epoch_frequency``, ``fp16_opt_level``, ``data_parallel`` and ``local_rank`` are accepted
-    and have no effect: we check and checkpoint at least once per epoch, autocast needs no opt
-    level, and Ray Train places the workers.
-    """
-    from raydistill.textbrewer_training import TrainingConfig
-
-    TrainingConfig.from_dict(cfg.training)  # same fields, defaults and errors as TextBrewer
-    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
-    for key, value in cfg.training.items():
-        if key not in _TRAINING_KEYS:
-            continue
-        ours, convert = _TRAINING_KEYS[key]
-        new, current = convert(value), getattr(cfg, ours)
-        if current not in (defaults[ours], new):
-            raise ConfigError(f"training.{key}={value!r} conflicts with {ours}={current!r}; "
-                              "set one of them")
-        object.__setattr__(cfg, ours, new)  # still construction: the config is frozen after
 
 
 def _coerce_numbers(cls: type, flat: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,17 @@ def run_distill(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = F
     Training as ``raydistill.train.run.run_training`` does it, then, with ``do_predict``,
     best_tfmr scored on the test split (``summary["test"]``, ``test_results.txt``).
     """
-    cfg, out, summary = run_training(cfg, overwrite=overwrite, resume=resume, address=address)
+    if cfg.stages:  # a staged recipe: the test scores the last stage's student
+        from raydistill.stage_plan import plan_stages
+        from raydistill.stages import run_stages
+
+        summary = run_stages(cfg, overwrite=overwrite, resume=resume, address=address)
+        last = plan_stages(cfg)[-1].cfg  # its generation settings, the base's data and test
+        cfg, out = (last.replace(data_dir=cfg.data_dir, do_predict=cfg.do_predict),
+                    Path(cfg.output_dir).resolve())
+    else:
+        cfg, out, summary = run_training(cfg, overwrite=overwrite, resume=resume,
+                                         address=address)
     if cfg.do_predict:
         summary["test"] = run_test(cfg, out)
         write_json_atomic(out / "metrics.json", summary)

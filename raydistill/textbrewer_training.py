@@ -125,4 +125,39 @@ class TrainingConfig(_FromDict):
                  f"{name}.local_rank={self.local_rank!r} must be an integer >= -1 (it has no effect on Ray)")
 
 
-__all__ = ["TrainingConfig"]
+# ---- the training: section of a raydistill config ------------------------------------------
+
+# TextBrewer TrainingConfig field -> (our key, conversion). Only fields given explicitly apply.
+_TRAINING_KEYS = {
+    "gradient_accumulation_steps": ("gradient_accumulation_steps", lambda v: v),
+    "ckpt_frequency": ("val_check_interval", lambda v: 1.0 / v),
+    "ckpt_steps": ("val_check_steps", lambda v: v),
+    "log_dir": ("log_dir", lambda v: v),
+    "output_dir": ("output_dir", lambda v: v),
+    "device": ("use_gpu", lambda v: str(v).startswith("cuda")),
+    "fp16": ("precision", lambda v: "fp16" if v else "auto"),
+}
+
+
+def apply_training_section(cfg: Any) -> None:
+    """Map a TextBrewer ``training:`` dict onto a ``DistillConfig`` under construction (validated by TrainingConfig first).
+
+    A key still at its default takes the mapped value; a key set to another value is a conflict.
+    ``ckpt_epoch_frequency``, ``fp16_opt_level``, ``data_parallel`` and ``local_rank`` are accepted
+    and have no effect: we check and checkpoint at least once per epoch, autocast needs no opt
+    level, and Ray Train places the workers.
+    """
+    TrainingConfig.from_dict(cfg.training)  # same fields, defaults and errors as TextBrewer
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for key, value in cfg.training.items():
+        if key not in _TRAINING_KEYS:
+            continue
+        ours, convert = _TRAINING_KEYS[key]
+        new, current = convert(value), getattr(cfg, ours)
+        if current not in (defaults[ours], new):
+            raise ConfigError(f"training.{key}={value!r} conflicts with {ours}={current!r}; "
+                              "set one of them")
+        object.__setattr__(cfg, ours, new)  # still construction: the config is frozen after
+
+
+__all__ = ["TrainingConfig", "apply_training_section"]

@@ -102,8 +102,11 @@ def check_same_models(out: Path, records: dict[str, Any]) -> None:
                                   f"pin it with {where}={new['id']}@{old['commit']}")
 
 
-def prepare_student(cfg: DistillConfig, out: Path, resume: bool) -> dict[str, Any]:
-    """Write the initial student to ``out/student`` (make_student or a copy); returns layer ids."""
+def prepare_student(cfg: DistillConfig, out: Path, resume: bool,
+                    layers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the initial student to ``out/student`` (make_student or a copy); returns layer ids:
+    the teacher layers make_student copied, or for a saved student ``layers`` (what an earlier
+    stage's make_student copied; None: its layers pair with the teacher's first ones)."""
     from raydistill.models.layers import load_seq2seq
     from raydistill.models.student import make_student
 
@@ -119,7 +122,7 @@ def prepare_student(cfg: DistillConfig, out: Path, resume: bool) -> dict[str, An
         model = load_seq2seq(cfg.student, dtype=torch.float32)
         model.save_pretrained(tmp)
         _save_tokenizer(cfg.student, tmp)
-        e_ids = d_ids = None
+        e_ids, d_ids = (layers or {}).get("e_layer_ids"), (layers or {}).get("d_layer_ids")
     else:
         _, e_ids, d_ids = make_student(cfg.teacher_paths[0], e=cfg.student_encoder_layers,
                                        d=cfg.student_decoder_layers, save_path=tmp)
@@ -158,13 +161,15 @@ def git_log() -> dict[str, str]:
 
 
 def run_training(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = False,
-                 address: str | None = None) -> tuple[DistillConfig, Path, dict[str, Any]]:
+                 address: str | None = None, student_layers: dict[str, Any] | None = None,
+                 ) -> tuple[DistillConfig, Path, dict[str, Any]]:
     """Check inputs -> student -> TorchTrainer.fit -> best_tfmr and metrics.json.
 
     Returns the config with its models resolved, the output folder and the summary written to
     ``metrics.json``. Hub ids are resolved first, once: the rest of the run (student, caches,
     workers) sees local snapshot folders; ``hparams.json`` keeps the config as given plus each
     model's id and commit. (``raydistill.pipeline.run_distill`` adds the test split.)
+    ``student_layers``: the teacher layers a saved ``student`` was copied from (a stage's).
     """
     started, since = run_start(time.time())
     given = cfg
@@ -178,7 +183,7 @@ def run_training(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = 
         clear_previous_run(storage, run_name, owned=cfg.storage_path is None or overwrite)
 
     def prepare() -> dict[str, Any]:  # the inputs are checked; this needs torch, transformers
-        layers = prepare_student(cfg, out, resume)
+        layers = prepare_student(cfg, out, resume, student_layers)
         write_json_atomic(out / "hparams.json", {**given.to_dict(), "models": models})
         write_json_atomic(out / "git_log.json", git_log())
         return layers

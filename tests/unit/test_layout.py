@@ -13,8 +13,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "raydistill"
 ORDER = ("data", "models", "distill", "train", "eval", "tune")
-BASE = ("errors", "atomic", "lazy", "config", "hub", "runtime", "metrics", "textbrewer_training")
-ENTRY = ("__init__", "cli", "serve", "pipeline", "demo", "jobkit", "losses", "schedulers")
+BASE = ("errors", "atomic", "lazy", "config", "hub", "runtime", "metrics", "textbrewer_training",
+        "stage_plan")
+ENTRY = ("__init__", "cli", "serve", "pipeline", "stages", "demo", "jobkit", "losses", "schedulers")
 
 
 def imports(path: Path) -> list[tuple[int, str]]:

@@ -242,3 +242,9 @@ def test_a_sweep_refuses_in_process_trials(cfg, space):
     settings = parse_tune_section(section(**(space or {"temperature": {"choice": [1.0, 2.0]}})), cfg)
     with pytest.raises(ConfigError, match="num_workers: 0 trains in the process that starts it"):
         check_trial_fits(cfg, settings)
+
+
+def test_a_staged_config_is_refused_with_the_way_to_sweep_its_last_stage():
+    staged = BASE.replace(method="sft", stages=[{"max_steps": 5}, {"method": "kd"}])
+    with pytest.raises(ConfigError, match=r"stages: cannot be swept yet.*student: <that run's best_tfmr>"):
+        parse_tune_section(section(temperature={"uniform": [1, 2]}), staged)
