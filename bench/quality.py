@@ -5,6 +5,8 @@
     python bench/quality.py --device cuda           # en_de, GPU mode: a wider teacher, all train
     python bench/quality.py --data-dir PATH         # any folder of {train,val,test}.{source,target}
     python bench/quality.py --task summarization    # scitldr, BERT2BERT MiniLM teacher
+    python bench/quality.py --teacher-only          # train (or resume) the teacher alone
+    python bench/quality.py --methods sft,sft_gkd_l1_b0.5 --depths 3   # part of the table
 
 Translation (default; ``--data-dir`` defaults to ``../shared/data/en_de``):
 
@@ -18,9 +20,13 @@ Translation (default; ``--data-dir`` defaults to ``../shared/data/en_de``):
    no hidden MSE), ``pl``
    (sft on the teacher's beam-4 pseudo-labels of the whole train split, written by
    ``raydistill pseudo-label``'s function) and ``tb`` (a TextBrewer ``distillation:`` section:
-   KD + a hidden-state match). The 6-3 sft, kd and kd_hard runs are repeated with ``--seeds``
-   seeds.
-3. Every model is scored by ``evaluate`` on the test split (sacreBLEU, chrF; beam 4) and timed
+   KD + a hidden-state match); staged recipes (``stages:``): ``sft_kd``, ``sft_pl`` and
+   ``sft_gkd_l<lmbda>_b<beta>`` (sft for 3/4 of the steps, then the teacher from that student,
+   the same total steps); ``sft_scratch`` (the 6-3 architecture from random weights: what
+   make_student's copied layers are worth). The 6-3 sft, kd and kd_hard runs are repeated with
+   ``--seeds`` seeds. ``--methods`` / ``--depths`` run part of the table.
+3. The students' own validations against their training time: ``--plot`` (a panel per depth).
+4. Every model is scored by ``evaluate`` on the test split (sacreBLEU, chrF; beam 4) and timed
    at batch 1 (latency) and batch 32 (throughput), all models in the same interleaved rounds.
 
 Summarization (``--task summarization``, scitldr): a BERT2BERT teacher warm-started from the
@@ -56,6 +62,7 @@ from common import (
     train_run,
     write_result,
 )
+from curves import plot_curves, run_curve
 
 NAME = "quality"
 DEPTHS = (3, 1)
@@ -66,6 +73,15 @@ METHODS = {"translation": ("sft", "kd", "kd_hard", "pl", "tb", "gkd_b0.1", "gkd_
 # in the GKD paper's summaries; 0.9: near the reverse KL, said best for summarization).
 SEEDED = ("sft", "kd", "kd_hard")  # repeated with --seeds seeds at 6-3 (the spread)
 GKD_BETAS = {"gkd_b0.1": 0.1, "gkd_b0.9": 0.9}
+# Staged recipes (`stages:`, issue 28): sft on the references for STAGE_SPLIT of the steps, then
+# the teacher from that checkpoint for the rest; the same total steps as every other row.
+STAGED = {"sft_kd": ("kd", {}), "sft_pl": ("pl", {}),
+          **{f"sft_gkd_l{lm:g}_b{b:g}": ("gkd", {"lmbda": lm, "beta": b})
+             for lm in (1.0, 0.5) for b in (0.1, 0.5, 0.9)}}
+STAGE_SPLIT = 0.75
+# make_student's copied layers against none: the 6-3 architecture from random weights (sft).
+SCRATCH = "sft_scratch"
+METHODS["translation"] += (*STAGED, SCRATCH)
 DEFAULT_DATA = {"translation": "en_de", "summarization": "scitldr"}
 METRIC = {"translation": "bleu", "summarization": "rouge2"}
 
@@ -273,6 +289,13 @@ def hidden_match(teacher: Path, d: int) -> dict:
 
 def student_config(args, s, method: str, d: int, seed: int, teacher: Path, data: Path,
                    pl_data: Path, work: Path) -> dict:
+    if method in STAGED:
+        return staged_config(args, s, method, d, seed, teacher, data, pl_data, work)
+    if method == SCRATCH:
+        cfg = student_config(args, s, "sft", d, seed, teacher, data, pl_data, work)
+        return {**cfg, "output_dir": cfg["output_dir"].replace("_sft", "_" + SCRATCH),
+                "student": str(random_student(teacher, d, work)),
+                "student_encoder_layers": None, "student_decoder_layers": None}
     suffix = f"_seed{seed}" if seed != s["seed"] else ""
     out = work / f"student_6_{d}_{method}{suffix}"
     cfg = {**base_config(args, s, pl_data if method == "pl" else data, out),
@@ -308,6 +331,61 @@ def student_config(args, s, method: str, d: int, seed: int, teacher: Path, data:
     return cfg
 
 
+def staged_config(args, s, method: str, d: int, seed: int, teacher: Path, data: Path,
+                  pl_data: Path, work: Path) -> dict:
+    """sft for STAGE_SPLIT of the student steps, then ``STAGED[method]`` from its best student:
+    one `stages:` run of the same total steps, each stage validated at its end (gkd every 100
+    steps, as its one-stage rows)."""
+    second, gkd = STAGED[method]
+    base = student_config(args, s, "sft", d, seed, teacher, data, pl_data, work)
+    total = s["student_steps"]
+    first = max(1, round(STAGE_SPLIT * total))
+    then = {"method": second, "name": second, "max_steps": total - first,
+            "val_check_steps": min(100, total - first) if second == "gkd" else total - first}
+    if second == "kd":  # the kd row's objective
+        kd = student_config(args, s, "kd", d, seed, teacher, data, pl_data, work)
+        then.update({k: kd[k] for k in ("alpha_ce", "alpha_mlm", "alpha_hid", "temperature",
+                                        "normalize_hidden", "supervise_forward")})
+    if second == "pl":
+        then["data_dir"] = str(pl_data)
+    if second == "gkd":
+        then.update(label_smoothing=0.0,  # no hard labels in the GKD loss
+                    gkd={**gkd, "temperature": 1.0, "max_new_tokens": 40})
+    base.update(output_dir=str(Path(base["output_dir"]).with_name(
+        Path(base["output_dir"]).name.replace("_sft", "_" + method))),
+        stages=[{"name": "sft", "max_steps": first, "val_check_steps": first}, then])
+    return base
+
+
+def random_student(teacher: Path, d: int, work: Path) -> Path:
+    """The teacher's architecture with ``d`` decoder layers and random weights (seed 0), saved
+    with the teacher's tokenizer: what make_student's copied layers are measured against."""
+    out = work / f"random_6_{d}"
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(str(teacher))
+    config.decoder_layers = d
+    torch.manual_seed(0)
+    AutoModelForSeq2SeqLM.from_config(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(teacher)).save_pretrained(out)
+    return out
+
+
+def selected(args, runs: list[tuple[int, str, int]]) -> list[tuple[int, str, int]]:
+    """``--methods`` / ``--depths``: the part of the table this run trains and scores."""
+    methods = args.methods.split(",") if args.methods else None
+    depths = [int(x) for x in args.depths.split(",")] if args.depths else None
+    unknown = sorted(set(methods or ()) - set(METHODS[args.task]))
+    if unknown:
+        sys.exit(f"--methods: unknown {', '.join(unknown)}; choose from "
+                 + ", ".join(METHODS[args.task]))
+    return [(d, m, seed) for d, m, seed in runs
+            if (methods is None or m in methods) and (depths is None or d in depths)]
+
+
 # ---- the benchmark ----------------------------------------------------------------------------
 
 def main() -> None:
@@ -323,6 +401,12 @@ def main() -> None:
     p.add_argument("--ct2-latency", default=None, metavar="COMPUTE_TYPE",
                    help="also time batch-1 generation with the CTranslate2 backend in this "
                         "compute type (float32, int8, ...), in the same rounds")
+    p.add_argument("--methods", default=None, help="comma-separated rows to train and score "
+                   "(default all): " + ", ".join(METHODS["translation"]))
+    p.add_argument("--depths", default=None, help="comma-separated student decoder depths "
+                   f"(default {','.join(map(str, DEPTHS))})")
+    p.add_argument("--plot", default=None, metavar="PNG", help="the learning curves' picture "
+                   "(default <workdir>/<data>/curves.png; BENCHMARKS: docs/quality_en_de.png)")
     p.add_argument("--teacher-only", action="store_true",
                    help="train (or resume) the teacher, then stop")
     p.add_argument("--score-only", action="store_true",
@@ -383,9 +467,11 @@ def main() -> None:
     runs += [(DEPTHS[0], m, s["seed"] + k) for k in range(1, s["seeds"]) for m in SEEDED]
     # The gkd runs last (the slowest), the beta said best for translation first at both depths.
     runs += [(d, m, s["seed"]) for m in METHODS[args.task] if m in GKD_BETAS for d in DEPTHS]
+    runs = [r for r in runs if r[1] != SCRATCH or r[0] == DEPTHS[0]]  # the scratch row: 6-3
+    runs = selected(args, runs)
     pending: list[str] = []  # --score-only: runs not trained yet
     for d, method, seed in runs:
-        if method == "pl" and pl_error:
+        if method in ("pl", "sft_pl") and pl_error:
             continue
         name = f"student 6-{d} ({method})" + (f" seed {seed}" if seed != s["seed"] else "")
         print(f"== {name}", flush=True)
@@ -414,6 +500,11 @@ def main() -> None:
               flush=True)
     report(args, s, data, data_name, models, pl_seconds, pl_error, time.time() - t_all,
            pending)
+    students = {n: run_curve(Path(m["dir"]).parent, metric) for n, m in models.items()
+                if n.startswith("student ") and (Path(m["dir"]).parent / "metrics.json").is_file()}
+    plot = plot_curves(students, Path(args.plot or work / "curves.png"), metric=metric,
+                       title=f"{data_name}: val {metric} of each recipe against its training time")
+    print(f"learning curves: {plot}", flush=True)
 
 
 def equal_time_runs(args, s, models: dict, teacher: Path, t_key: str, data: Path,

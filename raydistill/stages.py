@@ -30,17 +30,14 @@ worker loop.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from raydistill.atomic import replace_dir_atomic, write_json_atomic
+from raydistill.atomic import write_json_atomic
 from raydistill.config import DistillConfig
 from raydistill.errors import ConfigError
 from raydistill.stage_plan import Stage, plan_stages
 
-DONE_FILE = "stage_done.json"
 TEACHER_VAL_FILE = "teacher_val.json"
 # The seq2seq README's sanity check: a student that starts this far below its teacher on val
 # (BLEU or ROUGE-2 points) more likely has a bug (generation or truncation settings) than a
@@ -53,7 +50,7 @@ def run_stages(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = Fa
     """Train every stage in order (finished ones skipped on ``--resume``), then export the last
     stage's best student to ``output_dir/best_tfmr``. Returns the summary written to
     ``metrics.json`` (without the test split: ``pipeline.run_distill`` adds it)."""
-    from raydistill.train.run import run_training
+    from raydistill.train.chain import export_best, train_chain
 
     stages = plan_stages(cfg)
     out = Path(cfg.output_dir).resolve()
@@ -62,33 +59,16 @@ def run_stages(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = Fa
     write_json_atomic(out / "hparams.json", {**cfg.to_dict(),
                                              "stage_dirs": [s.name for s in stages]})
     summaries: list[dict[str, Any]] = []
-    layers: dict[str, Any] | None = None
-    teacher_val: float | None = None
-    for stage in stages:
-        done = stage.dir / DONE_FILE
-        if resume and done.is_file():
-            record = json.loads(done.read_text())
-            print(f"[raydistill] {stage.name}: finished before (best {stage.cfg.val_metric} "
-                  f"{record['summary']['best'][stage.cfg.val_metric]:.4f}), skipped", flush=True)
-        else:
-            if overwrite:
-                done.unlink(missing_ok=True)
-            again = resume and (stage.dir / "hparams.json").is_file()
-            print(f"[raydistill] {stage.name}: {stage.cfg.method}, "
-                  + ("resuming" if again else "starting")
-                  + (f" from {stage.cfg.student}" if stage.index else ""), flush=True)
-            _, _, summary = run_training(stage.cfg, overwrite=overwrite, resume=again,
-                                         address=address, student_layers=layers)
-            record = {"summary": summary, "layers": _layers(stage.dir)}
-            write_json_atomic(done, record)
-        layers = record["layers"]
-        teacher_val = teacher_val if teacher_val is not None else teacher_val_score(cfg, out)
-        summaries.append(stage_summary(stage, record["summary"], teacher_val))
-    last = stages[-1]
-    export_best(last.dir / "best_tfmr", out / "best_tfmr")
+
+    def check(stage: Stage, record: dict[str, Any]) -> None:  # after each stage, at once
+        summaries.append(stage_summary(stage, record["summary"], teacher_val_score(cfg, out)))
+
+    records = train_chain(stages, resume=resume, overwrite=overwrite, address=address,
+                          after=check)
+    export_best(stages[-1].dir / "best_tfmr", out / "best_tfmr")
     metric = cfg.val_metric
     summary = {"stages": summaries, "best": {metric: summaries[-1]["best"]},
-               "val": record["summary"]["val"], "teacher_val": teacher_val,
+               "val": records[-1]["summary"]["val"], "teacher_val": teacher_val_score(cfg, out),
                "train_seconds": round(sum(s["train_seconds"] for s in summaries), 2),
                "final_step": sum(s["final_step"] for s in summaries)}
     write_json_atomic(out / "metrics.json", summary)
@@ -116,20 +96,6 @@ def check_stages_before_ray(cfg: DistillConfig, stages: list[Stage], out: Path, 
         validate_data_dir(stage.cfg.data_dir, ("train", "val"))
         for teacher in stage.cfg.teacher_paths if stage.index else ():
             resolve_model(teacher, f"{stage.name}: teacher", stage.cfg.model_cache_dir)
-
-
-def _layers(stage_dir: Path) -> dict[str, Any] | None:
-    """The teacher layers the stage's student was copied from (make_student), handed on so a
-    later stage's hidden-state matches pair the same layers."""
-    path = stage_dir / "student_layers.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def export_best(src: Path, dst: Path) -> None:
-    """A copy of ``src`` replaces ``dst`` in one rename (a killed copy leaves ``dst`` as it was)."""
-    tmp = Path(tempfile.mkdtemp(prefix=".best_tfmr.", dir=dst.parent))
-    shutil.copytree(src, tmp, dirs_exist_ok=True)
-    replace_dir_atomic(tmp, dst)
 
 
 def teacher_val_score(cfg: DistillConfig, out: Path) -> float | None:

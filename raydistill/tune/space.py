@@ -134,10 +134,10 @@ def parse_tune_section(data: dict[str, Any] | None, cfg: DistillConfig) -> TuneS
     if not isinstance(data, dict):
         raise ConfigError("the config needs a `tune:` section with a search_space "
                           "(see jobs/configs/tune_summarization.yaml)")
-    if cfg.stages:
-        raise ConfigError("tune: a config with stages: cannot be swept yet; run the stages "
-                          "before the last with `raydistill distill`, then sweep the last stage "
-                          "alone with student: <that run's best_tfmr>")
+    if cfg.stages:  # the search space sets the last stage's keys (the stages before: shared)
+        from raydistill.stage_plan import plan_stages
+
+        cfg = plan_stages(cfg)[-1].cfg
     fields = {f.name for f in dataclasses.fields(TuneSettings)} | {"search_space"}
     for key in data:
         if key not in fields:

@@ -16,6 +16,7 @@ A sweep's ``output_dir``::
     sweep.json              base config + tune section + experiment path (read by --resume)
     ray_results/<name>/     Tune's experiment: state for --resume, per-trial results, TBX events
     trials/<trial_id>/      one distill run: student/ tensorboard/ ray_results/ best_tfmr/ ...
+    shared_stages/          a staged config's stages before the last, trained once for all trials
     results.csv results.md pareto.png best/
 """
 
@@ -51,14 +52,17 @@ from raydistill.tune.space import (  # noqa: F401 (load_sweep & co. are this mod
 )
 
 SWEEP_FILE = "sweep.json"
+SHARED_DIR = "shared_stages"  # a staged sweep's stages before the last, trained once
 LATENCY_REPEATS = 3
 ATTEMPTS_FILE = "attempts.log"
 
 
 # ---- the trial driver ---------------------------------------------------------------------
 
-def trial_driver(config: dict[str, Any], base: dict[str, Any], trials_dir: str) -> None:
-    """A Tune function trainable: one trial = one TorchTrainer fit of the sampled config."""
+def trial_driver(config: dict[str, Any], base: dict[str, Any], trials_dir: str,
+                 layers: dict[str, Any] | None = None) -> None:
+    """A Tune function trainable: one trial = one TorchTrainer fit of the sampled config.
+    ``layers``: the teacher layers a shared stage's student was copied from (staged sweeps)."""
     import ray
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -75,7 +79,7 @@ def trial_driver(config: dict[str, Any], base: dict[str, Any], trials_dir: str) 
         f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} start restarted={restarted}\n")
     write_json_atomic(out / "hparams.json", cfg.to_dict())
     # resume=True: a restarted trial keeps the student its checkpoints were trained from.
-    layers = prepare_student(cfg, out, resume=True)
+    layers = prepare_student(cfg, out, resume=True, layers=layers)
     # The fit runs in a child task that knows this cluster's address. When ASHA stops the
     # trial, Tune kills this actor and with it the Train controller; Train's detached
     # PlacementGroupCleaner (which inherits the task's environment) then asks the state API
@@ -147,16 +151,19 @@ def run_sweep(cfg: DistillConfig, settings: TuneSettings, *, resume: str | None 
             cfg, settings = started, parse_tune_section(info["tune"], started)
     else:
         _prepare_fresh(out, experiment, overwrite)
+    staged = cfg  # sweep.json keeps the config as given; the trials run its last stage
+    cfg, layers = shared_stages(cfg, out, address)
     # Hub ids -> local snapshots, once, here: every trial (and its workers) loads local folders.
     run_cfg, models = resolve_models(cfg)
     if not resume:
-        write_json_atomic(out / SWEEP_FILE, {"config": cfg.to_dict(),
+        write_json_atomic(out / SWEEP_FILE, {"config": staged.to_dict(),
                                              "tune": _settings_dict(settings),
                                              "experiment_path": experiment, "models": models})
     init_ray(address)
     check_trial_fits(cfg, settings)
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, base=run_cfg.to_dict(), trials_dir=str(out / "trials")),
+        tune.with_parameters(trial_driver, base=run_cfg.to_dict(), trials_dir=str(out / "trials"),
+                             layers=layers),
         {"cpu": DRIVER_CPU})
     if resume:
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
@@ -169,6 +176,24 @@ def run_sweep(cfg: DistillConfig, settings: TuneSettings, *, resume: str | None 
     grid = tuner.fit()
     seconds = time.time() - t0
     return finish_sweep(cfg, settings, out, grid.experiment_path, seconds)
+
+
+def shared_stages(cfg: DistillConfig, out: Path,
+                  address: str | None) -> tuple[DistillConfig, dict[str, Any] | None]:
+    """A staged config (``stages:``) sweeps its last stage: the stages before it train once,
+    here, into ``output_dir/shared_stages/`` (finished ones are reused when a sweep resumes),
+    and every trial starts from their best student. Returns (the trials' base config: the last
+    stage's, the teacher layers its student was copied from). A config without stages: itself."""
+    if not cfg.stages:
+        return cfg, None
+    from raydistill.stage_plan import plan_stages
+    from raydistill.train.chain import train_chain
+
+    stages = plan_stages(cfg.replace(output_dir=str(out / SHARED_DIR)))
+    records = train_chain(stages[:-1], resume=True, address=address) if len(stages) > 1 else []
+    print(f"[tune] every trial runs {stages[-1].name} from "
+          + (f"{stages[-1].cfg.student}" if records else "the base's student"), flush=True)
+    return stages[-1].cfg, records[-1]["layers"] if records else None
 
 
 def check_trial_fits(cfg: DistillConfig, settings: TuneSettings) -> None:

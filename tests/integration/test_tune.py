@@ -157,3 +157,43 @@ def test_a_trial_whose_workers_ask_for_every_cpu_is_placed(ray_session, tiny_bar
     summary = run_sweep(cfg, settings)
     assert time.time() - t0 < 300
     assert [r["status"] for r in summary["rows"]] == ["completed"]
+
+
+def test_a_staged_sweep_trains_its_first_stage_once_for_every_trial(ray_session, tiny_bart_dir,
+                                                                     tmp_path):
+    """stages: [sft, kd] swept over the kd stage's temperature: the sft stage trains once, in
+    shared_stages/, and both trials start from its best student with its copied layers; a
+    resumed sweep does not train it again."""
+    import json
+
+    from safetensors.torch import load_file
+
+    data = write_dataset(tmp_path / "data", n_train=8, n_val=4, n_test=2)
+    config = sweep_config(str(tiny_bart_dir), data, tmp_path / "sweep")
+    config.update(method="sft", max_steps=2, student_decoder_layers=1,
+                  stages=[{"num_workers": 0, "max_steps": 3, "val_check_steps": 3},
+                          {"method": "kd", "alpha_hid": 1.0}])
+    config["tune"] = {"search_space": {"temperature": {"grid": [1.0, 4.0]}},
+                      "latency_examples": 2, "max_concurrent_trials": 1}
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cfg, settings = load_sweep(path)
+    summary = run_sweep(cfg, settings)
+    assert [r["status"] for r in summary["rows"]] == ["completed", "completed"]
+    shared = tmp_path / "sweep" / "shared_stages" / "stage0_sft"
+    done = json.loads((shared / "stage_done.json").read_text())
+    assert done["summary"]["final_step"] == 3
+    best = load_file(str(shared / "best_tfmr" / "model.safetensors"))
+    trials = sorted((tmp_path / "sweep" / "trials").iterdir())
+    assert len(trials) == 2
+    for trial in trials:
+        hp = json.loads((trial / "hparams.json").read_text())
+        assert hp["method"] == "kd" and hp["student"] == str(shared / "best_tfmr")
+        start = load_file(str(trial / "student" / "model.safetensors"))
+        assert all(torch_equal(start[k], best[k]) for k in best)
+        assert json.loads((trial / "student_layers.json").read_text()) == done["layers"]
+    assert sorted(r["temperature"] for r in summary["rows"]) == [1.0, 4.0]
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())

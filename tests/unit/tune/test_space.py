@@ -244,7 +244,11 @@ def test_a_sweep_refuses_in_process_trials(cfg, space):
         check_trial_fits(cfg, settings)
 
 
-def test_a_staged_config_is_refused_with_the_way_to_sweep_its_last_stage():
-    staged = BASE.replace(method="sft", stages=[{"max_steps": 5}, {"method": "kd"}])
-    with pytest.raises(ConfigError, match=r"stages: cannot be swept yet.*student: <that run's best_tfmr>"):
-        parse_tune_section(section(temperature={"uniform": [1, 2]}), staged)
+def test_a_staged_config_searches_its_last_stage():
+    """The search space's keys set the last stage's values: checked against that stage."""
+    staged = BASE.replace(method="sft", stages=[{"max_steps": 5}, {"method": "gkd"}])
+    s = parse_tune_section(section(**{"gkd.beta": {"choice": [0.1, 0.9]}}), staged)
+    assert s.keys == ["gkd.beta"]
+    with pytest.raises(ConfigError, match="the gkd: section is read only with method: gkd"):
+        parse_tune_section(section(**{"gkd.beta": {"choice": [0.1, 0.9]}}),
+                           BASE.replace(method="sft", stages=[{"method": "gkd"}, {"max_steps": 5}]))

@@ -1,0 +1,65 @@
+"""Learning curves from the runs' own validations: val score against training wall-clock.
+
+A run's ``metrics.json`` lists its validations (``val``: step, score, and ``elapsed_s``, the
+seconds of training before it, where the run recorded them) and its ``train_seconds``; a staged
+run (``stages:``) lists its stages, whose clocks follow each other. ``bench/quality.py`` plots
+every recipe at each depth into ``docs/quality_en_de.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def run_curve(run_dir: Path, metric: str) -> list[tuple[float, int, float]]:
+    """(seconds of training, step, val score) at each validation of the run in ``run_dir``.
+
+    A validation without ``elapsed_s`` (runs written before it was recorded) is placed at
+    ``step / final_step`` of the run's training seconds: steps of one run cost about the same."""
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    if "stages" in summary:
+        points, offset, steps = [], 0.0, 0
+        for stage in summary["stages"]:
+            for t, step, score in run_curve(Path(stage["dir"]), metric):
+                points.append((offset + t, steps + step, score))
+            offset += stage["train_seconds"]
+            steps += stage["final_step"]
+        return points
+    final = max(summary.get("final_step") or 1, 1)
+    seconds = summary.get("train_seconds") or 0.0
+    return [(h.get("elapsed_s", seconds * h["step"] / final), h["step"], h[metric])
+            for h in summary.get("val", []) if h.get(metric) is not None]
+
+
+def plot_curves(curves: dict[str, list[tuple[float, int, float]]], path: Path, *,
+                metric: str, title: str, teacher: float | None = None) -> Path:
+    """One panel per student depth (the ``6-d`` in each name), a line per recipe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    depths = sorted({name.split(" ")[1] for name in curves if name.startswith("student 6-")})
+    fig, axes = plt.subplots(1, max(1, len(depths)), figsize=(6.5 * max(1, len(depths)), 4.5),
+                             squeeze=False)
+    for ax, depth in zip(axes[0], depths or ["?"]):
+        for name, points in sorted(curves.items()):
+            if f" {depth} " not in f" {name} " or not points:
+                continue
+            xs = [t / 60 for t, _, _ in points]
+            ax.plot(xs, [v for _, _, v in points], marker="o", markersize=3,
+                    label=name.split("(", 1)[-1].rstrip(")"))
+        if teacher is not None:
+            ax.axhline(teacher, color="black", linestyle="--", linewidth=1, label="teacher")
+        ax.set_title(f"student {depth}")
+        ax.set_xlabel("training wall-clock (minutes)")
+        ax.set_ylabel(f"val {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
