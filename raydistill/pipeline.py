@@ -39,15 +39,18 @@ def run_distill(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = F
 
 
 def run_test(cfg: DistillConfig, out: Path) -> dict[str, Any]:
-    """Score best_tfmr on the test split with ``evaluate`` (parallel generation)."""
+    """Score best_tfmr on the test split with ``evaluate`` (parallel generation); with
+    ``use_gpu`` the ``num_eval_workers`` actors share the cluster's GPUs (``actor_gpus``)."""
     from raydistill.eval.evaluate import evaluate
+    from raydistill.train.device import actor_gpus
 
     results = evaluate(str(out / "best_tfmr"), cfg.data_dir, split="test", task=cfg.task,
                        out_dir=str(out), num_beams=cfg.eval_beams,
                        length_penalty=cfg.length_penalty,
                        max_length=cfg.eval_max_gen_length or cfg.test_max_target_length,
                        max_source_length=cfg.max_source_length, batch_size=cfg.eval_batch_size,
-                       num_workers=cfg.num_eval_workers, num_gpus=1.0 if cfg.use_gpu else 0.0,
+                       num_workers=cfg.num_eval_workers,
+                       num_gpus=actor_gpus(cfg.use_gpu, cfg.num_eval_workers),
                        n=cfg.n_test, backend=cfg.generation_backend,
                        compute_type=cfg.compute_type, ct2_cache_dir=cfg.ct2_cache_dir)
     flat = {**results["scores"], "n_examples": results["n_examples"],

@@ -88,6 +88,19 @@ def init_ray(address: str | None = None) -> None:
     quiet_ray_data()
 
 
+def add_address_arg(parser) -> None:
+    """``--address``, for a command that starts or joins Ray (``join_address`` applies it)."""
+    parser.add_argument("--address", default=None, help="Ray cluster address, e.g. a GPU "
+                        "cluster's ray://head:10001 (default: $RAY_ADDRESS, else a local Ray)")
+
+
+def join_address(address: str | None) -> None:
+    """A command's ``--address``: every ``init_ray`` of this process joins it, as it would join
+    $RAY_ADDRESS (set here; the stage's input checks still run before Ray starts)."""
+    if address:
+        os.environ["RAY_ADDRESS"] = address
+
+
 def _starts_local_ray(address: str | None = None) -> bool:
     """Whether ``init_ray(address)`` starts a Ray in this process rather than joining one."""
     joins = address or os.environ.get("RAY_ADDRESS")
@@ -341,7 +354,8 @@ def check_actor_pool(what: str, actors: int, cpus_per_actor: float, gpus_per_act
     check_resources(what, actors * cpus_per_actor, actors * gpus_per_actor,
                     per_unit_cpus=cpus_per_actor, per_unit_gpus=gpus_per_actor,
                     fix=f"use fewer actors ({knob}={actors} now)"
-                        + (", or no GPU (num_gpus=0)" if gpus_per_actor else ""))
+                        + (", a share of a GPU per actor (num_gpus=0.5: two actors on each GPU), "
+                           "or no GPU (num_gpus=0)" if gpus_per_actor else ""))
 
 
 def actor_threads() -> int:
@@ -387,6 +401,6 @@ def quiet_ray_data() -> None:
     ctx.enable_operator_progress_bars = False
 
 
-__all__ = ["PASSED_THROUGH", "RAY_ENV", "RESOURCE_TIMEOUT_ENV", "check_actor_pool",
-           "check_resources", "check_writable", "first_line", "launch_time", "Progress", "init_ray",
-           "quiet_ray_data"]
+__all__ = ["PASSED_THROUGH", "RAY_ENV", "RESOURCE_TIMEOUT_ENV", "add_address_arg",
+           "check_actor_pool", "check_resources", "check_writable", "first_line", "launch_time",
+           "Progress", "init_ray", "join_address", "quiet_ray_data"]

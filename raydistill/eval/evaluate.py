@@ -11,7 +11,7 @@ from typing import Any
 from raydistill.atomic import write_text_atomic
 from raydistill.data.files import read_split
 from raydistill.errors import ConfigError, ModelError
-from raydistill.runtime import check_writable
+from raydistill.runtime import add_address_arg, check_writable, join_address
 from raydistill.models.ct2 import TOKENIZER_SAMPLES, add_backend_args, prepare_backend
 from raydistill.metrics import METRICS, score
 
@@ -86,7 +86,7 @@ def evaluate(
 
     used = prepare_backend(source.path, backend, compute_type, ct2_cache_dir,
                            device="cuda" if num_gpus > 0 else "cpu",
-                           samples=data.sources[:TOKENIZER_SAMPLES])
+                           samples=data.sources[:TOKENIZER_SAMPLES], num_gpus=num_gpus)
     preds, seconds = generate_parallel(
         source.path, data.sources, num_beams=num_beams, length_penalty=length_penalty,
         max_length=max_length, max_source_length=max_source_length, batch_size=batch_size,
@@ -146,6 +146,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor")
     p.add_argument("--n", type=int, default=None, help="only the first N examples")
     add_backend_args(p)
+    add_address_arg(p)
     p.add_argument("--out-dir", default=None, help="where to write results (default: --model; "
                    "required for a Hub id)")
     p.add_argument("--model-cache-dir", default=None, help="where a Hub id is downloaded "
@@ -155,6 +156,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 def run_evaluate_cli(args: argparse.Namespace) -> int:
     """Run ``evaluate`` from parsed arguments; print the scores and the files written."""
+    join_address(getattr(args, "address", None))
     r = evaluate(
         args.model, args.data_dir, args.split, args.task, args.out_dir,
         num_beams=args.num_beams, length_penalty=args.length_penalty, max_length=args.max_length,

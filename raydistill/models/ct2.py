@@ -171,24 +171,24 @@ def check_choice(backend: str, compute_type: str) -> None:
 
 def prepare_backend(model_dir: str | os.PathLike, backend: str = "transformers",
                     compute_type: str = "float32", cache_dir: str | os.PathLike | None = None,
-                    device: str = "cpu", samples: Sequence[str] = ()) -> Backend:
+                    device: str = "cpu", samples: Sequence[str] = (),
+                    num_gpus: float = 0.0) -> Backend:
     """On the driver: convert ``model_dir`` for CTranslate2 (cached) or decide to fall back.
 
     Also checks whether the actors may tokenize without transformers (``LightTokenizer``, on
     ``samples``, a few of the sources to generate, besides fixed probes) and reads the
     generation settings the actors need, so that an actor imports neither torch nor transformers.
+    On ``device="cuda"`` it first runs the converted model on a GPU where the actors will
+    (``cuda_probe``; ``num_gpus``: each actor's request, 0 for this process): a CTranslate2
+    that cannot (no CUDA in the wheel, a CUDA library it cannot load) falls back to
+    transformers with one warning, before any actor starts.
     """
     check_choice(backend, compute_type)
     if backend == "transformers":
         return Backend()
     ct2 = require_ctranslate2()
-    from raydistill.errors import ConfigError
-
-    supported = ct2.get_supported_compute_types(device) if device == "cpu" or \
-        ct2.get_cuda_device_count() else None
-    if supported is not None and compute_type not in supported:
-        raise ConfigError(f"compute_type={compute_type} does not run on {device} here "
-                          f"(supported: {', '.join(sorted(supported))}); choose one of those")
+    if device == "cpu":
+        _check_supported(compute_type, device, ct2.get_supported_compute_types(device))
     from transformers import AutoConfig
 
     model_type = AutoConfig.from_pretrained(str(model_dir)).model_type
@@ -202,6 +202,12 @@ def prepare_backend(model_dir: str | os.PathLike, backend: str = "transformers",
         _fallback(model_dir, f"CTranslate2 cannot convert it ({type(err).__name__}: "
                   f"{str(err).splitlines()[0][:200]})")
         return Backend()
+    if device == "cuda":
+        probe = cuda_probe(str(ct2_dir), compute_type, num_gpus)
+        if "error" in probe:
+            _fallback(model_dir, f"CTranslate2 cannot run on the GPU here ({probe['error']})")
+            return Backend()
+        _check_supported(compute_type, device, probe["supported"])
     from transformers import AutoTokenizer
 
     gen = saved_generation_config(model_dir)
@@ -209,6 +215,52 @@ def prepare_backend(model_dir: str | os.PathLike, backend: str = "transformers",
                                     samples)
     return Backend("ctranslate2", compute_type, str(ct2_dir), light_tokenizer=light,
                    generation=tuple((k, getattr(gen, k, None)) for k in _GENERATION_KEYS))
+
+
+def _check_supported(compute_type: str, device: str, supported: Sequence[str]) -> None:
+    from raydistill.errors import ConfigError
+
+    if compute_type not in supported:
+        raise ConfigError(f"compute_type={compute_type} does not run on {device} here "
+                          f"(supported: {', '.join(sorted(supported))}); choose one of those")
+
+
+def cuda_probe(ct2_dir: str, compute_type: str, num_gpus: float = 0.0) -> dict[str, Any]:
+    """What CTranslate2 can do on a GPU where the actors will run: ``{"supported": [compute
+    types]}``, or ``{"error": one line}`` when it cannot run ``ct2_dir`` there at all.
+
+    Runs ``_try_cuda`` in a one-off Ray task asking for ``num_gpus`` (the actors' request: the
+    driver may have no GPU) or, with 0, in this process."""
+    if num_gpus <= 0:
+        return _try_cuda(ct2_dir, compute_type)
+    import ray
+
+    from raydistill.runtime import check_resources, init_ray
+
+    init_ray()
+    check_resources("the CTranslate2 GPU check", 0.0, num_gpus, per_unit_gpus=num_gpus,
+                    fix="use a cluster with GPUs, or generate on the CPU (num_gpus=0)")
+    task = ray.remote(num_cpus=0, num_gpus=num_gpus, max_retries=0)(_try_cuda)
+    return ray.get(task.remote(ct2_dir, compute_type))
+
+
+def _try_cuda(ct2_dir: str, compute_type: str) -> dict[str, Any]:
+    """``cuda_probe`` here: the GPU's compute types, then one token translated on it (the
+    first translation loads cuBLAS, where a missing ``libcublas.so.12`` shows)."""
+    try:
+        ct2 = require_ctranslate2()
+        if ct2.get_cuda_device_count() < 1:
+            return {"error": "CTranslate2 sees no CUDA device: a build without CUDA, or no "
+                             "GPU visible to it"}
+        supported = sorted(ct2.get_supported_compute_types("cuda"))
+        if compute_type in supported:
+            translator = ct2.Translator(ct2_dir, device="cuda", compute_type=compute_type)
+            translator.translate_batch([["a"]], beam_size=1, max_decoding_length=1)
+        return {"supported": supported}
+    except Exception as err:  # noqa: BLE001 - any failure here would fail every actor
+        from raydistill.runtime import first_line
+
+        return {"error": f"{type(err).__name__}: {first_line(err)}"}
 
 
 def _fallback(model_dir, why: str) -> None:
@@ -440,6 +492,6 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
 
 
 __all__ = ["BACKENDS", "COMPUTE_TYPES", "TOKENIZER_SAMPLES", "Backend", "CT2Generator",
-           "LightTokenizer", "add_backend_args", "add_predictions", "convert_cached",
+           "LightTokenizer", "add_backend_args", "add_predictions", "convert_cached", "cuda_probe",
            "generate_ct2", "light_tokenizer_matches", "load_translator", "prepare_backend",
            "saved_generation_config"]

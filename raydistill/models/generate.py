@@ -181,7 +181,7 @@ def generate_parallel(
     if isinstance(backend, str):
         backend = prepare_backend(model_dir, backend, compute_type, ct2_cache_dir,
                                   device="cuda" if num_gpus > 0 else "cpu",
-                                  samples=sources[:TOKENIZER_SAMPLES])
+                                  samples=sources[:TOKENIZER_SAMPLES], num_gpus=num_gpus)
     init_ray()
     check_actor_pool("generation", num_workers, num_cpus, num_gpus)
     # Sorting on the driver costs nothing next to generation and avoids a Ray Data sort

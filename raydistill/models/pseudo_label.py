@@ -130,7 +130,7 @@ def pseudo_label(teacher: str, data_dir: str, out: str, *, split: str = "train",
     data = read_split(data_dir, split, n)
     used = prepare_backend(teacher_dir, backend, compute_type, ct2_cache_dir,
                            device="cuda" if num_gpus > 0 else "cpu",
-                           samples=data.sources[:TOKENIZER_SAMPLES])
+                           samples=data.sources[:TOKENIZER_SAMPLES], num_gpus=num_gpus)
     settings = {"teacher": str(teacher_dir.resolve()), "split": split, "n": len(data),
                 "num_beams": num_beams, "max_length": max_length, "length_penalty": length_penalty,
                 "max_source_length": max_source_length, "batch_size": batch_size,
@@ -322,12 +322,17 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-cache-dir", default=None, help="where a Hub id is downloaded "
                    "(default: $HF_HUB_CACHE, else Hugging Face's cache)")
     from raydistill.models.ct2 import add_backend_args
+    from raydistill.runtime import add_address_arg
 
     add_backend_args(p)
+    add_address_arg(p)
     p.set_defaults(func=_cli)
 
 
 def _cli(args: argparse.Namespace) -> int:
+    from raydistill.runtime import join_address
+
+    join_address(getattr(args, "address", None))
     report = pseudo_label(args.teacher, args.data_dir, args.out, split=args.split,
                           num_beams=args.num_beams, max_length=args.max_length,
                           length_penalty=args.length_penalty, batch_size=args.batch_size,

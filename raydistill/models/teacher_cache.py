@@ -45,7 +45,8 @@ from raydistill.data.fingerprint import (
     tokenizer_fingerprint,
 )
 from raydistill.errors import ConfigError
-from raydistill.runtime import check_actor_pool, check_writable, init_ray
+from raydistill.runtime import (add_address_arg, check_actor_pool, check_writable, init_ray,
+                                join_address)
 
 if TYPE_CHECKING:
     import torch
@@ -469,10 +470,12 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                         "a kd run reuses the cache only with the same teacher_dtype")
     p.add_argument("--model-cache-dir", default=None, help="where a Hub id is downloaded "
                    "(default: $HF_HUB_CACHE, else Hugging Face's cache)")
+    add_address_arg(p)
     p.set_defaults(func=_cli)
 
 
 def _cli(args: argparse.Namespace) -> int:
+    join_address(getattr(args, "address", None))
     manifest = cache_logits(args.teacher, args.data_dir, args.out, top_k=args.top_k,
                             split=args.split, n=args.n, tokenizer=args.tokenizer,
                             max_source_length=args.max_source_length,

@@ -7,7 +7,14 @@ A checkpoint folder holds:
 - ``optimizer.pt`` / ``scheduler.pt`` / ``scaler.pt``: state dicts of tensors and numbers, read
   with ``torch.load(weights_only=True)`` (no pickle executes);
 - ``trainer_state.json``: step, epoch, batch position in the epoch, best metric, config;
-- ``rng_states.json``: Python, NumPy and torch RNG states of every rank.
+- ``rng_states.json``: Python, NumPy and torch RNG states of every rank, and the CUDA RNG of
+  the rank's own GPU (``cuda_device``; none on CPU).
+
+Portable: every tensor file loads onto the CPU first (``map_location="cpu"``; the optimizer then
+moves its state to its parameters' device), so a checkpoint written on GPUs resumes on a CPU
+machine, and no rank of a multi-GPU node first loads the state onto cuda:0. A checkpoint holds
+no per-GPU list, so it resumes on a node with any number of GPUs; one whose CUDA RNG is absent
+(written on a CPU) resumes on a GPU with the seeded CUDA RNG.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from raydistill.atomic import (  # noqa: F401
     write_json_atomic,
     write_text_atomic,
 )
+from raydistill.train.device import cuda_rng_device
 
 STATE_FILE = "trainer_state.json"
 RNG_FILE = "rng_states.json"
@@ -42,25 +50,47 @@ def model_files(checkpoint_dir: str | Path) -> list[Path]:
             and f.name not in (STATE_FILE, RNG_FILE)]
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(cuda_device: int | None = None) -> dict[str, Any]:
+    """This process's RNG states: Python, NumPy, torch's CPU generator and the CUDA generator of
+    ``cuda_device`` (default: the GPU this process computes on, ``cuda_rng_device``)."""
     np_state = np.random.get_state()
+    if cuda_device is None:
+        cuda_device = cuda_rng_device()
     return {
         "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
         "numpy": [np_state[0], np_state[1].tolist(), *[int(x) if i < 2 else float(x)
                                                       for i, x in enumerate(np_state[2:])]],
         "torch": torch.get_rng_state().tolist(),
-        "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        "cuda_device": (None if cuda_device is None
+                        else torch.cuda.get_rng_state(cuda_device).tolist()),
     }
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], cuda_device: int | None = None) -> None:
+    """Restore ``rng_state``'s states; the CUDA one onto ``cuda_device`` (default: this
+    process's GPU). A state without one (written on a CPU), or a process without a GPU, leaves
+    the CUDA generator as seeded. Older checkpoints kept ``cuda``: one state per visible GPU;
+    the entry of this process's device index is restored when there is one."""
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     npv = state["numpy"]
     np.random.set_state((npv[0], np.array(npv[1], dtype=np.uint32), npv[2], npv[3], npv[4]))
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+    if cuda_device is None:
+        cuda_device = cuda_rng_device()
+    if cuda_device is None:
+        return
+    own = state.get("cuda_device")
+    if own is None:
+        old = state.get("cuda") or []
+        own = old[cuda_device] if cuda_device < len(old) else None
+    if own is not None:
+        torch.cuda.set_rng_state(torch.tensor(own, dtype=torch.uint8), cuda_device)
+
+
+def load_tensors(path: str | Path) -> Any:
+    """A ``.pt`` state dict, onto the CPU whatever device wrote it, with no pickle executed."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def save_training_state(
@@ -100,8 +130,12 @@ def load_training_state(
     scaler=None,
     projections: torch.nn.Module | None = None,
     rank: int = 0,
+    cuda_device: int | None = None,
 ) -> dict[str, Any]:
-    """Restore everything ``save_training_state`` wrote; returns the trainer state dict."""
+    """Restore everything ``save_training_state`` wrote; returns the trainer state dict.
+
+    Tensors load onto the CPU and move to the device of the parameters they belong to; the
+    CUDA RNG goes to ``cuda_device`` (default: this process's GPU, none on a CPU)."""
     path = Path(path)
     weights = load_file(str(path / "model.safetensors"))
     # strict=False: tied weights (lm_head = embeddings) are saved once and re-tied below.
@@ -111,12 +145,12 @@ def load_training_state(
         raise RuntimeError(f"{path}: checkpoint has weights the student lacks: {unexpected[:5]}")
     if projections is not None and (path / "projections.safetensors").exists():
         projections.load_state_dict(load_file(str(path / "projections.safetensors")))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    optimizer.load_state_dict(load_tensors(path / "optimizer.pt"))
+    scheduler.load_state_dict(load_tensors(path / "scheduler.pt"))
     if scaler is not None and (path / "scaler.pt").exists():
-        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+        scaler.load_state_dict(load_tensors(path / "scaler.pt"))
     rngs = json.loads((path / RNG_FILE).read_text())
-    set_rng_state(rngs[min(rank, len(rngs) - 1)])
+    set_rng_state(rngs[min(rank, len(rngs) - 1)], cuda_device)
     return json.loads((path / STATE_FILE).read_text())
 
 

@@ -29,6 +29,7 @@ from raydistill.runtime import (
     launch_time,
     run_start,
 )
+from raydistill.train.device import actor_gpus, check_gpu_request
 from raydistill.train.preflight import check_models, check_vocabularies
 
 # This module imports neither torch nor transformers at the top: the input checks read files
@@ -70,6 +71,7 @@ def preflight(cfg: DistillConfig, *, overwrite: bool = False,
     cfg, models = resolve_models(cfg)  # every model folder checked, Hub ids found or fetched
     check_models(cfg)
     check_vocabularies(cfg)
+    check_gpu_request(cfg)  # use_gpu with num_workers: 0 needs a GPU here; compute_type
     if cfg.caches_logits:  # layer_T ranges: check_models above
         from raydistill.models.teacher_cache import check_cacheable
         from raydistill.distill.textbrewer import DistillationConfig
@@ -227,15 +229,13 @@ def import_training_stack() -> None:
 
 def check_workers(cfg: DistillConfig, what: str) -> None:
     """The Train workers' request against the cluster, before any worker starts."""
+    if cfg.num_workers == 0:  # this process trains: its CPUs are held, its GPU checked (preflight)
+        return
     gpu = 1.0 if cfg.use_gpu else 0.0
     fix = ("set use_gpu: false, or run on a cluster with GPUs" if cfg.use_gpu and
            not ray_has_gpus() else
            f"use fewer workers (num_workers={cfg.num_workers}) or fewer CPUs per worker "
            f"(cpus_per_worker={cfg.cpus_per_worker})")
-    if cfg.num_workers == 0:  # this process trains: it holds its CPUs already
-        if cfg.use_gpu and not ray_has_gpus():
-            raise ConfigError(f"{what}: use_gpu: true but this machine's Ray has no GPU; {fix}")
-        return
     check_resources(what, cfg.num_workers * cfg.cpus_per_worker, cfg.num_workers * gpu,
                     per_unit_cpus=cfg.cpus_per_worker, per_unit_gpus=gpu, fix=fix)
 
@@ -380,11 +380,10 @@ def plan_epochs(cfg: DistillConfig, mode: str, train_ds, out: Path):
     Writes ``out/batch_plan.json`` and warns when examples exceed the token budget alone.
     """
     import numpy as np
+    import ray
 
     from raydistill.data.batching import padding_fraction
     from raydistill.data.plan import PlanSpec, epoch_plan
-
-    import ray
 
     cols: dict[str, list] = {"id": [], "src_len": [], "tgt_len": []}
     # The materialized blocks read straight from the object store: a select_columns +
@@ -429,9 +428,8 @@ def prepare_logit_cache(cfg: DistillConfig, student_dir: str, train_ds,
                         cache_dir: str | Path) -> Path:
     """Build (or reuse, when its key matches) the teacher's top-k logits for ``train_ds``, and
     the teacher hidden states that ``intermediate_matches`` read."""
-    from transformers import AutoTokenizer
-
-    from transformers import AutoConfig
+    import ray
+    from transformers import AutoConfig, AutoTokenizer
 
     from raydistill.models.teacher_cache import cache_key, cached_hidden_layers, ensure_cache
     from raydistill.distill.textbrewer import DistillationConfig
@@ -445,10 +443,11 @@ def prepare_logit_cache(cfg: DistillConfig, student_dir: str, train_ds,
                     max_target_length=cfg.max_target_length, hidden_layers=hidden,
                     teacher_dtype=teacher_dtype_label(cfg.teacher_dtype, cfg.use_gpu))
     pad_id = AutoTokenizer.from_pretrained(student_dir).pad_token_id
+    actors, free_gpus = cache_actors(cfg), ray.available_resources().get("GPU", 0.0)
     ensure_cache(train_ds, cache_dir, key, teachers=cfg.teacher_paths, pad_token_id=pad_id,
                  top_k=cfg.logit_cache_top_k, batch_size=cfg.eval_batch_size,
-                 num_workers=cache_actors(cfg), num_cpus=cfg.cpus_per_worker,
-                 num_gpus=1.0 if cfg.use_gpu else 0.0)
+                 num_workers=actors, num_cpus=cfg.cpus_per_worker,
+                 num_gpus=actor_gpus(cfg.use_gpu, actors, free_gpus))  # teachers share GPUs
     return Path(cache_dir)
 
 

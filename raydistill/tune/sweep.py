@@ -8,7 +8,8 @@ sampled values, makes the trial's student in the trial's own folder, and fits a
 ``TorchTrainer`` whose validation reports reach Tune through ``TuneReportCallback`` (so ASHA can
 stop it early). The driver asks for 0.01 CPU; the trial's workers ask for their own.
 
-Generation latency is measured after the sweep, one trial at a time in this process: measured
+Generation latency is measured after the sweep, one trial at a time, on the device the trials
+trained on (this process on CPU; with ``use_gpu``, a Ray task holding one whole GPU): measured
 inside concurrent trials it would mostly say how busy the machine was.
 
 A sweep's ``output_dir``::
@@ -337,8 +338,6 @@ def finish_sweep(cfg: DistillConfig, settings: TuneSettings, out: Path, experime
 def _measure_trial(trial_dir: Path, checkpoints: list[str],
                    settings: TuneSettings) -> dict[str, Any]:
     """Export the trial's best checkpoint to best_tfmr/ and time generation (cached)."""
-    from raydistill.data.files import read_split
-    from raydistill.models.generate import measure_latency
     from raydistill.atomic import write_json_atomic
 
     empty = {"parameters": None, "ms_per_example": None}
@@ -357,18 +356,39 @@ def _measure_trial(trial_dir: Path, checkpoints: list[str],
     if used is None:
         return empty
     cfg = DistillConfig.from_dict(json.loads((trial_dir / "hparams.json").read_text()))
-    sources = read_split(cfg.data_dir, "val", cfg.n_val).sources
-    # The fastest of a few passes: whatever else runs on the machine only ever adds time.
-    runs = [measure_latency(str(trial_dir / "best_tfmr"), sources, num_beams=cfg.eval_beams,
-                            max_length=cfg.eval_max_gen_length or cfg.val_max_target_length,
-                            max_source_length=cfg.max_source_length, n=settings.latency_examples,
-                            backend=cfg.generation_backend, compute_type=cfg.compute_type,
-                            ct2_cache_dir=cfg.ct2_cache_dir)
-            for _ in range(LATENCY_REPEATS)]
+    if cfg.use_gpu:  # on a GPU, as the trials trained: a task holding one whole GPU, alone
+        import ray
+
+        from raydistill.runtime import init_ray
+
+        init_ray()
+        task = ray.remote(num_cpus=1, num_gpus=1, max_retries=0)(latency_runs)
+        runs = ray.get(task.remote(str(trial_dir), cfg.to_dict(), settings.latency_examples))
+    else:
+        runs = latency_runs(str(trial_dir), cfg.to_dict(), settings.latency_examples)
     result = {"parameters": int(runs[0]["parameters"]),
               "ms_per_example": round(min(float(r["ms_per_example"]) for r in runs), 3)}
     write_json_atomic(cache, {**result, "checkpoint_path": used, "best_reported": checkpoints[0]})
     return result
+
+
+def latency_runs(trial_dir: str, config: dict[str, Any], n: int) -> list[dict[str, float]]:
+    """``LATENCY_REPEATS`` batch-1 timings of the trial's best_tfmr on the device its config
+    trained on (``generation_device``), with its generation backend and compute type."""
+    from raydistill.data.files import read_split
+    from raydistill.models.generate import measure_latency
+    from raydistill.train.device import generation_device
+
+    cfg = DistillConfig.from_dict(config)
+    sources = read_split(cfg.data_dir, "val", cfg.n_val).sources
+    # The fastest of a few passes: whatever else runs on the machine only ever adds time.
+    return [measure_latency(str(Path(trial_dir) / "best_tfmr"), sources, num_beams=cfg.eval_beams,
+                            max_length=cfg.eval_max_gen_length or cfg.val_max_target_length,
+                            max_source_length=cfg.max_source_length, n=n,
+                            device=generation_device(cfg.use_gpu),
+                            backend=cfg.generation_backend, compute_type=cfg.compute_type,
+                            ct2_cache_dir=cfg.ct2_cache_dir)
+            for _ in range(LATENCY_REPEATS)]
 
 
 def _export_checkpoint(path: str, dst: Path) -> bool:

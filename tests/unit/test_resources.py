@@ -115,3 +115,43 @@ def test_progress_prints_a_line_every_so_often_and_at_the_end(capsys, monkeypatc
     assert lines[0] == "[raydistill] pseudo-label: 20/100 examples, 2.0 ex/s, ETA 40 s"
     assert lines[-1] == "[raydistill] pseudo-label: 100/100 examples, 2.0 ex/s, 50 s"
     assert len(lines) == 5  # every 10 s; the last one is also the end
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "--model", "m", "--data-dir", "d"],
+    ["pseudo-label", "--teacher", "t", "--data-dir", "d", "--out", "o"],
+    ["cache-logits", "--teacher", "t", "--data-dir", "d", "--out", "o"],
+])
+def test_every_ray_stage_joins_the_address_it_is_given(monkeypatch, argv):
+    """--address on the actor-pool stages (as on distill and tune): the stage's Ray joins it."""
+    import os
+    import sys
+
+    import raydistill.eval.evaluate  # noqa: F401 (the package re-exports the function's name)
+    from raydistill.cli import main
+    from raydistill.models import pseudo_label, teacher_cache
+
+    seen = []
+
+    def stage(*args, **kw):  # where the stage would start or join Ray
+        seen.append(os.environ.get("RAY_ADDRESS"))
+        raise ConfigError("stop here")
+
+    module, name = {"evaluate": (sys.modules["raydistill.eval.evaluate"], "evaluate"),
+                    "pseudo-label": (pseudo_label, "pseudo_label"),
+                    "cache-logits": (teacher_cache, "cache_logits")}[argv[0]]
+    monkeypatch.setattr(module, name, stage)
+    # --address sets $RAY_ADDRESS for the rest of the process: recorded by setenv, so that it
+    # is undone after this test (a bare delenv of an unset variable records nothing to undo,
+    # and later tests then tried to join gpu-head)
+    monkeypatch.setenv("RAY_ADDRESS", "unset-after-this-test")
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert main(argv + ["--address", "ray://gpu-head:10001", "--num-gpus", "0.5"]) == 2
+    assert seen == ["ray://gpu-head:10001"]
+
+
+def test_the_address_test_leaves_no_address_behind():
+    """Runs after the parametrized test above (pytest keeps file order)."""
+    import os
+
+    assert os.environ.get("RAY_ADDRESS") != "ray://gpu-head:10001"

@@ -218,3 +218,84 @@ def test_ct2_actor_imports_neither_torch_nor_transformers(converted, tmp_path):
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["heavy"] == []
     assert got["preds"] == generate_local(model, tok, SOURCES, num_beams=1, max_length=12)
+
+
+# ---- CTranslate2 on a GPU: checked before any actor starts ----------------------------------
+
+class FakeCT2:
+    """A ctranslate2 that sees a GPU but cannot run on it (the CUDA build without cuBLAS)."""
+
+    def __init__(self, supported=("float32", "float16", "int8_float16"), error=None):
+        self.supported, self.error, self.loaded = set(supported), error, []
+
+    def get_cuda_device_count(self):
+        return 1
+
+    def get_supported_compute_types(self, device):
+        return self.supported
+
+    def Translator(self, path, device, compute_type):  # noqa: N802 - ctranslate2's name
+        self.loaded.append((device, compute_type))
+        error = self.error
+
+        class Translator:
+            def translate_batch(self, tokens, **kw):
+                if error:
+                    raise RuntimeError(error)
+                return []
+        return Translator()
+
+
+def fake_ct2(monkeypatch, tmp_path, fake):
+    import raydistill.models.ct2 as ct2
+
+    monkeypatch.setattr(ct2, "require_ctranslate2", lambda: fake)
+    monkeypatch.setattr(ct2, "convert_cached", lambda *a, **k: tmp_path)
+
+
+def test_a_ctranslate2_that_cannot_load_cuda_falls_back_before_the_actors(
+        tiny_bart_dir, tmp_path, monkeypatch):
+    fake = FakeCT2(error="Library libcublas.so.12 is not found or cannot be loaded")
+    fake_ct2(monkeypatch, tmp_path, fake)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        used = prepare_backend(tiny_bart_dir, "ctranslate2", "float16", device="cuda")
+    assert used.name == "transformers" and fake.loaded == [("cuda", "float16")]
+    assert len(caught) == 1 and "libcublas.so.12" in str(caught[0].message)
+    assert "\n" not in str(caught[0].message)
+
+
+def test_a_compute_type_the_gpu_lacks_is_one_line(tiny_bart_dir, tmp_path, monkeypatch):
+    fake_ct2(monkeypatch, tmp_path, FakeCT2(supported=("float32", "float16")))
+    with pytest.raises(ConfigError, match="compute_type=bfloat16 does not run on cuda here "
+                                          r"\(supported: float16, float32\)"):
+        prepare_backend(tiny_bart_dir, "ctranslate2", "bfloat16", device="cuda")
+
+
+def test_this_machines_ctranslate2_without_a_gpu_falls_back(tiny_bart_dir, tmp_path):
+    import ctranslate2
+
+    if ctranslate2.get_cuda_device_count():
+        pytest.skip("CTranslate2 sees a GPU here")
+    with pytest.warns(UserWarning, match="cannot run on the GPU here.*no CUDA device"):
+        used = prepare_backend(tiny_bart_dir, "ctranslate2", "float16", device="cuda",
+                               cache_dir=tmp_path)
+    assert used.name == "transformers"
+
+
+def test_the_gpu_check_for_actors_asks_the_cluster_first(tmp_path, monkeypatch):
+    """The probe runs where the actors will (a Ray task with their GPU request); a cluster
+    without that GPU is the one-line resource error, not a task that waits forever."""
+    import ray
+
+    import raydistill.runtime as runtime
+    from raydistill.models.ct2 import cuda_probe
+
+    def no_gpu(what, cpus, gpus, **kw):
+        raise ConfigError(f"{what} needs {gpus:g} GPUs but the Ray cluster has 0; {kw['fix']}")
+
+    monkeypatch.setattr(runtime, "init_ray", lambda *a, **k: None)
+    monkeypatch.setattr(runtime, "check_resources", no_gpu)
+    monkeypatch.setattr(ray, "remote", lambda **k: pytest.fail("a task was started"))
+    with pytest.raises(ConfigError, match="CTranslate2 GPU check needs 0.5 GPUs"):
+        cuda_probe(str(tmp_path), "float16", num_gpus=0.5)

@@ -107,3 +107,107 @@ def test_a_run_in_this_process_keeps_the_best_and_the_latest_checkpoints(tmp_pat
     result = local_result(str(run))
     assert [m["bleu"] for _, m in result.best_checkpoints] == [9.0, 3.0]
     assert result.checkpoint.path.endswith("checkpoint_00000008") and result.error is None
+
+
+# ---- portable checkpoints: written on GPUs, resumed anywhere -----------------------------------
+
+def saved_as_if_on_cuda(monkeypatch, obj, path):
+    """``torch.save`` as a GPU process writes it: every storage tagged with location cuda:0
+    (what a CPU machine cannot load without map_location)."""
+    import torch.serialization as ser
+
+    with monkeypatch.context() as m:
+        m.setattr(ser, "location_tag", lambda storage: "cuda:0")
+        torch.save(obj, path)
+
+
+def test_an_optimizer_state_written_on_a_gpu_resumes_on_the_cpu(tmp_path, monkeypatch):
+    model, proj, opt, sched = setup(0)
+    for _ in range(2):
+        train_step(model, proj, opt, sched)
+    save_training_state(tmp_path, student=model, tokenizer=None, optimizer=opt, scheduler=sched,
+                        projections=proj, state={"global_step": 2}, rng_states=[rng_state()])
+    saved_as_if_on_cuda(monkeypatch, opt.state_dict(), tmp_path / "optimizer.pt")
+    scaler = {"scale": torch.tensor(1024.0), "growth_tracker": 0}
+    saved_as_if_on_cuda(monkeypatch, scaler, tmp_path / "scaler.pt")
+    written = {i: {k: v.clone() for k, v in st.items()}
+               for i, st in opt.state_dict()["state"].items()}
+    expected = train_step(model, proj, opt, sched)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine
+    with pytest.raises(RuntimeError, match="CUDA"):  # the file really names a GPU
+        torch.load(tmp_path / "optimizer.pt", weights_only=True)
+
+    model2, proj2, opt2, sched2 = setup(1)
+    loaded = {}
+
+    class Scaler:
+        def load_state_dict(self, state):
+            loaded.update(state)
+
+    load_training_state(tmp_path, student=model2, optimizer=opt2, scheduler=sched2,
+                        scaler=Scaler(), projections=proj2)
+    for i, st in opt2.state_dict()["state"].items():
+        assert st["exp_avg"].device.type == "cpu"
+        assert torch.equal(st["exp_avg"], written[i]["exp_avg"])
+        assert torch.equal(st["exp_avg_sq"], written[i]["exp_avg_sq"])
+    assert loaded["scale"].device.type == "cpu"
+    assert train_step(model2, proj2, opt2, sched2) == pytest.approx(expected, rel=1e-6)
+
+
+class FakeCuda:
+    """torch.cuda as a process on ``current`` of ``count`` GPUs sees it, recording RNG calls;
+    asking for every GPU's RNG (a CUDA context on each) fails the test."""
+
+    def __init__(self, monkeypatch, current: int = 0, initialized: bool = True):
+        self.set_calls: list[tuple[list[int], int]] = []
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: initialized)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
+        monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.full(
+            (4,), 10 + int(device), dtype=torch.uint8))
+        monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda":
+                            self.set_calls.append((state.tolist(), device)))
+
+        def every_gpu(*a, **k):
+            raise AssertionError("touched the RNG of every visible GPU")
+
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", every_gpu)
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", every_gpu)
+
+
+def test_a_checkpoint_keeps_the_rng_of_the_workers_own_gpu_only(monkeypatch):
+    from raydistill.train.checkpoint import set_rng_state
+
+    cuda = FakeCuda(monkeypatch, current=2)
+    state = rng_state()
+    assert state["cuda_device"] == [12] * 4 and "cuda" not in state
+    set_rng_state(state)
+    assert cuda.set_calls == [([12] * 4, 2)]
+    FakeCuda(monkeypatch, initialized=False)  # a CPU worker on a GPU node: no CUDA context
+    assert rng_state()["cuda_device"] is None
+
+
+@pytest.mark.parametrize("saved, current, restored", [
+    ({"cuda": [[1] * 4, [2] * 4]}, 1, [2] * 4),  # an older checkpoint: its own device's entry
+    ({"cuda": [[1] * 4, [2] * 4]}, 3, None),  # a node with more GPUs than the writer's
+    ({"cuda": [[1] * 4] * 8}, 0, [1] * 4),  # written on 8 GPUs, resumed on 1
+    ({"cuda": []}, 0, None),  # an older checkpoint written on a CPU
+    ({"cuda_device": None}, 0, None),  # written on a CPU, resumed on a GPU
+    ({"cuda_device": [7] * 4}, 0, [7] * 4),
+])
+def test_any_checkpoint_resumes_on_any_number_of_gpus(monkeypatch, saved, current, restored):
+    from raydistill.train.checkpoint import set_rng_state
+
+    base = {k: v for k, v in rng_state().items() if k != "cuda_device"}
+    cuda = FakeCuda(monkeypatch, current=current)
+    set_rng_state({**base, **saved})
+    assert cuda.set_calls == ([] if restored is None else [(restored, current)])
+
+
+def test_a_gpu_checkpoint_resumes_on_a_cpu_without_touching_cuda(monkeypatch):
+    from raydistill.train.checkpoint import set_rng_state
+
+    state = {**rng_state(), "cuda_device": [7] * 4}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda *a: pytest.fail("CUDA touched"))
+    set_rng_state(state)
