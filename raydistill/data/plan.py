@@ -125,6 +125,36 @@ def planned_batches(
         yield collate({c: _column(v) for c, v in cols.items()})
 
 
+class PlannedFeed:
+    """One Train worker's batches of each epoch's plan, joined by id with cached logits if any.
+
+    ``plan`` is what the driver put in the run (``spec``, ``lengths`` as an array or an object
+    ref, ``cached_logits``); ``train_shard`` the train Dataset's (unsplit) shard.
+    """
+
+    def __init__(self, plan: dict[str, Any], train_shard: Any, collate: Any, rank: int,
+                 world: int) -> None:
+        import ray
+        import ray.train
+
+        lengths = plan["lengths"]
+        self.ids, self.src, self.tgt = ray.get(lengths) if isinstance(lengths, ray.ObjectRef) else lengths
+        self.spec = PlanSpec(**plan["spec"])
+        self.sources = {"train": train_shard}
+        self.columns: dict[str, Any] = {"train": ["input_ids", "labels"]}
+        if plan.get("cached_logits"):
+            self.sources["teacher_logits"] = ray.train.get_dataset_shard("teacher_logits")
+            self.columns["teacher_logits"] = None  # top-k and any cached hidden states
+        self.collate, self.rank, self.world = collate, rank, world
+
+    def epoch(self, epoch: int, skip: int) -> tuple[Iterator[dict[str, Any]], int]:
+        """(collated batches on the host from index ``skip``, batches in this epoch). The
+        iterator does the gathering and collating: the loop runs it on its prefetch thread."""
+        mine = rank_batches(epoch_plan(self.src, self.tgt, self.spec, epoch), self.ids,
+                            self.world, self.rank)
+        return planned_batches(mine[skip:], self.sources, self.collate, self.columns), len(mine)
+
+
 def _column(values: list[Any]) -> np.ndarray:
     """A list of per-row values as the numpy column a collate function expects (ragged kept)."""
     if values and isinstance(values[0], np.ndarray):
@@ -135,5 +165,5 @@ def _column(values: list[Any]) -> np.ndarray:
     return np.asarray(values)
 
 
-__all__ = ["PLAN_MODES", "PlanSpec", "batches_per_worker", "epoch_plan", "gather_rows",
-           "plan_mode", "planned_batches", "rank_batches"]
+__all__ = ["PLAN_MODES", "PlanSpec", "PlannedFeed", "batches_per_worker", "epoch_plan",
+           "gather_rows", "plan_mode", "planned_batches", "rank_batches"]

@@ -5,6 +5,10 @@ operation by operation. The one deviation: where TextBrewer divides by a count o
 tokens (or averages over zero selected positions), an all-zero mask gives ``nan`` there and
 ``0`` here. The result is the same whenever at least one token is masked in.
 
+A mask is applied by weighting, never by selecting: every position is computed and the masked-out
+ones are left out of a sum divided by ``count.clamp(min=1)``. Which positions count is then never
+read on the host (a boolean-mask selection or an ``if`` on a count waits for the GPU).
+
 Masks are 0/1 (or bool) tensors of shape (batch, length); 1 marks a real token.
 
 Shape names: B batch, N selected positions, V vocabulary, H heads, L length, D hidden size.
@@ -36,6 +40,12 @@ def _div_count(total: Tensor, count: Tensor) -> Tensor:
     return total / count.clamp(min=1)
 
 
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """The mean of ``values`` over the positions ``mask`` keeps (same shape); 0 when none."""
+    keep = mask.to(values.dtype)
+    return _div_count((values * keep).sum(), mask.sum())
+
+
 def _per_position_temperature(temperature: Temperature) -> Temperature:
     # flsw/cwsm give one temperature per position, (N,) or (B, L): broadcast it over V.
     if isinstance(temperature, Tensor) and temperature.dim() > 0:
@@ -58,24 +68,34 @@ def kd_ce_loss(logits_S: Tensor, logits_T: Tensor, temperature: Temperature = 1,
     """
     if use_chunked(logits_S.size(-1), temperature):
         return chunked_kd_loss(logits_S, logits_T, temperature, mask=mask, kind="ce")
-    if mask is not None:
-        keep = mask.to(torch.bool)
-        if isinstance(temperature, Tensor) and temperature.dim() > 0:
-            temperature = torch.broadcast_to(temperature, keep.shape)[keep]
-        logits_S, logits_T = logits_S[keep], logits_T[keep]
     if logits_S.numel() == 0:
         return _zero(logits_S)
+    if mask is not None and isinstance(temperature, Tensor) and temperature.dim() > 0:
+        temperature = torch.broadcast_to(temperature, mask.shape)
     temperature = _per_position_temperature(temperature)
     p_T = F.softmax(logits_T / temperature, dim=-1)
-    return -(p_T * F.log_softmax(logits_S / temperature, dim=-1)).sum(dim=-1).mean()
+    row_ce = -(p_T * F.log_softmax(logits_S / temperature, dim=-1)).sum(dim=-1)
+    if mask is None:
+        return row_ce.mean()
+    return _masked_mean(row_ce, mask)
 
 
-def kd_mse_loss(logits_S: Tensor, logits_T: Tensor, temperature: Temperature = 1) -> Tensor:
-    """Mean squared error between ``logits / temperature``; shapes as :func:`kd_ce_loss`."""
+def kd_mse_loss(logits_S: Tensor, logits_T: Tensor, temperature: Temperature = 1, *,
+                mask: Tensor | None = None) -> Tensor:
+    """Mean squared error between ``logits / temperature``; shapes as :func:`kd_ce_loss`.
+
+    mask (not in TextBrewer): bool, the logits' positions; gives the value of
+    ``kd_mse_loss(logits_S[mask], logits_T[mask], temperature[mask])``.
+    """
     if logits_S.numel() == 0:
         return _zero(logits_S)
+    if mask is not None and isinstance(temperature, Tensor) and temperature.dim() > 0:
+        temperature = torch.broadcast_to(temperature, mask.shape)
     temperature = _per_position_temperature(temperature)
-    return F.mse_loss(logits_S / temperature, logits_T / temperature)
+    if mask is None:
+        return F.mse_loss(logits_S / temperature, logits_T / temperature)
+    row_se = F.mse_loss(logits_S / temperature, logits_T / temperature, reduction="none").sum(-1)
+    return _masked_mean(row_se, mask) / logits_S.size(-1)
 
 
 def att_mse_loss(attention_S: Tensor, attention_T: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -162,13 +182,13 @@ def cos_loss(state_S: Tensor, state_T: Tensor, mask: Tensor | None = None) -> Te
     if mask is None:
         state_S = state_S.reshape(-1, state_S.size(-1))
         state_T = state_T.reshape(-1, state_T.size(-1))
-    else:
-        keep = mask.to(torch.bool)  # (B, L)
-        state_S, state_T = state_S[keep], state_T[keep]  # (N, D), same order as masked_select
-        if state_S.size(0) == 0:
-            return _zero(state_S)
-    target = state_S.new_ones(state_S.size(0))
-    return F.cosine_embedding_loss(state_S, state_T, target, reduction="mean")
+        target = state_S.new_ones(state_S.size(0))
+        return F.cosine_embedding_loss(state_S, state_T, target, reduction="mean")
+    # F.cosine_embedding_loss's formula (target 1), per position, averaged over kept positions.
+    eps = 1e-12  # its EPSILON
+    dot = (state_S * state_T).sum(-1)
+    norms = (((state_S * state_S).sum(-1) + eps) * ((state_T * state_T).sum(-1) + eps)).sqrt()
+    return _masked_mean(1 - dot / norms, mask)
 
 
 def pkd_loss(state_S: Tensor, state_T: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -259,27 +279,26 @@ def topk_kd_loss(
     if use_chunked(s_logits.size(-1), temperature):
         return chunked_kd_loss(s_logits, topk_values, temperature, mask=mask,
                                t_indices=topk_indices, kind=kind)
-    sel = mask.bool()
-    if not sel.any():
-        return s_logits.sum() * 0.0
     dtype = compute_dtype(s_logits, topk_values)
-    s = s_logits[sel].to(dtype)  # (N, V)
-    tv = topk_values[sel].to(dtype)  # (N, k)
+    s = s_logits.to(dtype)  # (B, T, V)
+    tv = topk_values.to(dtype)  # (B, T, k)
     per_position = isinstance(temperature, torch.Tensor) and temperature.dim() > 0
     temp = temperature
-    if per_position:  # (N, 1)
-        temp = torch.broadcast_to(temperature, sel.shape)[sel].to(dtype).unsqueeze(-1)
+    if per_position:  # (B, T, 1)
+        temp = torch.broadcast_to(temperature, mask.shape).to(dtype).unsqueeze(-1)
     log_p_s = F.log_softmax(s / temp, dim=-1)
     if topk_indices is not None:
-        log_p_s = log_p_s.gather(-1, topk_indices[sel].long())  # (N, k)
+        log_p_s = log_p_s.gather(-1, topk_indices.long())  # (B, T, k)
     log_p_t = F.log_softmax(tv / temp, dim=-1)  # renormalized over the top-k
     p_t = log_p_t.exp()
+    keep = mask.to(dtype)
+    count = keep.sum().clamp_min(1)
     if kind == "ce":
-        return -(p_t * log_p_s).sum(-1).mean()
+        return (-(p_t * log_p_s).sum(-1) * keep).sum() / count
     kl = (p_t * (log_p_t - log_p_s)).sum(-1)
     if per_position:
-        return (kl * temp.squeeze(-1) ** 2).mean()
-    return kl.mean() * temperature**2
+        return (kl * temp.squeeze(-1) ** 2 * keep).sum() / count
+    return (kl * keep).sum() / count * temperature**2
 
 
 
@@ -301,19 +320,12 @@ def topk_kd_loss(
 # no T^2 factor (TRL's convention; the kd method's ``kd_loss`` adds its T^2 itself). Computed in
 # float32, or float64 for float64 inputs.
 
-def _log_probs(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None,
-               temperature: float) -> tuple[Tensor, Tensor] | None:
-    """(N, V) log-probabilities of the selected positions at ``temperature``; None if none."""
-    if mask is not None:
-        sel = mask.bool()
-        if not sel.any():
-            return None
-        student_logits, teacher_logits = student_logits[sel], teacher_logits[sel]
+def _log_probs(student_logits: Tensor, teacher_logits: Tensor,
+               temperature: float) -> tuple[Tensor, Tensor]:
+    """(N, V) log-probabilities of every position at ``temperature``."""
     dtype = compute_dtype(student_logits, teacher_logits)
     s = student_logits.reshape(-1, student_logits.size(-1)).to(dtype)
     t = teacher_logits.reshape(-1, teacher_logits.size(-1)).to(dtype)
-    if s.size(0) == 0:
-        return None
     return F.log_softmax(s / temperature, dim=-1), F.log_softmax(t / temperature, dim=-1)
 
 
@@ -329,10 +341,12 @@ def _log_mix(log_a: Tensor, log_b: Tensor, weight_a: float) -> Tensor:
 
 def _divergence(rows: Callable[[Tensor, Tensor], Tensor], student_logits: Tensor,
                 teacher_logits: Tensor, mask: Tensor | None, temperature: float) -> Tensor:
-    logs = _log_probs(student_logits, teacher_logits, mask, temperature)
-    if logs is None:
+    if student_logits.numel() == 0:
         return _zero(student_logits)
-    return rows(*logs).mean()
+    per_row = rows(*_log_probs(student_logits, teacher_logits, temperature))  # (N,)
+    if mask is None:
+        return per_row.mean()
+    return _masked_mean(per_row, mask.reshape(-1))
 
 
 def forward_kl_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None,

@@ -38,20 +38,20 @@ def kd_kl_loss(
     """
     if use_chunked(s_logits.size(-1), temperature):
         return chunked_kd_loss(s_logits, t_logits, temperature, mask=mask, kind="kl")
-    sel = mask.bool()
-    if not sel.any():
-        return s_logits.sum() * 0.0
     dtype = compute_dtype(s_logits, t_logits)
-    s = s_logits[sel].to(dtype)  # (N, V)
-    t = t_logits[sel].to(dtype)
-    if isinstance(temperature, torch.Tensor) and temperature.dim() > 0:  # one per position
-        temp = torch.broadcast_to(temperature, sel.shape)[sel].to(dtype).unsqueeze(-1)  # (N, 1)
-        kl = F.kl_div(F.log_softmax(s / temp, dim=-1), F.softmax(t / temp, dim=-1),
-                      reduction="none").sum(-1)
-        return (kl * temp.squeeze(-1) ** 2).mean()
-    kl = F.kl_div(F.log_softmax(s / temperature, dim=-1), F.softmax(t / temperature, dim=-1),
-                  reduction="batchmean")
-    return kl * temperature**2
+    s, t = s_logits.to(dtype), t_logits.to(dtype)
+    per_position = isinstance(temperature, torch.Tensor) and temperature.dim() > 0
+    # Every position is computed and the masked ones are left out of the mean: which positions
+    # count is never read on the host (a boolean-mask selection would wait for the GPU).
+    temp = torch.broadcast_to(temperature, mask.shape).to(dtype).unsqueeze(-1) if per_position \
+        else temperature  # (B, T, 1) or a number
+    kl = F.kl_div(F.log_softmax(s / temp, dim=-1), F.softmax(t / temp, dim=-1),
+                  reduction="none").sum(-1)  # (B, T)
+    if per_position:
+        kl = kl * temp.squeeze(-1) ** 2
+    keep = mask.to(dtype)
+    mean = (kl * keep).sum() / keep.sum().clamp_min(1)
+    return mean if per_position else mean * temperature**2
 
 
 def hidden_mse_loss(
@@ -72,10 +72,8 @@ def hidden_mse_loss(
     layer-norms each stack over (B, L, H) first.
     mask: (B, L); hidden tuples: (B, L, H) each. Returns a scalar, 0 when the mask is empty.
     """
-    m = mask.to(student_hidden[0].dtype)
-    valid = m.sum() * student_hidden[0].size(-1)
-    if valid == 0:
-        return student_hidden[0].sum() * 0.0
+    m = mask.float()
+    valid = m.sum() * student_hidden[0].size(-1)  # counted in fp32, whatever the hidden dtype
     s = torch.stack([student_hidden[i + 1] for i in range(len(matches))]).float()
     t = torch.stack([teacher_hidden[j + 1] for j in matches]).float()
     if s.shape != t.shape:
@@ -86,7 +84,7 @@ def hidden_mse_loss(
         s = F.layer_norm(s, s.shape[1:])
         t = F.layer_norm(t, t.shape[1:])
     mse = F.mse_loss(s, t, reduction="none")
-    return (mse * m.float().unsqueeze(0).unsqueeze(-1)).sum() / valid
+    return (mse * m.unsqueeze(0).unsqueeze(-1)).sum() / valid.clamp_min(1)
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -95,12 +93,10 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float =
     logits: (B, T, V); labels: (B, T). Mean over non-ignored tokens; 0 when there are none.
     """
     mask = labels.ne(IGNORE_INDEX)
-    n = mask.sum()
-    if n == 0:
-        return logits.sum() * 0.0
+    n = mask.sum().clamp_min(1)  # no branch on the count: 0 tokens give 0, not nan
     if label_smoothing == 0:
         return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
-                               ignore_index=IGNORE_INDEX)
+                               ignore_index=IGNORE_INDEX, reduction="sum") / n
     lprobs = F.log_softmax(logits.float(), dim=-1)
     target = labels.masked_fill(~mask, 0).unsqueeze(-1)
     nll = -lprobs.gather(dim=-1, index=target).squeeze(-1)

@@ -65,7 +65,7 @@ class LossStep:
     ) -> None:
         self.cfg = cfg
         self.teachers = teachers
-        self.teacher_seconds = 0.0  # method gkd: time in the teachers' forward passes
+        self.teacher_timer: DeviceTimer | None = None  # method gkd: the teachers' forward passes
         for t in teachers:
             t.eval().requires_grad_(False)
         self.projections = projections
@@ -111,6 +111,11 @@ class LossStep:
     @property
     def needs_attentions(self) -> bool:
         return self.needs.attentions
+
+    @property
+    def teacher_seconds(self) -> float:
+        """method gkd: seconds in the teachers' forward passes so far (that the device finished)."""
+        return self.teacher_timer.seconds() if self.teacher_timer is not None else 0.0
 
     def temperature_at(self, step: int, total_steps: int) -> float:
         """The KD temperature in force at ``step`` (for logging)."""
@@ -187,7 +192,9 @@ class LossStep:
 
         g = self.cfg.gkd_settings
         s_out = seq2seq_forward(student, batch, dec_in)
-        t0 = _clock(s_out.logits)
+        if self.teacher_timer is None:
+            self.teacher_timer = DeviceTimer(s_out.logits.device)
+        t0 = self.teacher_timer.start()
         with torch.no_grad():
             outs = [self._teacher_forward(t, batch, dec_in, s_out)[0].logits
                     for t in self.teachers]
@@ -197,7 +204,7 @@ class LossStep:
                 logs = torch.stack([F.log_softmax(o.float() / g.temperature, dim=-1)
                                     for o in outs])
                 t_logits = (torch.logsumexp(logs, 0) - math.log(len(outs))) * g.temperature
-        self.teacher_seconds += _clock(t_logits) - t0
+        self.teacher_timer.stop(t0)
         loss = generalized_jsd_loss(s_out.logits, t_logits, batch["labels"].ne(IGNORE_INDEX),
                                     beta=g.beta, temperature=g.temperature)
         return loss, {"gkd_loss": loss.detach()}
@@ -230,7 +237,9 @@ class LossStep:
             self.last_teacher = (results_t[0]["logits"], results_t[0]["hidden"])
         loss, parts = textbrewer_loss(tb, results_s, results_t[0], step=step, total_steps=total_steps,
                                       projections=self.projections, sync_logs=False)
-        parts = {k: (v if torch.is_tensor(v) else torch.tensor(float(v))) for k, v in parts.items()}
+        # Tensors stay on the device (the loop reads them, all at once, when a line is due);
+        # weights and a constant temperature are numbers already.
+        parts = {k: (v if torch.is_tensor(v) else float(v)) for k, v in parts.items()}
         parts.setdefault("hard_label_loss", hard.detach())
         return loss, parts
 
@@ -254,9 +263,8 @@ class LossStep:
                                 total_steps)
         loss = kd * kd_w
         parts = {"unweighted_kd_loss": kd.detach(), "unweighted_hard_label_loss": hard.detach(),
-                 "kd_loss_weight": torch.tensor(float(kd_w)),
-                 "hard_label_weight": torch.tensor(float(hl_w)),
-                 "temperature": torch.tensor(float(tb.temperature)), "hard_label_loss": hard.detach()}
+                 "kd_loss_weight": float(kd_w), "hard_label_weight": float(hl_w),
+                 "temperature": float(tb.temperature), "hard_label_loss": hard.detach()}
         if self.cached_hidden:  # TextBrewer's matches against the cached teacher hidden states
             from raydistill.distill.textbrewer import textbrewer_loss
 
@@ -314,11 +322,50 @@ def _teacher_counts(teachers: list[nn.Module], cfg: DistillConfig) -> tuple[int,
     return layer_counts(AutoConfig.from_pretrained(cfg.teacher_paths[0]))
 
 
-def _clock(after: torch.Tensor) -> float:
-    """Now, once the queued work that produced ``after`` is done (a GPU runs asynchronously)."""
-    if after.is_cuda:
-        torch.cuda.synchronize(after.device)
-    return time.perf_counter()
+class DeviceTimer:
+    """Seconds of work on a device, measured without waiting for it.
+
+    On a GPU an interval is a pair of CUDA events recorded in the stream, added up once the GPU
+    has passed both: :meth:`seconds` never waits, and an interval still in flight counts at a
+    later call (by a validation report, the loop's read of the loss has waited for all of them).
+    Elsewhere the work has run when the host moves on: a clock.
+    """
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        self.total = 0.0  # seconds of the finished intervals
+        self._taken = 0.0
+        self._pending: list[tuple[Any, Any]] = []
+
+    def start(self) -> Any:
+        """A mark to pass to :meth:`stop`."""
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def stop(self, start: Any) -> None:
+        """Ends the interval that began at ``start``."""
+        if not self.cuda:
+            self.total += time.perf_counter() - start
+            return
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        self._pending.append((start, end))
+
+    def seconds(self) -> float:
+        """Seconds of every interval the device has finished."""
+        while self._pending and self._pending[0][1].query():
+            begin, end = self._pending.pop(0)
+            self.total += begin.elapsed_time(end) / 1000.0
+        return self.total
+
+    def take(self) -> float:
+        """Seconds finished since the last ``take``."""
+        now = self.seconds()
+        new, self._taken = now - self._taken, now
+        return new
 
 
 def describe(components: dict[str, Any]) -> str:

@@ -34,7 +34,6 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from raydistill.distill.chunked import use_chunked
 from raydistill.distill.losses import KD_LOSS_MAP, MATCH_LOSS_MAP, PAIR_LOSSES
 from raydistill.distill.schedulers import (
     build_temperature_scheduler,
@@ -309,20 +308,23 @@ def average_teacher_logits(results_T: Sequence[Mapping[str, Any]]) -> dict[str, 
 
 
 def _kd_reads_mask(config: DistillationConfig, l_S: Tensor, l_T: Tensor, mask_S: Optional[Tensor],
-                   mask_T: Optional[Tensor]) -> bool:
-    """Whether kd_ce_loss can take the mask instead of selected logits: a large vocabulary (the
-    chunked loss), (B, T, V) logits of the same positions under one mask, and nothing that reads
-    the selected logits first (probability_shift, a dynamic temperature scheduler)."""
-    return (config.kd_loss_type == "ce" and not config.probability_shift
-            and config.temperature_scheduler in ("none", "constant")
-            and use_chunked(l_S.size(-1)) and l_S.dim() == 3 and l_S.shape == l_T.shape
+                   mask_T: Optional[Tensor], label: Optional[Tensor]) -> bool:
+    """Whether the KD loss can take the mask instead of selected logits: (B, T, V) logits of the
+    same positions under one mask, labels (for probability_shift) of those positions, and no
+    dynamic temperature scheduler (flsw/cwsm read the selected logits as a whole). The masked
+    loss weights positions instead of selecting them: the same value, without reading the mask
+    on the host (a selection waits for the GPU) and, chunked, without (N, V) copies."""
+    return (config.temperature_scheduler in ("none", "constant")
+            and l_S.dim() == 3 and l_S.shape == l_T.shape
             and mask_S is not None and mask_T is not None and mask_S.shape == l_S.shape[:-1]
+            and (label is None or label.shape == mask_S.shape)
             and (mask_S is mask_T or torch.equal(mask_S.bool(), mask_T.bool())))
 
 
 def _kd_loss(config: DistillationConfig, results_S: Mapping[str, Any], results_T: Mapping[str, Any],
-             labels_mask: Optional[Tensor]) -> tuple[Tensor, float]:
-    """Sum of KD losses over the logits pairs, and the (mean) temperature used last."""
+             labels_mask: Optional[Tensor]) -> tuple[Tensor, Union[float, Tensor]]:
+    """Sum of KD losses over the logits pairs, and the (mean) temperature used last (a 0-d
+    tensor for a per-position scheduler: read on the host only when the loop logs it)."""
     logits_S, logits_T = _as_list(results_S["logits"]), _as_list(results_T["logits"])
     masks_S = _as_list(results_S.get("logits_mask", labels_mask))
     # Teacher logits from a cache carry no mask: use the student's, as TextBrewer does then.
@@ -335,16 +337,17 @@ def _kd_loss(config: DistillationConfig, results_S: Mapping[str, Any], results_T
     total, temperature = None, config.temperature
     for i, (l_S, l_T) in enumerate(zip(logits_S, logits_T)):
         mask_S, mask_T = masks_S[i if len(masks_S) > 1 else 0], masks_T[i if len(masks_T) > 1 else 0]
-        if _kd_reads_mask(config, l_S, l_T, mask_S, mask_T):
-            # The chunked kd_ce_loss reads the kept positions in place: the same value as
-            # selecting them first, without two (N, V) copies and their gradient.
-            temperature = config.temperature
+        label = labels[i if len(labels) > 1 else 0]
+        if _kd_reads_mask(config, l_S, l_T, mask_S, mask_T, label):
+            # The same value as selecting the kept positions first (below).
+            if label is not None:  # a negative label leaves its row as it is
+                l_T = probability_shift(l_T, label)
+            temperature = scheduler(l_S, l_T, config.temperature)
             loss = kd_loss(l_S, l_T, temperature, mask=mask_S)
             total = loss if total is None else total + loss
             continue
         l_S, l_T = select_logits_with_mask(l_S, mask_S), select_logits_with_mask(l_T, mask_T)
         if config.probability_shift:
-            label = labels[i if len(labels) > 1 else 0]
             if mask_T is not None and label.dim() == 2 and label.shape == mask_T.shape:
                 label = label[mask_T.to(torch.bool)]  # the same positions as the selected logits
             l_T = probability_shift(l_T, label)
@@ -352,8 +355,9 @@ def _kd_loss(config: DistillationConfig, results_S: Mapping[str, Any], results_T
         loss = kd_loss(l_S, l_T, temperature)
         total = loss if total is None else total + loss
     if isinstance(temperature, Tensor):  # per-position (flsw/cwsm): log the mean
-        temperature = temperature.float().mean() if temperature.numel() else config.temperature
-    return total, float(temperature)  # type: ignore[return-value]
+        temperature = (temperature.detach().float().mean() if temperature.numel()
+                       else float(config.temperature))
+    return total, temperature  # type: ignore[return-value]
 
 
 def _feature_mask(results: Mapping[str, Any], feature: str, layer: int) -> Optional[Tensor]:

@@ -6,6 +6,7 @@ alone writes the checkpoint folder, with the RNG states of all ranks gathered in
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -21,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from raydistill.config import DistillConfig
+from raydistill.data.plan import PlannedFeed as _PlannedFeed
 from raydistill.data.tokenize import make_collate_fn
 from raydistill.distill.step import LossStep, run_needs
 from raydistill.errors import TrainingError
@@ -35,7 +37,10 @@ from raydistill.train.checkpoint import (
     rng_state,
     save_training_state,
 )
+from raydistill.train.device import train_device
 from raydistill.train.logger import Logger
+from raydistill.train.prefetch import HostBatch, Prefetcher, host_batch, to_device
+from raydistill.train.tally import StepTally, read_step
 from raydistill.train.targets import TargetSource, make_targets
 
 
@@ -129,10 +134,9 @@ class Worker:
     logger: Any
     last_val_step: int
     done: bool = False
-    loss_sum: float = 0.0  # training loss since the last validation
-    loss_n: int = 0
+    tally: Any = None  # sums kept on the device, read once per log line (train/tally.py)
     t0: float = field(default_factory=time.time)  # the logging window: start, tokens seen
-    tokens: int = 0
+    tokens: int = 0  # counted on the host, before the copy (train/prefetch.py)
     last_loss: Any = None  # the last micro-batch's loss and components (for the step line)
     last_parts: Any = None
     started: float = field(default_factory=time.time)  # for the ETA: when, and from which step
@@ -141,6 +145,10 @@ class Worker:
     # When a Train worker's process started, for the first step's line; None in the driver's
     # process (num_workers: 0). (This loop started setup_seconds before ``started``.)
     process_started: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.tally is None:
+            self.tally = StepTally(self.device)
 
 
 def setup(config: dict[str, Any]) -> Worker:
@@ -153,7 +161,7 @@ def setup(config: dict[str, Any]) -> Worker:
     cfg = DistillConfig.from_dict(config)
     rank, world = _world()
     torch.set_num_threads(max(1, cfg.cpus_per_worker))
-    device = ray.train.torch.get_device()
+    device = train_device(cfg.use_gpu)  # use_gpu decides, in Ray's local mode too
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and run.get("local_run_dir"):  # this process: its own checkpoints
         found = local_checkpoints(run["local_run_dir"])
@@ -164,9 +172,9 @@ def setup(config: dict[str, Any]) -> Worker:
     student, teachers, projections = _models(cfg, run, needs, device)
     loss_step = LossStep(cfg, teachers, student, run.get("e_layer_ids"), run.get("d_layer_ids"),
                          projections)
-    layerdrop = bool(cfg.encoder_layerdrop or cfg.decoder_layerdrop)
+    unused = bool(cfg.encoder_layerdrop or cfg.decoder_layerdrop or cfg.freeze_encoder)  # DDP
     model = ray.train.torch.prepare_model(
-        student, parallel_strategy_kwargs={"find_unused_parameters": layerdrop or cfg.freeze_encoder})
+        student, move_to_device=device, parallel_strategy_kwargs={"find_unused_parameters": unused})
     inner = getattr(model, "module", model)
 
     # Optimizer and schedule (linear warmup then linear decay to 0 at total_steps).
@@ -227,18 +235,22 @@ def _models(cfg: DistillConfig, run: dict[str, Any], needs, device):
 
 
 def _epoch_batches(w: Worker):
-    """(this worker's batches of the current epoch from the resume position, their number,
-    the index of the first one)."""
+    """(this worker's batches of the current epoch from the resume position, prepared two
+    ahead on a thread as ``HostBatch``es, their number, the index of the first one)."""
     cfg, state = w.cfg, w.state
     if w.feed is not None:  # the plan starts at the resume position: skipped batches never read
         it, n = w.feed.epoch(state["epoch"], state["batch_in_epoch"])
-        return it, n, state["batch_in_epoch"]
-    it = w.train_shard.iter_torch_batches(
-        batch_size=cfg.train_batch_size, collate_fn=w.collate,
-        local_shuffle_buffer_size=None if cfg.seed is None else 4 * cfg.train_batch_size,
-        local_shuffle_seed=cfg.seed + state["epoch"] * 1000 + w.rank,
-    )
-    return it, w.run["batches_per_epoch"], 0
+        start = state["batch_in_epoch"]
+    else:
+        # device="cpu", not Ray's copy to the GPU: counted on the host, copied pinned (prefetch)
+        it = w.train_shard.iter_torch_batches(
+            batch_size=cfg.train_batch_size, collate_fn=w.collate, device="cpu",
+            local_shuffle_buffer_size=None if cfg.seed is None else 4 * cfg.train_batch_size,
+            local_shuffle_seed=cfg.seed + state["epoch"] * 1000 + w.rank,
+        )
+        n, start = w.run["batches_per_epoch"], 0
+    prepare = functools.partial(host_batch, pin=w.device.type == "cuda")
+    return Prefetcher(it, prepare, depth=2), n, start
 
 
 def run_epoch(w: Worker) -> None:
@@ -246,52 +258,63 @@ def run_epoch(w: Worker) -> None:
     logging; validates and reports when due. Optimizer steps count toward total_steps."""
     cfg, state = w.cfg, w.state
     skip = state["batch_in_epoch"]
-    it, batches_per_epoch, start = _epoch_batches(w)
+    batches, batches_per_epoch, start = _epoch_batches(w)
     val_every = max(1, round(cfg.val_check_interval * batches_per_epoch))
     micro, seen = 0, start
-    for i, batch in enumerate(it, start=start):
-        seen += 1
-        if i < skip:  # resume: these batches were consumed before the checkpoint
-            continue
-        # Counted on the host, before the copy: on a GPU every read of a device value waits
-        # for the queued work, and a step reads one (the loss) in all.
-        w.tokens += int(batch["attention_mask"].sum()) + int(batch["labels"].ne(-100).sum())
-        _forward_backward(w, batch)
-        micro += 1
-        state["batch_in_epoch"] = i + 1
-        stepped = micro % cfg.gradient_accumulation_steps == 0 or i + 1 == batches_per_epoch
-        if stepped:
-            _optimizer_step(w)
-        # val_check_steps (TextBrewer's ckpt_steps) counts optimizer steps; otherwise a
-        # fraction of the epoch's batches.
-        due = (stepped and state["global_step"] % cfg.val_check_steps == 0
-               if cfg.val_check_steps else state["batch_in_epoch"] % val_every == 0)
-        if (w.done or due) and state["global_step"] != w.last_val_step:
-            validate_and_report(w, final=w.done)
-        if w.done or i + 1 >= batches_per_epoch:
-            break
+    with batches:
+        for i, batch in enumerate(batches, start=start):
+            seen += 1
+            if i < skip:  # resume: these batches were consumed before the checkpoint
+                continue
+            w.tokens += batch.source_tokens + batch.target_tokens  # counted before the copy
+            stepping = (micro + 1) % cfg.gradient_accumulation_steps == 0 or i + 1 == batches_per_epoch
+            _forward_backward(w, batch, sync=stepping)
+            micro += 1
+            state["batch_in_epoch"] = i + 1
+            if stepping:
+                _optimizer_step(w)
+            # val_check_steps (TextBrewer's ckpt_steps) counts optimizer steps, else epoch batches
+            due = (stepping and state["global_step"] % cfg.val_check_steps == 0
+                   if cfg.val_check_steps else state["batch_in_epoch"] % val_every == 0)
+            if (w.done or due) and state["global_step"] != w.last_val_step:
+                validate_and_report(w, final=w.done)
+            if w.done or i + 1 >= batches_per_epoch:
+                break
     if seen == 0:
         raise TrainingError(f"worker {w.rank} got no training batch in epoch {state['epoch']}: "
                             "n_train is smaller than num_workers; add data or use fewer workers")
 
 
-def _forward_backward(w: Worker, raw: dict[str, torch.Tensor]) -> None:
-    """One micro-batch: its targets (the target source), the loss, the backward pass."""
-    t0 = time.perf_counter()
-    data_labels = raw["labels"]
-    batch = w.targets.batch(raw, w.inner, w.state["global_step"])
-    if batch["labels"] is not data_labels:  # sampled targets (gkd): tokens/s counts those
-        w.tokens += int(batch["labels"].ne(-100).sum()) - int(data_labels.ne(-100).sum())
-    with torch.autocast(w.device.type, dtype=w.amp_dtype, enabled=w.amp_dtype is not None):
-        loss, parts = w.loss_step(w.model, batch, w.state["global_step"], w.run["total_steps"])
-    loss_value = float(loss.detach())  # the step's one read: finite check and the mean
-    _check_finite(loss_value, parts, w.state["global_step"])
-    w.loss_sum += loss_value
-    w.loss_n += 1
-    loss_scaled = loss / w.cfg.gradient_accumulation_steps
-    (w.scaler.scale(loss_scaled) if w.scaler else loss_scaled).backward()
+def _forward_backward(w: Worker, host: HostBatch, sync: bool = True) -> None:
+    """One micro-batch: the copy to the device, its targets (the target source), the loss, the
+    backward pass; nothing is read on the host (the loss goes to the tally). ``sync`` False:
+    no DDP all-reduce (the gradients add up locally; the step's last micro-batch reduces them)."""
+    t0, step = time.perf_counter(), w.state["global_step"]
+    moved = to_device(host.tensors, w.device)
+    batch = w.targets.batch(moved, w.inner, step)
+    if batch["labels"] is not moved["labels"]:  # sampled targets (gkd): tokens/s counts those
+        w.tally.add_tokens(batch["labels"].ne(-100).sum() - host.target_tokens)
+    with _grad_sync(w.model, sync):
+        with torch.autocast(w.device.type, dtype=w.amp_dtype, enabled=w.amp_dtype is not None):
+            loss, parts = w.loss_step(w.model, batch, step, w.run["total_steps"])
+        loss_scaled = loss / w.cfg.gradient_accumulation_steps
+        (w.scaler.scale(loss_scaled) if w.scaler else loss_scaled).backward()
+    w.tally.add_loss(loss, step)
     w.targets.after_step(w.loss_step, batch, parts, time.perf_counter() - t0)
-    w.last_loss, w.last_parts = loss, parts
+    w.last_loss, w.last_parts = loss.detach(), parts
+
+
+def _grad_sync(model: torch.nn.Module, sync: bool):
+    """DDP's all-reduce only where ``sync`` (``no_sync`` on the other micro-batches)."""
+    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    return model.no_sync() if ddp and not sync else contextlib.nullcontext()
+
+
+def _read_step(w: Worker) -> tuple[dict[str, float], float, dict[str, Any]]:
+    """``read_step`` (the one host read); the tokens only the device counted join w.tokens."""
+    sums, loss, parts = read_step(w.tally, w.last_loss, w.last_parts or {})
+    w.tokens += int(sums["tokens"])
+    return sums, loss, parts
 
 
 def first_step_line(w: Worker, now: float) -> str:
@@ -326,13 +349,15 @@ def _optimizer_step(w: Worker) -> None:
     if w.logger and step == w.first_step + 1 and w.run.get("launch_time"):
         print(first_step_line(w, time.time()), flush=True)
     # Every log_every_n_steps, and the first and the last step: a short run shows its loss too.
-    if w.logger and (step % w.cfg.log_every_n_steps == 0 or step == w.first_step + 1
-                     or step == total):
+    # Every rank reads then (its finite check); rank 0 prints.
+    if step % w.cfg.log_every_n_steps == 0 or step == w.first_step + 1 or step == total:
+        _, loss, parts = _read_step(w)
         now = time.time()
-        w.logger.step(state, w.last_loss, w.last_parts, w.scheduler.get_last_lr()[0],
-                      w.loss_step.temperature_at(step, total),
-                      w.tokens * w.world / max(now - w.t0, 1e-9),
-                      eta_s=(now - w.started) / (step - w.first_step) * (total - step))
+        if w.logger:
+            w.logger.step(state, loss, parts, w.scheduler.get_last_lr()[0],
+                          w.loss_step.temperature_at(step, total),
+                          w.tokens * w.world / max(now - w.t0, 1e-9),
+                          eta_s=(now - w.started) / (step - w.first_step) * (total - step))
         w.t0, w.tokens = now, 0
     if state["global_step"] >= total:
         w.done = True
@@ -353,12 +378,14 @@ def validate_and_report(w: Worker, final: bool = False) -> None:
     """Validation metrics -> rank 0 writes the checkpoint -> every rank reports (the same
     number of times on every rank)."""
     cfg, state = w.cfg, w.state
+    sums, _, _ = _read_step(w)  # first: a non-finite loss stops the run before a checkpoint
+    train_loss = sums["loss_sum"] / max(w.tally.losses, 1)
+    w.tally.reset_loss()
     metrics = _validate(w.inner, w.tokenizer, w.val_rows, cfg, w.run, w.rank, w.world, w.device)
     metrics.update(step=state["global_step"], epoch=state["epoch"], final=final,
-                   train_loss=w.loss_sum / max(w.loss_n, 1))
+                   train_loss=train_loss)
     if w.device.type == "cuda":  # this worker's peak so far: training, teacher and validation
         metrics["gpu_peak_mem_gib"] = torch.cuda.max_memory_allocated(w.device) / 2**30
-    w.loss_sum, w.loss_n = 0.0, 0
     metrics.update(w.targets.metrics())
     name = cfg.val_metric
     if state["best_metric"] is None or metrics[name] > state["best_metric"]:
@@ -429,44 +456,10 @@ def lr_factor(warmup: int, total: int, decay: int, step: int) -> float:
 _FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused AdamW runs (mps/xpu: left to torch's default)
 
 
-class _PlannedFeed:
-    """This worker's batches of each epoch's plan, joined by id with cached logits if any."""
-
-    def __init__(self, plan: dict[str, Any], train_shard, collate, rank: int, world: int) -> None:
-        from raydistill.data.plan import PlanSpec
-
-        lengths = plan["lengths"]
-        self.ids, self.src, self.tgt = ray.get(lengths) if isinstance(lengths, ray.ObjectRef) else lengths
-        self.spec = PlanSpec(**plan["spec"])
-        self.sources = {"train": train_shard}
-        self.columns = {"train": ["input_ids", "labels"]}
-        if plan.get("cached_logits"):
-            self.sources["teacher_logits"] = ray.train.get_dataset_shard("teacher_logits")
-            self.columns["teacher_logits"] = None  # top-k and any cached hidden states
-        self.collate, self.rank, self.world = collate, rank, world
-
-    def epoch(self, epoch: int, skip: int):
-        """(iterator over collated batches from index ``skip``, batches in this epoch)."""
-        from raydistill.data.plan import epoch_plan, planned_batches, rank_batches
-
-        mine = rank_batches(epoch_plan(self.src, self.tgt, self.spec, epoch), self.ids,
-                            self.world, self.rank)
-        return planned_batches(mine[skip:], self.sources, self.collate, self.columns), len(mine)
-
-
 def _load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
-
-
-def _check_finite(loss: float, parts: dict[str, torch.Tensor], step: int) -> None:
-    if math.isfinite(loss):
-        return
-    bad = [k for k, v in parts.items() if not torch.isfinite(torch.as_tensor(v))] or ["loss"]
-    raise TrainingError(
-        f"loss became {loss} at step {step} (component {', '.join(bad)}); lower "
-        "learning_rate, set max_grad_norm, or use precision: fp32/bf16 instead of fp16")
 
 
 def _sync_projection_grads(projections, world: int) -> None:

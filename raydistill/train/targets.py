@@ -1,7 +1,9 @@
 """Where a training batch's targets and teacher outputs come from: the worker loop's one seam.
 
-The loop hands every batch it reads to its ``TargetSource`` and trains on what comes back; it
-tells the source when the loss has run and when an epoch ends. A new source of targets (samples
+The loop copies every batch it reads to the device (its ``id`` column stays on the host), hands
+it to its ``TargetSource`` and trains on what comes back; it tells the source when the loss has
+run and when an epoch ends. A source reads no device value on the host: the loop's one read per
+log line is the only wait for the GPU. A new source of targets (samples
 from the student or the teacher, for on-policy distillation) is one more class here, not a
 branch in the loop.
 
@@ -19,14 +21,13 @@ branch in the loop.
 from __future__ import annotations
 
 import copy
-import time
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from raydistill.config import DistillConfig
-from raydistill.distill.step import LossStep, RunNeeds
+from raydistill.distill.step import DeviceTimer, LossStep, RunNeeds
 from raydistill.models.generate import past_first_eos
 
 Gather = Callable[[Any], list[Any]]
@@ -40,9 +41,11 @@ class TargetSource:
 
     def batch(self, batch: dict[str, torch.Tensor], model: torch.nn.Module,
               step: int) -> dict[str, torch.Tensor]:
-        """The batch the loss reads, on the device, without its ``id`` column; ``model`` is the
-        student (unwrapped), for sources that sample from it."""
-        return {k: v.to(self.device) for k, v in batch.items() if k != "id"}
+        """The batch the loss reads, without its ``id`` column. ``batch`` is on the device but
+        for ``id`` (on the host); a source that replaces the labels returns new ones (the loop
+        then counts those for tokens/s). ``model`` is the student (unwrapped), for sources
+        that sample from it."""
+        return {k: v for k, v in batch.items() if k != "id"}
 
     def after_step(self, loss_step: LossStep, batch: dict[str, torch.Tensor],
                    parts: dict[str, Any], seconds: float) -> None:
@@ -69,9 +72,10 @@ class MemoryCacheTargets(TargetSource):
         self.ids: list[int] = []
 
     def batch(self, batch, model, step):
-        self.ids = batch["id"].tolist()
+        self.ids = batch["id"].tolist()  # a host tensor: no wait
         batch = dict(batch)
-        batch.update(self.memory.lookup(self.ids) or {})  # only when all examples are kept
+        kept = self.memory.lookup(self.ids) or {}  # only when all examples are kept
+        batch.update({k: v.to(self.device, non_blocking=True) for k, v in kept.items()})
         return super().batch(batch, model, step)
 
     def after_step(self, loss_step, batch, parts, seconds):
@@ -108,6 +112,11 @@ class OnPolicyTargets(TargetSource):
         self.counts = state.setdefault("gkd", {"draws": 0, "on_policy": 0, "sample_s": 0.0,
                                                "teacher_s": 0.0, "step_s": 0.0})
         self.step, self.micro = -1, 0
+        # Timed with CUDA events on a GPU (no synchronize): the seconds are added to the counts
+        # as the GPU finishes them, so the step line's fractions may lag by a micro-batch.
+        self.sample_timer, self.step_timer = DeviceTimer(device), DeviceTimer(device)
+        self._step_start: Any = None
+        self._loss_step: LossStep | None = None  # its teacher_timer times the teachers
 
     def on_policy(self, step: int) -> bool:
         """The draw for the next micro-batch of optimizer step ``step``."""
@@ -117,23 +126,31 @@ class OnPolicyTargets(TargetSource):
         return bool(u < self.g.lmbda)
 
     def batch(self, batch, model, step):
+        self._step_start = self.step_timer.start()
         batch = super().batch(batch, model, step)
         on = self.on_policy(step)
         self.counts["draws"] += 1
         self.counts["on_policy"] += int(on)
         if on or self.g.seq_kd:
-            t0 = time.perf_counter()
+            t0 = self.sample_timer.start()
             batch["labels"] = sample_targets(model if on else self.teachers[0], batch, self.g)
-            if batch["labels"].is_cuda:
-                torch.cuda.synchronize(batch["labels"].device)
-            self.counts["sample_s"] += time.perf_counter() - t0
+            self.sample_timer.stop(t0)
         return batch
 
-    def after_step(self, loss_step, batch, parts, seconds):
+    def _collect(self) -> dict[str, Any]:
+        """The counts with the seconds the device has finished so far."""
         c = self.counts
-        c["teacher_s"] += loss_step.teacher_seconds
-        loss_step.teacher_seconds = 0.0
-        c["step_s"] += seconds
+        c["sample_s"] += self.sample_timer.take()
+        c["step_s"] += self.step_timer.take()
+        timer = self._loss_step.teacher_timer if self._loss_step is not None else None
+        if timer is not None:
+            c["teacher_s"] += timer.take()
+        return c
+
+    def after_step(self, loss_step, batch, parts, seconds):
+        self.step_timer.stop(self._step_start)
+        self._loss_step = loss_step
+        c = self._collect()
         total = max(c["step_s"], 1e-9)
         student = max(c["step_s"] - c["sample_s"] - c["teacher_s"], 0.0)
         parts.update(on_policy_fraction=c["on_policy"] / max(c["draws"], 1),
@@ -141,7 +158,7 @@ class OnPolicyTargets(TargetSource):
                      time_student=student / total)
 
     def metrics(self):
-        c = self.counts
+        c = self._collect()
         return {"on_policy_fraction": c["on_policy"] / max(c["draws"], 1),
                 "on_policy_batches": c["on_policy"], "gkd_batches": c["draws"],
                 "sample_seconds": c["sample_s"], "teacher_seconds": c["teacher_s"],
@@ -165,10 +182,10 @@ def sample_targets(model: torch.nn.Module, batch: dict[str, torch.Tensor], g) ->
                               attention_mask=batch["attention_mask"], generation_config=config)
     finally:
         model.train(was_training)
-    labels = seqs[:, 1:].clone()  # seqs[:, 0] is the decoder start token
-    # Keep each row through its first EOS; everything after it (pads) is ignored.
-    labels[past_first_eos(labels, config.eos_token_id)] = -100
-    return labels
+    labels = seqs[:, 1:]  # seqs[:, 0] is the decoder start token
+    # Keep each row through its first EOS; everything after it (pads) is ignored. (masked_fill:
+    # a boolean-mask assignment would read the mask's positions on the host.)
+    return labels.masked_fill(past_first_eos(labels, config.eos_token_id), -100)
 
 
 def make_targets(cfg: DistillConfig, needs: RunNeeds, loss_step: LossStep,

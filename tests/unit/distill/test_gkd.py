@@ -193,10 +193,13 @@ def test_kd_loss_choice_replaces_the_kl_term_and_the_default_is_unchanged(models
 
 def test_tokens_per_second_counts_the_sampled_targets_of_an_on_policy_batch():
     """The loop counts a batch's tokens from the data first; when its targets are replaced by
-    samples, the count follows the samples (what the student was trained on)."""
+    samples, the count follows the samples (what the student was trained on). The samples are
+    counted on the device and join the count at the next read (a log line)."""
     from types import SimpleNamespace
 
     from raydistill.train import loop
+    from raydistill.train.prefetch import host_batch
+    from raydistill.train.tally import StepTally
 
     data = {"attention_mask": torch.ones(2, 5, dtype=torch.long),
             "labels": torch.tensor([[5, 6, 7, -100], [5, 6, -100, -100]])}  # 5 target tokens
@@ -215,10 +218,11 @@ def test_tokens_per_second_counts_the_sampled_targets_of_an_on_policy_batch():
 
     w = SimpleNamespace(inner=None, state={"global_step": 0}, device=torch.device("cpu"),
                         amp_dtype=None, model=None, cfg=SimpleNamespace(gradient_accumulation_steps=1),
-                        scaler=None, loss_sum=0.0, loss_n=0, tokens=0,
+                        scaler=None, tokens=0, last_loss=None, last_parts=None,
                         loss_step=lambda m, b, s, t: (torch.tensor(1.0, requires_grad=True), {}),
                         run={"total_steps": 1})
     for targets, want in ((Sampler(), 8 - 5), (Keep(), 0)):
-        w.targets, w.tokens = targets, 0
-        loop._forward_backward(w, dict(data))
+        w.targets, w.tokens, w.tally = targets, 0, StepTally(w.device)
+        loop._forward_backward(w, host_batch(dict(data), pin=False))
+        loop._read_step(w)
         assert w.tokens == want
