@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
+# RAYDISTILL_BENCH_RESULTS moves every benchmark's figures and work folders elsewhere
+# (bench/gpu_check.sh: a scratch folder on the device machine, its rehearsal a temporary one).
+RESULTS = Path(os.environ.get("RAYDISTILL_BENCH_RESULTS") or REPO / "bench" / "results")
 DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"
 ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -146,9 +148,12 @@ def build_bert2bert(out: str | Path) -> Path:
 
 def build_scratch_pair(data_dir: Path, out: Path, *, vocab_size: int = 4000, d_model: int = 256,
                        layers: tuple[int, int] = (6, 6), student: tuple[int, int] = (6, 1),
-                       arch: str = "bart", seed: int = 0) -> tuple[Path, Path]:
+                       arch: str = "bart", seed: int = 0, heads: int = 4,
+                       model_vocab: int | None = None) -> tuple[Path, Path]:
     """A randomly initialised teacher (BPE tokenizer trained on the train split) and a student
-    made from it by ``make_student``; cached in ``out`` (teacher/, student/)."""
+    made from it by ``make_student``; cached in ``out`` (teacher/, student/). ``model_vocab``:
+    the models' vocabulary when larger than the tokenizer's (a small corpus stops BPE early; the
+    extra rows cost what a real vocabulary of that size costs, as in BART-base's 50,265)."""
     teacher_dir, student_dir = out / "teacher", out / f"student_{student[0]}_{student[1]}"
     if not (teacher_dir / "config.json").is_file():
         import torch
@@ -158,8 +163,9 @@ def build_scratch_pair(data_dir: Path, out: Path, *, vocab_size: int = 4000, d_m
         texts = [*read_lines(data_dir / "train.source"), *read_lines(data_dir / "train.target")]
         tok = train_tokenizer(texts, vocab_size=vocab_size)
         torch.manual_seed(seed)
-        model = new_model(arch, len(tok), d_model=d_model, encoder_layers=layers[0],
-                          decoder_layers=layers[1], ffn_dim=4 * d_model, heads=4,
+        model = new_model(arch, max(len(tok), model_vocab or 0), d_model=d_model,
+                          encoder_layers=layers[0], decoder_layers=layers[1],
+                          ffn_dim=4 * d_model, heads=heads,
                           max_positions=512, pad_token_id=tok.pad_token_id)
         save_model_and_tokenizer(model, tok, teacher_dir)
     if not (student_dir / "config.json").is_file():
@@ -460,9 +466,15 @@ def score_models(models: dict[str, dict[str, Any]], data: Path, task: str, *, nu
 
 
 def gpus_per_actor(device: str, num_workers: int) -> float:
-    """Ray Data actors share the one GPU (each asking for all of it would leave all but one
-    waiting forever)."""
-    return 1.0 / num_workers if device == "cuda" else 0.0
+    """Ray Data actors share this machine's GPUs (each asking for a whole one would leave all
+    but one waiting forever): raydistill's own split (``actor_gpus``)."""
+    if device != "cuda":
+        return 0.0
+    import torch
+
+    from raydistill.train.device import actor_gpus
+
+    return actor_gpus(True, num_workers, torch.cuda.device_count())
 
 
 def jsonable(models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

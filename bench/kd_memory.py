@@ -5,6 +5,8 @@
     python bench/kd_memory.py --sweep         # instead: V = 4k-65k, then chunk sizes at V = 250k:
                                               #   where CHUNKED_MIN_VOCAB and CHUNK_ELEMENTS come from
     python bench/kd_memory.py --device cuda   # one GPU: torch.cuda.max_memory_allocated
+    python bench/kd_memory.py --device cuda --sweep --sweep-vocabs 32000 250112 \
+        --chunks 20 21 22 23 24 25 26 27       # the chunk size for a GPU (bench/gpu_check.sh)
 
 A KD step is the loss on given logits, forward and backward (no model): student logits (8, 64, V)
 fp32 that require grad, teacher logits (8, 64, V) fp32, a target mask with a quarter of every
@@ -41,6 +43,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,23 +55,38 @@ QUICK_VOCAB = 32_000
 BATCH, TGT_LEN, TOP_K = 8, 64, 64
 LOSSES = ("kd_kl_loss", "textbrewer_kd_ce", "topk_kd_loss")
 SWEEP_VOCABS = (4_096, 8_192, 16_384, 32_000, 50_265, 65_536)
-SWEEP_CHUNKS = (1 << 20, 1 << 21, 1 << 22, 1 << 23, 1 << 24)
+SWEEP_CHUNKS = (20, 21, 22, 23, 24)  # CHUNK_ELEMENTS = 2^e
 MIB = 2**20
 
 
 @contextlib.contextmanager
 def path(variant: str, chunk_elements: int | None = None) -> Iterator[None]:
-    """Force the unchunked or the chunked code of every KD loss (and a chunk size)."""
+    """Force the unchunked or the chunked code of every KD loss (and a chunk size: the constant
+    and, where chunked.py picks the size per device, its ``chunk_elements``)."""
     from raydistill.distill import chunked
 
-    saved = chunked.CHUNKED_MIN_VOCAB, chunked.CHUNK_ELEMENTS
+    names = ("CHUNKED_MIN_VOCAB", "CHUNK_ELEMENTS", "chunk_elements")
+    saved = {k: getattr(chunked, k) for k in names if hasattr(chunked, k)}
     chunked.CHUNKED_MIN_VOCAB = 0 if variant == "chunked" else sys.maxsize
     if chunk_elements:
         chunked.CHUNK_ELEMENTS = chunk_elements
+        if "chunk_elements" in saved:
+            chunked.chunk_elements = lambda *_, **__: chunk_elements
     try:
         yield
     finally:
-        chunked.CHUNKED_MIN_VOCAB, chunked.CHUNK_ELEMENTS = saved
+        for k, v in saved.items():
+            setattr(chunked, k, v)
+
+
+def default_chunk_elements(device: str) -> int:
+    """The chunk size the losses use on ``device`` today (``chunk_elements(device)`` where
+    chunked.py has it, else ``CHUNK_ELEMENTS``)."""
+    from raydistill.distill import chunked
+
+    if hasattr(chunked, "chunk_elements"):
+        return int(chunked.chunk_elements(torch.device(device)))
+    return int(chunked.CHUNK_ELEMENTS)
 
 
 def make_inputs(vocab: int, device: str) -> dict[str, torch.Tensor]:
@@ -139,9 +157,9 @@ def peak_bytes(run: Callable[[], float], device: str) -> tuple[int, float]:
     return peak, value
 
 
-def rss_peak(loss: str, variant: str, vocab: int) -> int | None:
+def rss_peak(loss: str, variant: str, vocab: int, enabled: bool = True) -> int | None:
     """The RSS high-water mark of one step above the RSS before it, in a fresh process (Linux)."""
-    if not Path("/proc/self/clear_refs").exists():
+    if not enabled or not Path("/proc/self/clear_refs").exists():
         return None
     out = subprocess.run([sys.executable, __file__, "--rss-child", loss, variant, str(vocab)],
                          capture_output=True, text=True, cwd=Path(__file__).parent)
@@ -220,6 +238,12 @@ def main() -> None:
                    help="timed repetitions per system (default 6, 4 with --quick)")
     p.add_argument("--sweep", action="store_true",
                    help="instead: kd_kl_loss over vocabulary sizes, then chunk sizes at --vocab")
+    p.add_argument("--sweep-vocabs", type=int, nargs="+", default=list(SWEEP_VOCABS),
+                   help="--sweep: the vocabulary sizes of its first table")
+    p.add_argument("--chunks", type=int, nargs="+", default=list(SWEEP_CHUNKS), metavar="E",
+                   help="--sweep: chunk sizes 2^E elements of its second table (at --vocab)")
+    p.add_argument("--no-rss", action="store_true",
+                   help="skip the RSS check in fresh subprocesses (CPU; the rehearsal)")
     p.add_argument("--rss-child", nargs=3, metavar=("LOSS", "VARIANT", "VOCAB"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.rss_child:
@@ -230,26 +254,28 @@ def main() -> None:
     reps = args.reps or (4 if args.quick else 6)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device visible")
-    from raydistill.distill.chunked import CHUNK_ELEMENTS, CHUNKED_MIN_VOCAB
+    from raydistill.distill.chunked import CHUNKED_MIN_VOCAB
 
     common = {"vocab": vocab, "batch": BATCH, "tgt_len": TGT_LEN, "top_k": TOP_K,
               "device": args.device, "threads": threads(args), "reps": reps,
-              "chunked_min_vocab": CHUNKED_MIN_VOCAB, "chunk_elements": CHUNK_ELEMENTS}
+              "chunked_min_vocab": CHUNKED_MIN_VOCAB,
+              "chunk_elements": default_chunk_elements(args.device),
+              "command": " ".join(sys.argv)}
     if args.sweep:
-        write_result(f"{NAME}_sweep", {**common, **run_sweep(args.device, reps, vocab)})
+        write_result(f"{NAME}_sweep", {**common, **run_sweep(
+            args.device, reps, vocab, args.sweep_vocabs, [1 << e for e in args.chunks])})
     else:
-        write_result(NAME, {**common, **run_main(args.device, reps, vocab)})
+        write_result(NAME, {**common, **run_main(args.device, reps, vocab, not args.no_rss)})
 
 
-def run_main(device: str, reps: int, vocab: int) -> dict:
+def run_main(device: str, reps: int, vocab: int, with_rss: bool = True) -> dict:
     """The three losses, unchunked and chunked, at ``vocab``."""
-    from raydistill.distill.chunked import chunk_rows
-
     x = make_inputs(vocab, device)
     one = BATCH * TGT_LEN * vocab * 4  # bytes of one (B*T, V) fp32 tensor
     print(f"V = {vocab:,}, {BATCH} x {TGT_LEN} targets ({int(x['mask'].sum())} kept), device "
           f"{device}, {torch.get_num_threads()} thread(s); one (B*T, V) fp32 tensor = "
-          f"{one / MIB:.0f} MiB; chunk {chunk_rows(vocab)} positions", flush=True)
+          f"{one / MIB:.0f} MiB; chunk {max(1, default_chunk_elements(device) // vocab)} positions",
+          flush=True)
     results: dict[str, dict] = {}
     rows = []
     for loss in LOSSES:
@@ -257,7 +283,7 @@ def run_main(device: str, reps: int, vocab: int) -> dict:
         u, c = r["unchunked"], r["chunked"]
         if device == "cpu":
             for name, v in r.items():
-                v["rss_peak_bytes"] = rss_peak(loss, name, vocab)
+                v["rss_peak_bytes"] = rss_peak(loss, name, vocab, with_rss)
         r["peak_ratio"] = c["peak_bytes"] / u["peak_bytes"]
         r["time_ratio"] = c["seconds"] / u["seconds"]
         r["cpu_time_ratio"] = c["cpu_seconds"] / u["cpu_seconds"]
@@ -288,11 +314,14 @@ def run_main(device: str, reps: int, vocab: int) -> dict:
             "target_met": met}
 
 
-def run_sweep(device: str, reps: int, chunk_vocab: int) -> dict:
-    """kd_kl_loss, both paths, over vocabulary sizes; then chunk sizes at ``chunk_vocab``."""
-    out: dict[str, list] = {"by_vocab": [], "by_chunk": []}
+def run_sweep(device: str, reps: int, chunk_vocab: int, vocabs=SWEEP_VOCABS,
+              chunks=tuple(1 << e for e in SWEEP_CHUNKS)) -> dict:
+    """kd_kl_loss, both paths, over vocabulary sizes; then chunk sizes at ``chunk_vocab``, and
+    the one to choose for ``device``: the fastest whose peak stays <= 0.5x the unchunked one
+    (by wall time on a GPU, where this process's CPU time says nothing; by CPU time on a CPU)."""
+    out: dict[str, Any] = {"by_vocab": [], "by_chunk": []}
     rows = []
-    for vocab in SWEEP_VOCABS:
+    for vocab in vocabs:
         x = make_inputs(vocab, device)
         r = measure("kd_kl_loss", x, device, reps, BOTH)
         del x
@@ -310,11 +339,11 @@ def run_sweep(device: str, reps: int, chunk_vocab: int) -> dict:
                        "unchunked CPU ms", "chunked CPU ms", "time ratio wall", "time ratio CPU"]))
     x = make_inputs(chunk_vocab, device)
     systems = {"unchunked": ("unchunked", None)}
-    systems.update({f"2^{e.bit_length() - 1}": ("chunked", e) for e in SWEEP_CHUNKS})
+    systems.update({f"2^{e.bit_length() - 1}": ("chunked", e) for e in chunks})
     r = measure("kd_kl_loss", x, device, reps, systems)
     base = r.pop("unchunked")
     rows = []
-    for (name, c), elements in zip(r.items(), SWEEP_CHUNKS):
+    for (name, c), elements in zip(r.items(), chunks):
         out["by_chunk"].append({"chunk_elements": elements, "positions": max(1, elements // chunk_vocab),
                                 **c, "time_ratio": c["seconds"] / base["seconds"],
                                 "cpu_time_ratio": c["cpu_seconds"] / base["cpu_seconds"],
@@ -327,6 +356,15 @@ def run_sweep(device: str, reps: int, chunk_vocab: int) -> dict:
     print(table(rows, [f"CHUNK_ELEMENTS (V = {chunk_vocab:,})", "positions per chunk",
                        "chunked peak MiB", "peak ratio", "chunked CPU s", "time ratio wall",
                        "time ratio CPU"]))
+    key = "time_ratio" if device == "cuda" else "cpu_time_ratio"
+    fits = [c for c in out["by_chunk"] if c["peak_ratio"] <= 0.5] or out["by_chunk"]
+    best = min(fits, key=lambda c: c[key])
+    out["suggested_chunk_elements"] = best["chunk_elements"]
+    print(f"suggested chunk size on {device} at V = {chunk_vocab:,}: 2^"
+          f"{best['chunk_elements'].bit_length() - 1} = {best['chunk_elements']:,} elements "
+          f"({best['positions']} positions; {best[key]:.2f}x the unchunked "
+          f"{'wall' if device == 'cuda' else 'CPU'} time, {best['peak_ratio']:.2f}x its peak; "
+          f"today's: {default_chunk_elements(device):,})")
     return out
 
 

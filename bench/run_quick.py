@@ -56,6 +56,9 @@ def summary_lines(name: str) -> list[str]:
     if "skipped" in r:
         return [f"skipped: {r['skipped']}"]
     if name == "overhead":
+        if "steady_ratio" not in r:  # --systems without the Train worker
+            return [f"steady tokens/s {k}/plain {q['steady']:.3f}"
+                    for k, q in r.get("ratios", {}).items()]
         m = r["medians"]
         rd, pl = m["raydistill"], m["plain"]
         return [f"steady tokens/s raydistill/plain {r['steady_ratio']:.3f} "
@@ -91,6 +94,10 @@ def summary_lines(name: str) -> list[str]:
         out.append("target (a 6-3 student >= 97% of the teacher at >= 1.6x): "
                    + ("met" if r["target_met"] else "NOT met"))
         return out
+    if name == "staged_sweep":
+        return [f"staged sweep, first stage shared: {r['shared_seconds']:.0f} s; every trial "
+                f"training its stages: {r['per_trial_seconds']:.0f} s ({r['ratio']:.2f}x; "
+                f"target > 1: {'met' if r['ratio'] > 1 else 'NOT met'})"]
     if name == "generation":
         out = [f"{q['system']}: {q['examples_per_s']:.1f} examples/s ({q['speedup_vs_tf_single']:.2f}x "
                f"tf_single), BLEU {q['bleu']:.2f}" for q in r["rows"]]
