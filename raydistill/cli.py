@@ -64,6 +64,20 @@ def _serve(args: argparse.Namespace) -> int:
     return serve.stop() if args.stop else serve.serve()
 
 
+def _report(args: argparse.Namespace) -> int:
+    from raydistill.report import write_report
+
+    page = write_report(args.run_dirs, args.out, n_examples=args.examples)
+    print(f"report of {len(args.run_dirs)} folder(s): {page}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from raydistill.export import run_export_cli
+
+    return run_export_cli(args)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from raydistill.demo import run_demo
 
@@ -100,6 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="generate in parallel with Ray Data and score")
     add_evaluate_args(p)
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("report", help="one HTML page comparing runs: table, curves, "
+                       "quality-speed plot, test examples, configs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a distill run's output_dir, "
+                   "an evaluate output folder, or a tune sweep's output_dir")
+    p.add_argument("--out", default="report.html", help="the page to write")
+    p.add_argument("--examples", type=int, default=10, help="test examples shown")
+    p.set_defaults(func=_report)
+
+    from raydistill.export import add_export_args
+
+    p = sub.add_parser("export", help="the student as a CTranslate2 model with its tokenizer")
+    add_export_args(p)
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("serve", help="keep the imports warm: later commands run in a fork of "
                        "this process (no torch/transformers/Ray imports to wait for)")

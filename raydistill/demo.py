@@ -5,6 +5,7 @@
 3. ``make_student`` copies alternating teacher layers into a 4-1 student.
 4. Distill it with ``method: kd``.
 5. Score teacher and student on the test split with ``evaluate`` and print a table.
+6. Write ``report.html`` (``raydistill report``) beside them and print its path.
 """
 
 from __future__ import annotations
@@ -116,9 +117,17 @@ def run_demo(workdir: str | Path = "demo_runs", fresh: bool = False) -> dict:
     for row in rows:
         row["params_M"] = runs[row["model"]][0]["parameters"] / 1e6
         row["ms_per_example"] = min(r["ms_per_example"] for r in runs[row["model"]])
+        # beside the run's other files, as a sweep's trials keep theirs: the report reads it
+        (Path(row["dir"]).parent / "latency.json").write_text(json.dumps(
+            {"parameters": runs[row["model"]][0]["parameters"],
+             "ms_per_example": round(row["ms_per_example"], 3), "batch_size": 1, "n": 50}))
     _print_table(rows, time.time() - t0)
     (work / "demo_results.json").write_text(json.dumps(rows, indent=2))
-    return {"rows": rows}
+    from raydistill.report import write_report
+
+    page = write_report([work / "teacher", work / "student_kd"], work / "report.html")
+    print(f"report: {page}")
+    return {"rows": rows, "report": str(page)}
 
 
 def _print_table(rows: list[dict], seconds: float) -> None:

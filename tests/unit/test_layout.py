@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "raydistill"
 ORDER = ("data", "models", "distill", "train", "eval", "tune")
 BASE = ("errors", "atomic", "lazy", "config", "hub", "runtime", "metrics", "textbrewer_training",
         "stage_plan")
-ENTRY = ("__init__", "cli", "serve", "pipeline", "stages", "demo", "jobkit", "losses", "schedulers")
+ENTRY = ("__init__", "cli", "serve", "pipeline", "stages", "demo", "jobkit", "losses", "schedulers",
+         "report", "export")
 
 
 def imports(path: Path) -> list[tuple[int, str]]:
