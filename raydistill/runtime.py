@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -174,6 +175,49 @@ def pin_cluster_address() -> None:
     import ray
 
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    sys.meta_path.insert(0, _CleanerAsksGcs())
+
+
+# Ray Train's placement-group cleaner (a detached actor per run) asks the state API every second
+# whether the run's controller lives. That API is served by Ray's dashboard, which a local Ray of
+# ours starts without: every question failed (a warning each second, 150 of a demo's 280 lines),
+# and a controller that died was never seen, so its placement group leaked. The GCS, which every
+# Ray has, holds the same answer: the cleaner's module gets a liveness check that asks it.
+CLEANER_MODULE = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+
+def actor_alive_in_gcs(actor_id: str, timeout: float | None = None) -> bool:
+    """Whether the actor lives, from this cluster's GCS (no dashboard needed). An actor the GCS
+    does not know counts as alive: the cleaner must never remove a running run's resources on a
+    doubt. (``timeout``: the signature of the check it replaces.)"""
+    from ray._private import state
+
+    info = state.actors(actor_id=actor_id)
+    return not info or info.get("State") != "DEAD"
+
+
+class _CleanerAsksGcs:
+    """An import hook (``sys.meta_path``) that, once the cleaner's module is imported in this
+    worker, replaces its state-API check with ``actor_alive_in_gcs``; any other import passes."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None):
+        if name != CLEANER_MODULE:
+            return None
+        import importlib.util
+
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            run(module)
+            if hasattr(module, "is_actor_alive"):
+                module.is_actor_alive = actor_alive_in_gcs
+
+        spec.loader.exec_module = exec_module
+        return spec
 
 
 def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:
