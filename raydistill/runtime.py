@@ -73,8 +73,8 @@ def init_ray(address: str | None = None) -> None:
         # once another Ray's dashboard takes that port, Ray Train's placement-group cleaner
         # asked that cluster whether this run's controller lived, heard "no" and removed the
         # run's placement group (a teacher run died at step 700 when a test session started).
-        # Its workers get an address where nothing answers: the cleaner's query fails, and it
-        # keeps waiting, as it does on a cluster whose dashboard is down.
+        # The cleaner now asks the GCS (pin_cluster_address); any other state-API query of
+        # these workers gets an address where nothing answers rather than another cluster.
         env["RAY_API_SERVER_ADDRESS"] = NO_STATE_API
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     try:
