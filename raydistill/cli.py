@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: $HF_HUB_CACHE, else Hugging Face's cache)")
     p.set_defaults(func=_make_student)
 
-    p = sub.add_parser("distill", help="train a student (sft, kd or pl) on Ray Train")
+    p = sub.add_parser("distill", help="train a student (sft, kd, pl or gkd; stages: chains them) on Ray Train")
     p.add_argument("config", help="YAML config (examples in jobs/configs/)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learning_rate=1e-4")
     p.add_argument("--overwrite", action="store_true", help="start over in a non-empty output_dir")
