@@ -62,10 +62,13 @@ def calculate_rouge(
     ``bootstrap_aggregation=False`` gives the plain mean over examples instead of the bootstrap
     mid. ``seed=None`` leaves numpy's global RNG alone (the original, non-deterministic behaviour).
     """
-    from rouge_score import rouge_scorer, scoring
+    from rouge_score import rouge_scorer, scoring, tokenizers
 
     multi = _as_multi(preds, refs)
-    scorer = rouge_scorer.RougeScorer(list(rouge_keys), use_stemmer=use_stemmer)
+    # The tokenizer rouge_score makes by default, given: without one it logs "Using default
+    # tokenizer." at every validation.
+    scorer = rouge_scorer.RougeScorer(list(rouge_keys), use_stemmer=use_stemmer,
+                                      tokenizer=tokenizers.DefaultTokenizer(use_stemmer))
     aggregator = scoring.BootstrapAggregator()
     per_key: dict[str, list[float]] = {k: [] for k in rouge_keys}
     for pred, targets in zip(preds, multi):

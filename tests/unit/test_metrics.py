@@ -120,3 +120,14 @@ def test_bad_inputs_explain_themselves(fn):
         fn([], [])
     with pytest.raises(ValueError, match="empty list of references"):
         fn(PREDS[:1], [[]])
+
+
+def test_rouge_logs_nothing_at_each_validation(caplog):
+    """rouge_score logs "Using default tokenizer." whenever it makes its own: given, it is quiet."""
+    import logging
+
+    from raydistill.metrics import score
+
+    with caplog.at_level(logging.DEBUG):
+        score("summarization", ["a cat sat"], ["a cat sat on"])
+    assert "default tokenizer" not in caplog.text
