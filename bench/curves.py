@@ -1,6 +1,6 @@
 """Learning curves from the runs' own validations: val score against training wall-clock.
 
-A run's ``metrics.json`` lists its validations (``val``: step, score, and ``elapsed_s``, the
+``run_curve`` is ``raydistill.report``'s reading of a run folder. A run's ``metrics.json`` lists its validations (``val``: step, score, and ``elapsed_s``, the
 seconds of training before it, where the run recorded them) and its ``train_seconds``; a staged
 run (``stages:``) lists its stages, whose clocks follow each other. ``bench/quality.py`` plots
 every recipe at each depth into ``docs/quality_en_de.png``.
@@ -8,28 +8,11 @@ every recipe at each depth into ``docs/quality_en_de.png``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from raydistill.report import run_curve  # the reading `raydistill report` plots too
 
-def run_curve(run_dir: Path, metric: str) -> list[tuple[float, int, float]]:
-    """(seconds of training, step, val score) at each validation of the run in ``run_dir``.
-
-    A validation without ``elapsed_s`` (runs written before it was recorded) is placed at
-    ``step / final_step`` of the run's training seconds: steps of one run cost about the same."""
-    summary = json.loads((run_dir / "metrics.json").read_text())
-    if "stages" in summary:
-        points, offset, steps = [], 0.0, 0
-        for stage in summary["stages"]:
-            for t, step, score in run_curve(Path(stage["dir"]), metric):
-                points.append((offset + t, steps + step, score))
-            offset += stage["train_seconds"]
-            steps += stage["final_step"]
-        return points
-    final = max(summary.get("final_step") or 1, 1)
-    seconds = summary.get("train_seconds") or 0.0
-    return [(h.get("elapsed_s", seconds * h["step"] / final), h["step"], h[metric])
-            for h in summary.get("val", []) if h.get(metric) is not None]
+__all__ = ["plot_curves", "run_curve"]
 
 
 def plot_curves(curves: dict[str, list[tuple[float, int, float]]], path: Path, *,

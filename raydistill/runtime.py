@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -237,6 +238,19 @@ def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:
         return err.strerror or type(err).__name__
 
 
+def check_output_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
+    """A run's ``output_dir``: writable; non-empty only with ``--resume`` or ``--overwrite``;
+    holding an earlier run (``hparams.json``) with ``--resume``."""
+    from raydistill.errors import ConfigError
+
+    check_writable(out, "output_dir")
+    if out.exists() and any(out.iterdir()) and not (overwrite or resume):
+        raise ConfigError(f"output_dir {out} is not empty; pass --resume to continue that run, "
+                          "--overwrite to start over there, or choose another output_dir")
+    if resume and not (out / "hparams.json").exists():
+        raise ConfigError(f"--resume: {out} holds no earlier run (no hparams.json); drop --resume")
+
+
 def check_writable(folder: str | os.PathLike, key: str) -> None:
     """``folder`` (created if missing) takes files; else a one-line ConfigError naming ``key``."""
     import tempfile
@@ -446,5 +460,5 @@ def quiet_ray_data() -> None:
 
 
 __all__ = ["PASSED_THROUGH", "RAY_ENV", "RESOURCE_TIMEOUT_ENV", "add_address_arg",
-           "check_actor_pool", "check_resources", "check_writable", "first_line", "launch_time",
+           "check_actor_pool", "check_output_dir", "check_resources", "check_writable", "first_line", "launch_time",
            "Progress", "init_ray", "join_address", "quiet_ray_data"]

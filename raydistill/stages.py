@@ -81,12 +81,9 @@ def check_stages_before_ray(cfg: DistillConfig, stages: list[Stage], out: Path, 
     folder and its teachers. (Stage 0's own run checks the rest before its Ray starts.)"""
     from raydistill.data.files import validate_data_dir
     from raydistill.hub import resolve_model
+    from raydistill.runtime import check_output_dir
 
-    if out.exists() and any(out.iterdir()) and not (overwrite or resume):
-        raise ConfigError(f"output_dir {out} is not empty; pass --resume to continue that run, "
-                          "--overwrite to start over there, or choose another output_dir")
-    if resume and not (out / "hparams.json").is_file():
-        raise ConfigError(f"--resume: {out} holds no earlier run (no hparams.json); drop --resume")
+    check_output_dir(out, overwrite=overwrite, resume=resume)
     if resume:
         before = json.loads((out / "hparams.json").read_text()).get("stages")
         if before != cfg.stages:

@@ -23,8 +23,8 @@ from raydistill.config import DistillConfig
 from raydistill.errors import ConfigError, ModelError
 from raydistill.hub import resolve_model
 from raydistill.runtime import (
+    check_output_dir,
     check_resources,
-    check_writable,
     init_ray_during,
     launch_time,
     run_start,
@@ -78,12 +78,7 @@ def preflight(cfg: DistillConfig, *, overwrite: bool = False,
 
         check_cacheable(DistillationConfig.from_dict(cfg.distillation or {}))
     out = Path(cfg.output_dir)
-    check_writable(out, "output_dir")
-    if out.exists() and any(out.iterdir()) and not (overwrite or resume):
-        raise ConfigError(f"output_dir {out} is not empty; pass --resume to continue that run, "
-                          "--overwrite to start over there, or choose another output_dir")
-    if resume and not (out / "hparams.json").exists():
-        raise ConfigError(f"--resume: {out} holds no earlier run (no hparams.json); drop --resume")
+    check_output_dir(out, overwrite=overwrite, resume=resume)
     if resume:
         check_same_models(out, models)
     return cfg, models
