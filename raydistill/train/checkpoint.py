@@ -8,7 +8,9 @@ A checkpoint folder holds:
   with ``torch.load(weights_only=True)`` (no pickle executes);
 - ``trainer_state.json``: step, epoch, batch position in the epoch, best metric, config;
 - ``rng_states.json``: Python, NumPy and torch RNG states of every rank, and the CUDA RNG of
-  the rank's own GPU (``cuda_device``; none on CPU).
+  the rank's own GPU (``cuda_device``; none on CPU);
+- ``files.json``, written last: the size of every other file, so a folder whose copy to storage
+  was cut off is told apart from a whole one (``whole_checkpoint``).
 
 Portable: every tensor file loads onto the CPU first (``map_location="cpu"``; the optimizer then
 moves its state to its parameters' device), so a checkpoint written on GPUs resumes on a CPU
@@ -42,6 +44,7 @@ from raydistill.train.device import cuda_rng_device
 
 STATE_FILE = "trainer_state.json"
 RNG_FILE = "rng_states.json"
+MANIFEST_FILE = "files.json"
 
 
 def model_files(checkpoint_dir: str | Path) -> list[Path]:
@@ -119,6 +122,8 @@ def save_training_state(
         torch.save(scaler.state_dict(), path / "scaler.pt")
     write_json_atomic(path / STATE_FILE, state)
     write_json_atomic(path / RNG_FILE, rng_states)
+    write_json_atomic(path / MANIFEST_FILE, {p.relative_to(path).as_posix(): p.stat().st_size
+                                             for p in sorted(path.rglob("*")) if p.is_file()})
 
 
 def load_training_state(
@@ -152,6 +157,56 @@ def load_training_state(
     rngs = json.loads((path / RNG_FILE).read_text())
     set_rng_state(rngs[min(rank, len(rngs) - 1)], cuda_device)
     return json.loads((path / STATE_FILE).read_text())
+
+
+# ---- the newest whole checkpoint of a run on its storage ------------------------------------
+# Ray Train registers a checkpoint once the controller has collected every rank's report. A node
+# lost mid-run can leave the last one or two folders on storage unregistered although rank 0
+# wrote them in full (it gathered every rank's RNG first, so every rank reached that step), and
+# Ray then restores an older one. A restore takes the newest whole folder beside Ray's instead.
+
+
+def _read(fs, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def whole_checkpoint(fs, path: str) -> int | None:
+    """The step of the checkpoint folder ``path`` on the pyarrow file system ``fs`` if every file
+    its manifest lists is there at its full size; None otherwise (a cut-off copy, an older
+    checkpoint without a manifest, anything unreadable)."""
+    from pyarrow.fs import FileType
+
+    try:
+        sizes = json.loads(_read(fs, f"{path}/{MANIFEST_FILE}"))
+        infos = fs.get_file_info([f"{path}/{name}" for name in sizes])
+        if any(i.type != FileType.File or i.size != sizes[Path(i.path).relative_to(path).as_posix()]
+               for i in infos):
+            return None
+        return int(json.loads(_read(fs, f"{path}/{STATE_FILE}"))["global_step"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def newest_whole_checkpoint(checkpoint):
+    """Ray's restore ``checkpoint``, or a newer whole folder beside it on the same storage."""
+    from pyarrow.fs import FileSelector, FileType
+
+    if checkpoint is None:
+        return None
+    fs, own = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    try:
+        own_step = int(json.loads(_read(fs, f"{own}/{STATE_FILE}"))["global_step"])
+        siblings = fs.get_file_info(FileSelector(str(Path(own).parent)))
+    except (OSError, ValueError, KeyError):
+        return checkpoint
+    best, best_step = checkpoint, own_step
+    for info in siblings:
+        if info.type == FileType.Directory and info.base_name.startswith("checkpoint_"):
+            step = whole_checkpoint(fs, info.path)
+            if step is not None and step > best_step:
+                best, best_step = type(checkpoint)(info.path, filesystem=fs), step
+    return best
 
 
 # ---- checkpoints of a run in this process (num_workers: 0, Ray Train's local mode) -----------

@@ -1,8 +1,7 @@
 """The Ray Train worker: restore -> setup -> loop -> report checkpoints -> cleanup.
 
 Every rank calls ``ray.train.report`` the same number of times (once per validation); rank 0
-alone writes the checkpoint folder, with the RNG states of all ranks gathered into it.
-"""
+alone writes the checkpoint folder, with the RNG states of all ranks gathered into it."""
 
 from __future__ import annotations
 
@@ -33,6 +32,7 @@ from raydistill.runtime import process_start_time
 from raydistill.train.checkpoint import (
     load_training_state,
     local_checkpoints,
+    newest_whole_checkpoint,
     persist_local_checkpoint,
     rng_state,
     save_training_state,
@@ -162,7 +162,7 @@ def setup(config: dict[str, Any]) -> Worker:
     rank, world = _world()
     torch.set_num_threads(max(1, cfg.cpus_per_worker))
     device = train_device(cfg.use_gpu)  # use_gpu decides, in Ray's local mode too
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = newest_whole_checkpoint(ray.train.get_checkpoint())
     if checkpoint is None and run.get("local_run_dir"):  # this process: its own checkpoints
         found = local_checkpoints(run["local_run_dir"])
         checkpoint = ray.train.Checkpoint.from_directory(str(found[-1][0])) if found else None

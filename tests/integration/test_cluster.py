@@ -341,7 +341,7 @@ def test_lost_node_leaves_a_resumable_checkpoint(cluster, inputs, tmp_path):
     finally:
         cluster.client().stop_job(job)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    # The newest folder may be one rank 0 wrote but Ray never registered (its peer was gone
-    # before the report): then the run resumes from the one before.
+    # The newest folders may be ones rank 0 wrote but Ray never registered (its peer was gone
+    # before the controller collected the reports): the run still resumes from the newest.
     (resumed,) = metrics["resumed_from"]
-    assert resumed in steps and resumed >= max(steps) - 8 and metrics["final_step"] == 80
+    assert resumed == max(steps) and metrics["final_step"] == 80, (steps, metrics)

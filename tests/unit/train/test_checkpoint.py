@@ -10,7 +10,9 @@ from transformers import get_linear_schedule_with_warmup
 
 from raydistill.models.scratch import new_model
 from raydistill.train.checkpoint import (
+    MANIFEST_FILE,
     load_training_state,
+    newest_whole_checkpoint,
     recover_dir,
     replace_dir_atomic,
     rng_state,
@@ -63,6 +65,33 @@ def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path):
     # Weights are safetensors; optimizer files load with weights_only=True (no pickle runs).
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "projections.safetensors").exists()
     torch.load(tmp_path / "optimizer.pt", weights_only=True)
+
+
+def test_a_restore_takes_the_newest_whole_checkpoint_beside_rays(tmp_path):
+    """A lost node can leave folders Ray never registered: the newest whole one wins; a folder
+    whose copy was cut off, or one without a manifest (older raydistill), never does."""
+    from ray.train import Checkpoint
+
+    model, proj, opt, sched = setup(0)
+    run = tmp_path / "run"
+    for step in (8, 16, 24, 32, 40):
+        save_training_state(run / f"checkpoint_{step}", student=model, tokenizer=None,
+                            optimizer=opt, scheduler=sched, projections=proj,
+                            state={"global_step": step}, rng_states=[rng_state()])
+    with open(run / "checkpoint_32" / "optimizer.pt", "r+b") as f:  # copy cut off mid-file
+        f.truncate(10)
+    (run / "checkpoint_40" / MANIFEST_FILE).unlink()
+    (run / "not_a_checkpoint").mkdir()
+    rays = Checkpoint.from_directory(str(run / "checkpoint_8"))
+    assert newest_whole_checkpoint(rays).path == str(run / "checkpoint_24")
+    # Ray's own is kept when nothing newer is whole, and a fresh run has none.
+    assert newest_whole_checkpoint(Checkpoint.from_directory(str(run / "checkpoint_24"))).path \
+        == str(run / "checkpoint_24")
+    (run / "checkpoint_24" / "rng_states.json").unlink()  # a file the manifest lists is gone
+    assert newest_whole_checkpoint(rays).path == str(run / "checkpoint_16")
+    assert newest_whole_checkpoint(None) is None
+    manifest = json.loads((run / "checkpoint_16" / MANIFEST_FILE).read_text())
+    assert {"model.safetensors", "optimizer.pt", "trainer_state.json"} <= set(manifest)
 
 
 def test_replace_dir_atomic_keeps_old_until_swap_and_recovers(tmp_path):
