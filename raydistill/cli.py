@@ -61,7 +61,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from raydistill import serve
 
-    return serve.stop() if args.stop else serve.serve()
+    # The server's children run their command lines with this module's main: serve imports no
+    # CLI, so cli -> serve is the only direction.
+    return serve.stop() if args.stop else serve.serve(main)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -88,6 +90,8 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raydistill", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
+    parser.add_argument("--verbose", action="store_true", help="show every line Ray and Ray "
+                        "Data print (by default they go to a log file; the first line says where)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("make-student", help="copy alternating teacher layers into a smaller student")
@@ -165,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             return handed
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:
+        from raydistill.console import set_verbose
+
+        set_verbose(True)
     if "transformers" in sys.modules and os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":
         # imported before the variable was set (main() called from Python): the same, by call
         from transformers.utils import logging as hf_logging

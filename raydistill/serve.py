@@ -21,7 +21,8 @@ share its connections), so ``--address auto`` and a local Ray both work as witho
 socket: ``$RAYDISTILL_SERVE_SOCKET``, default ``~/.cache/raydistill/serve.sock``; set
 ``RAYDISTILL_SERVE=0`` to make a command run itself.
 
-A top-level module beside ``cli``: it imports the CLI, and the CLI imports it only to hand over.
+A top-level module below ``cli``: the CLI imports it to hand a command over, or to serve with
+its own ``main`` (``serve(main)``); it imports no CLI, so the two form no import circle.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +125,9 @@ def _signal_child(pid: int, sig: int) -> None:
 
 # ---- the server's side ----------------------------------------------------------------------
 
-def serve(path: Path | None = None) -> int:
-    """Import the heavy modules, then fork a child per command until stopped (Ctrl-C, SIGTERM)."""
+def serve(run: Callable[[list[str]], int], path: Path | None = None) -> int:
+    """Import the heavy modules, then fork a child per command until stopped (Ctrl-C, SIGTERM);
+    each child runs its command line with ``run`` (the CLI's ``main``)."""
     path = path or socket_path()
     t0 = time.time()
     before = dict(os.environ)
@@ -158,7 +161,7 @@ def serve(path: Path | None = None) -> int:
     try:
         while True:
             conn, _ = listener.accept()
-            why = _serve_one(conn, listener, fingerprint, env, set_by_imports)
+            why = _serve_one(conn, listener, run, fingerprint, env, set_by_imports)
             if why:
                 print(f"[raydistill] serve: stopped ({why})", flush=True)
                 return 0
@@ -171,7 +174,6 @@ def serve(path: Path | None = None) -> int:
 
 def warm_up() -> None:
     """What most commands import: torch, transformers' models, Ray Train, Ray Data, Ray Tune."""
-    import raydistill.cli  # noqa: F401
     import raydistill.eval.evaluate  # noqa: F401
     import raydistill.models.generate  # noqa: F401
     import raydistill.models.student  # noqa: F401
@@ -182,8 +184,8 @@ def warm_up() -> None:
     import_training_stack()
 
 
-def _serve_one(conn: socket.socket, listener: socket.socket, fingerprint: str,
-               env: dict[str, str], set_by_imports: dict[str, str]) -> str:
+def _serve_one(conn: socket.socket, listener: socket.socket, run: Callable[[list[str]], int],
+               fingerprint: str, env: dict[str, str], set_by_imports: dict[str, str]) -> str:
     """One command: refuse it, or fork its child. Returns why the server must stop, or ""."""
     with conn:
         try:
@@ -204,7 +206,7 @@ def _serve_one(conn: socket.socket, listener: socket.socket, fingerprint: str,
         pid = os.fork()
         if pid == 0:
             listener.close()
-            _run_child(conn, request, fds, set_by_imports)  # never returns
+            _run_child(conn, request, fds, run, set_by_imports)  # never returns
         for fd in fds:
             os.close(fd)
         print(f"[raydistill] serve: pid {pid} runs raydistill {' '.join(request['argv'])} "
@@ -224,7 +226,7 @@ def _refusal(request: dict[str, Any], fingerprint: str, env: dict[str, str]) -> 
 
 
 def _run_child(conn: socket.socket, request: dict[str, Any], fds: list[int],
-               set_by_imports: dict[str, str]) -> None:
+               run: Callable[[list[str]], int], set_by_imports: dict[str, str]) -> None:
     """In the fork: take the command's terminal, folder and environment, run it, report."""
     code = 1
     try:
@@ -243,10 +245,8 @@ def _run_child(conn: socket.socket, request: dict[str, Any], fds: list[int],
         runtime.set_launch_time(float(request["launched"]))
         _send(conn, {"pid": os.getpid()})
         threading.Thread(target=_end_with_the_command, args=(conn,), daemon=True).start()
-        from raydistill.cli import main
-
         sys.argv = ["raydistill", *request["argv"]]  # what Ray records as the job's entrypoint
-        code = main(list(request["argv"]))
+        code = run(list(request["argv"]))
     except SystemExit as end:  # argparse: --help, usage errors
         code = end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
     except KeyboardInterrupt:
