@@ -38,20 +38,21 @@ class DistillConfig:
     """Every knob of ``raydistill distill``. Names follow the seq2seq-distillation scripts."""
 
     # What to train, from what.
-    method: str = "kd"  # sft (no teacher) | kd (SummarizationDistiller or TextBrewer objective) | pl
-    # | gkd (on-policy distillation: the student learns the teacher's distributions on its own
-    # samples; the gkd: section)
-    teacher: str | None = None
+    # sft (no teacher) | kd (SummarizationDistiller or TextBrewer objective) | pl (sft on
+    # pseudo-labels) | gkd (on-policy distillation: the student learns the teacher's
+    # distributions on its own samples; the gkd: section)
+    method: str = "kd"
+    teacher: str | None = None  # a folder or a Hub id (org/name, org/name@revision)
     teachers: list[str] | None = None  # several teachers: logits averaged (TextBrewer multi-teacher)
     student: str | None = None  # a saved student; otherwise make_student(teacher, e, d)
     # teacher/teachers/student may be folders or Hub ids (org/name, org/name@revision), resolved
     # once on the driver into this cache (None: $HF_HUB_CACHE, else Hugging Face's default).
     model_cache_dir: str | None = None
-    student_encoder_layers: int | None = None
-    student_decoder_layers: int | None = None
-    data_dir: str = ""
-    task: str = "summarization"
-    output_dir: str = ""
+    student_encoder_layers: int | None = None  # shrinking the teacher (None: all)
+    student_decoder_layers: int | None = None  # the same, decoder (None: all)
+    data_dir: str = ""  # train/val/test splits: docs/data.md (required)
+    task: str = "summarization"  # summarization (ROUGE-2) or translation (BLEU)
+    output_dir: str = ""  # best_tfmr/, metrics.json, hparams.json, ... (required)
     storage_path: str | None = None  # Ray Train checkpoints/results (local, NFS, s3://, gs://)
     run_name: str | None = None  # default: the output_dir's name (deterministic, so restarts resume)
 
@@ -59,67 +60,69 @@ class DistillConfig:
     # 0: train in this process (Ray Train's local mode: no worker processes to start, the fastest
     # start-up; no restarts on failure); >= 1: that many Ray Train workers (DDP).
     num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: int = 1
+    use_gpu: bool = False  # one GPU per Train worker, or this process's
+    cpus_per_worker: int = 1  # CPUs (torch threads) per Train worker
     max_failures: int = 0  # FailureConfig: restarts from the latest checkpoint
 
     # Data.
-    n_train: int | None = None
-    n_val: int | None = None
-    n_test: int | None = None
-    max_source_length: int = 1024
-    max_target_length: int = 56
-    val_max_target_length: int = 142
-    test_max_target_length: int = 142
-    train_batch_size: int = 8
-    eval_batch_size: int = 16
+    n_train: int | None = None  # examples used per split (None: all)
+    n_val: int | None = None  # validation examples generated at each validation
+    n_test: int | None = None  # test examples scored at the end
+    max_source_length: int = 1024  # source tokens kept
+    max_target_length: int = 56  # train target tokens kept
+    val_max_target_length: int = 142  # val target tokens kept
+    test_max_target_length: int = 142  # test target tokens kept
+    train_batch_size: int = 8  # examples per batch, per worker
+    eval_batch_size: int = 16  # examples per generation batch
     max_tokens_per_batch: int | None = None  # token-budget batches instead of a fixed batch size
-    sortish_sampler: bool = False
+    sortish_sampler: bool = False  # fixed-size batches grouped by length
+    # Ray Data tokenizer actors, for a train split of more than 20,000 examples (smaller
+    # ones are tokenized in the driver, faster than starting actors).
     num_tokenize_workers: int = 1
 
     # Optimisation.
-    max_epochs: int = 1
+    max_epochs: int = 1  # passes over the train split
     max_steps: int | None = None  # optimizer steps; overrides max_epochs when set
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.0
-    adam_epsilon: float = 1e-8
-    adam_beta1: float = 0.9
+    learning_rate: float = 5e-5  # AdamW's peak learning rate
+    weight_decay: float = 0.0  # AdamW's
+    adam_epsilon: float = 1e-8  # AdamW's
+    adam_beta1: float = 0.9  # AdamW's
     adam_beta2: float = 0.999  # 0.98 (fairseq, Marian) suits transformers trained from scratch
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear warmup, in optimizer steps
     # linear: warm up, then decay to 0 at the last step. wsd (warmup-stable-decay): warm up, hold
     # learning_rate, decay to 0 over the last lr_decay_steps only (default: a tenth of the run),
     # so a run extended by raising max_steps keeps the schedule of the steps it already took.
     lr_scheduler: str = "linear"
-    lr_decay_steps: int | None = None
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float = 1.0
-    seed: int = 42
+    lr_decay_steps: int | None = None  # wsd's final decay (None: a tenth of the run)
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    max_grad_norm: float = 1.0  # gradient clipping
+    seed: int = 42  # initialization, data order, sampling
     precision: str = "auto"  # auto: bf16 on GPUs that have it, else fp16 with a scaler; fp32 on CPU
     # The frozen teachers' weights (the student trains in fp32): auto = bf16 on a GPU that has
     # it, fp16 on other GPUs, fp32 on CPU. KD losses are computed in fp32 either way.
     teacher_dtype: str = "auto"
 
     # Student regularisation and freezing (finetune.py).
-    freeze_encoder: bool = False
-    freeze_embeds: bool = False
-    label_smoothing: float = 0.0
-    dropout: float | None = None
+    freeze_encoder: bool = False  # the student's encoder is not trained
+    freeze_embeds: bool = False  # nor its embeddings
+    label_smoothing: float = 0.0  # on the hard-label loss
+    dropout: float | None = None  # None: the model's own (each of these four)
     attention_dropout: float | None = None
     encoder_layerdrop: float | None = None
     decoder_layerdrop: float | None = None
 
     # SummarizationDistiller objective (method: kd without a `distillation:` section).
-    alpha_ce: float = 0.8
-    alpha_mlm: float = 0.2
-    alpha_hid: float = 0.0
-    temperature: float = 2.0
-    normalize_hidden: bool = False
-    supervise_forward: bool = False
+    alpha_ce: float = 0.8  # the KD term's weight (x T^2)
+    alpha_mlm: float = 0.2  # the hard-label CE's weight
+    alpha_hid: float = 0.0  # the hidden-state MSE's weight
+    temperature: float = 2.0  # KD temperature T
+    normalize_hidden: bool = False  # layer-norm hidden states before the MSE
+    supervise_forward: bool = False  # LAYERS_TO_SUPERVISE instead of the copied layers
     # The divergence of its logit term (x T^2): kl (the original's), reverse_kl, jsd (kd_beta),
     # skew_kl / skew_reverse_kl (kd_alpha), tvd.
     kd_loss: str = "kl"
-    kd_beta: float = 0.5
-    kd_alpha: float = 0.1
+    kd_beta: float = 0.5  # jsd's mixing weight, in [0, 1]
+    kd_alpha: float = 0.1  # skew_*'s skew, in [0, 1)
 
     # On-policy distillation (method: gkd), TRL's GKDConfig names: lmbda, beta, temperature,
     # max_new_tokens, seq_kd, plus top_p / top_k for sampling (GKD_DEFAULTS).
@@ -130,34 +133,36 @@ class DistillConfig:
     stages: list | None = None
 
     # TextBrewer-compatible objective: a DistillationConfig / TrainingConfig dict.
+    # TextBrewer's DistillationConfig: method: kd then optimizes TextBrewer's objective
+    # (docs/textbrewer.md).
     distillation: dict | None = None
-    training: dict | None = None
+    training: dict | None = None  # TextBrewer's TrainingConfig: mapped onto the keys here
     # distillation.is_caching_logits: teacher logits kept per position (None: reuse a cache of
     # any k, build with 64), and where: "parquet" (built before training, reusable across runs)
     # or "memory" (recorded during the first epoch, as TextBrewer does).
     logit_cache_top_k: int | None = None
-    logit_cache: str = "parquet"
+    logit_cache: str = "parquet"  # parquet | memory (see above)
 
     # Validation and test.
     val_check_interval: float = 1.0  # fraction of an epoch
     val_check_steps: int | None = None  # validate + checkpoint every N optimizer steps instead
-    eval_beams: int = 2
-    length_penalty: float = 1.0
+    eval_beams: int = 2  # beams of validation and test generation
+    length_penalty: float = 1.0  # generation's length penalty
     eval_max_gen_length: int | None = None  # default: val/test_max_target_length
-    num_eval_workers: int = 1
-    do_predict: bool = True
+    num_eval_workers: int = 1  # Ray Data actors of test generation
+    do_predict: bool = True  # score best_tfmr on the test split at the end
     # Test generation and Tune's latency column (validation inside the workers stays on
     # transformers): ctranslate2 converts best_tfmr once per compute type into ct2_cache_dir
     # (None: $RAYDISTILL_CT2_CACHE, else ~/.cache/raydistill/ctranslate2).
     generation_backend: str = "transformers"
-    compute_type: str = "float32"
-    ct2_cache_dir: str | None = None
+    compute_type: str = "float32"  # ctranslate2's: int8 fastest on CPU
+    ct2_cache_dir: str | None = None  # converted models (None: see above)
 
     # Logging and checkpoints.
-    logger: str = "tensorboard"
+    logger: str = "tensorboard"  # tensorboard | wandb (also TensorBoard) | none
     log_dir: str | None = None  # TensorBoard events; default output_dir/tensorboard
-    log_every_n_steps: int = 10
-    checkpoints_to_keep: int = 2
+    log_every_n_steps: int = 10  # a step line every N optimizer steps
+    checkpoints_to_keep: int = 2  # best by the val metric, plus the latest
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -293,13 +298,14 @@ class GKDSettings:
     batches sampled from the teacher instead of the data's; top_p / top_k: sampling (top_k 0: off).
     """
 
-    lmbda: float = 0.5
-    beta: float = 0.5
-    temperature: float = 0.9
-    max_new_tokens: int = 128
-    seq_kd: bool = False
-    top_p: float = 1.0
-    top_k: int = 0
+    lmbda: float = 0.5  # fraction of on-policy batches
+    beta: float = 0.5  # 0: forward KL, 1: reverse KL
+    temperature: float = 0.9  # of sampling and of the loss
+    max_new_tokens: int = 128  # sampled targets' cap
+    seq_kd: bool = False  # other batches: the teacher's samples
+    top_p: float = 1.0  # nucleus sampling
+    top_k: int = 0  # 0: off
+
 
 
 def _check_gkd(cfg: DistillConfig) -> None:
