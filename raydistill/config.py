@@ -106,10 +106,10 @@ class DistillConfig:
     freeze_encoder: bool = False  # the student's encoder is not trained
     freeze_embeds: bool = False  # nor its embeddings
     label_smoothing: float = 0.0  # on the hard-label loss
-    dropout: float | None = None  # None: the model's own (each of these four)
-    attention_dropout: float | None = None
-    encoder_layerdrop: float | None = None
-    decoder_layerdrop: float | None = None
+    dropout: float | None = None  # None: the model's own
+    attention_dropout: float | None = None  # None: the model's own
+    encoder_layerdrop: float | None = None  # None: the model's own
+    decoder_layerdrop: float | None = None  # None: the model's own
 
     # SummarizationDistiller objective (method: kd without a `distillation:` section).
     alpha_ce: float = 0.8  # the KD term's weight (x T^2)
