@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test test-unit test-integration bench clean
+.PHONY: install demo test test-unit test-integration bench docs clean
 
 install: $(STAMP)
 
@@ -39,6 +39,11 @@ test-integration: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install -q torch==2.13.0 -e .[bench]
 	$(BIN)/python bench/run_quick.py
+
+# docs/config.md and docs/cli.md from DistillConfig and the argument parsers
+# (tests/unit/test_docs_reference.py fails when they drift).
+docs: $(STAMP)
+	$(BIN)/python -m tools.docs_ref --write
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo_runs

@@ -21,14 +21,19 @@ from raydistill.jobkit import require_durable, run_stage
 from raydistill.pipeline import run_distill
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """This script's arguments (docs/cli.md is generated from them)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="YAML config (jobs/configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. num_workers=4")
     parser.add_argument("--resume", action="store_true", help="continue the run in output_dir "
                         "from its latest checkpoint (after a failed or stopped job)")
     parser.add_argument("--overwrite", action="store_true", help="start over in output_dir")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     # 1. Config: YAML + overrides, validated once; the outputs must outlive the job.
     cfg, _ = load_config(args.config, args.overrides)

@@ -22,17 +22,26 @@ from raydistill.jobkit import function_keys, read_stage_config, require_durable,
 RENAMED = {"model": "model_dir"}
 
 
+# The config keys this stage knows and needs: evaluate()'s parameters, under their config names.
+KNOWN, REQUIRED = function_keys(evaluate, RENAMED)
+
+
 def read_config(path: str, overrides: list[str]) -> dict:
     """YAML + overrides -> keyword arguments of ``evaluate``."""
-    data = read_stage_config(path, overrides, *function_keys(evaluate, RENAMED))
+    data = read_stage_config(path, overrides, KNOWN, REQUIRED)
     return {RENAMED.get(k, k): v for k, v in data.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """This script's arguments (docs/cli.md is generated from them)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="YAML config (jobs/configs/evaluate.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model=PATH")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     # 1. Config: results go beside the model unless out_dir says otherwise (a Hub id, e.g.
     # model=facebook/bart-large-xsum, has no folder to write beside: evaluate asks for out_dir).

@@ -32,11 +32,16 @@ def read_config(path: str, overrides: list[str]) -> dict:
     return read_stage_config(path, overrides, KEYS, REQUIRED)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """This script's arguments (docs/cli.md is generated from them)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="YAML config (jobs/configs/make_student.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     # 1. Config.
     cfg = read_config(args.config, args.overrides)

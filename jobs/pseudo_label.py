@@ -18,19 +18,28 @@ from raydistill.models.pseudo_label import pseudo_label
 from raydistill.jobkit import function_keys, read_stage_config, require_durable, run_stage
 
 
+# The config keys this stage knows and needs: pseudo_label()'s parameters (--overwrite is a
+# flag, never a config key).
+KNOWN, REQUIRED = function_keys(pseudo_label, exclude=["overwrite"])
+
+
 def read_config(path: str, overrides: list[str]) -> dict:
     """YAML + overrides -> keyword arguments of ``pseudo_label`` (its parameter names)."""
-    # --overwrite is a flag, never a config key.
-    return read_stage_config(path, overrides, *function_keys(pseudo_label, exclude=["overwrite"]))
+    return read_stage_config(path, overrides, KNOWN, REQUIRED)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """This script's arguments (docs/cli.md is generated from them)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="YAML config (jobs/configs/pseudo_label.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. num_workers=4")
     parser.add_argument("--overwrite", action="store_true",
                         help="discard parts written earlier with other settings")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     # 1. Config: the outputs must outlive the job.
     cfg = read_config(args.config, args.overrides)

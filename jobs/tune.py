@@ -17,14 +17,19 @@ from raydistill.jobkit import require_durable, run_stage
 from raydistill.tune import load_sweep, run_sweep
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """This script's arguments (docs/cli.md is generated from them)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="YAML config with a tune: section")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. tune.num_samples=8")
     parser.add_argument("--resume", metavar="DIR", default=None,
                         help="continue the interrupted sweep in DIR (its output_dir)")
     parser.add_argument("--overwrite", action="store_true", help="start over in output_dir")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     # 1. Config: every input check happens here, before Ray starts a trial.
     cfg, settings = load_sweep(args.config, args.overrides)
