@@ -6,7 +6,7 @@ Pure functions of tensors, written after seq2seq-distillation's ``distillation.p
          + alpha_mlm * CE(s, labels)
          + alpha_hid * (MSE_enc + MSE_dec)
 
-Two deliberate differences from the original, both documented in docs/methods.md (where raydistill differs from the originals):
+Two deliberate differences from the original, both in docs/methods.md ("differs from the originals"):
 - KD is averaged over non-pad *target* positions (``labels != -100``). The original masked with
   ``decoder_input_ids != pad``, which counts one padded position per padded row and drops T5's
   first position (T5's decoder start token is the pad token).
