@@ -46,6 +46,7 @@ def init_ray(address: str | None = None) -> None:
     address that does not answer is a one-line ConfigError, not a traceback."""
     import ray
 
+    from raydistill.console import quiet_forwarded_lines, quiet_ray_logger
     from raydistill.errors import ConfigError
 
     if ray.is_initialized():
@@ -78,9 +79,11 @@ def init_ray(address: str | None = None) -> None:
         # these workers gets an address where nothing answers rather than another cluster.
         env["RAY_API_SERVER_ADDRESS"] = NO_STATE_API
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    quiet_ray_logger()
     try:
         if problem is None:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, **local)
+            quiet_forwarded_lines()
     except (ConnectionError, TimeoutError) as err:
         problem = first_line(err)
     if problem is not None:
@@ -88,6 +91,7 @@ def init_ray(address: str | None = None) -> None:
                           "(ray start --head, or ray up cluster.yaml), fix --address / "
                           "RAY_ADDRESS, or leave both unset to start a local Ray")
     quiet_ray_data()
+    quiet_ray_logger("ray.data")
 
 
 def add_address_arg(parser) -> None:
@@ -333,7 +337,8 @@ def run_start(called: float) -> tuple[float, str]:
 
 class Progress:
     """``[raydistill] <what>: done/total examples, ex/s, ETA`` every ``every_s`` seconds and at
-    the end: one line at a time, so log files and ``ray job logs`` stay readable."""
+    the end: redrawn in place on a terminal, one line at a time in log files and ``ray job
+    logs`` (``console.progress``)."""
 
     def __init__(self, what: str, total: int, every_s: float = 10.0) -> None:
         import time
@@ -345,6 +350,8 @@ class Progress:
     def add(self, n: int) -> None:
         import time
 
+        from raydistill.console import progress
+
         self.done += n
         now = time.monotonic()
         if now - self.last >= self.every_s or self.done >= self.total:
@@ -352,8 +359,8 @@ class Progress:
             rate = self.done / max(now - self.start, 1e-9)
             left = (self.total - self.done) / rate if rate > 0 else float("inf")
             eta = f", ETA {left:.0f} s" if self.done < self.total else f", {now - self.start:.0f} s"
-            print(f"[raydistill] {self.what}: {self.done}/{self.total} examples, "
-                  f"{rate:.1f} ex/s{eta}", flush=True)
+            progress(f"[raydistill] {self.what}: {self.done}/{self.total} examples, "
+                     f"{rate:.1f} ex/s{eta}", final=self.done >= self.total)
 
 
 def first_line(err: BaseException) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 from raydistill.atomic import recover_dir, replace_dir_atomic, write_json_atomic
 from raydistill.config import DistillConfig
+from raydistill.console import log_to
 from raydistill.errors import ConfigError, ModelError
 from raydistill.hub import resolve_model
 from raydistill.runtime import (
@@ -173,6 +174,7 @@ def run_training(cfg: DistillConfig, *, overwrite: bool = False, resume: bool = 
     cfg, models = preflight(cfg, overwrite=overwrite, resume=resume)
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    log_to(out / "ray.log")  # Ray's own lines of this run (the console keeps raydistill's)
     recover_dir(out / "best_tfmr")
     storage = cfg.storage_path or str(out / "ray_results")
     run_name = cfg.run_name or out.name
