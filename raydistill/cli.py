@@ -169,9 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             return handed
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.verbose:
-        from raydistill.console import set_verbose
+    from raydistill.console import one_line_warnings, set_verbose
 
+    one_line_warnings()
+    if args.verbose:
         set_verbose(True)
     if "transformers" in sys.modules and os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":
         # imported before the variable was set (main() called from Python): the same, by call

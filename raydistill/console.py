@@ -100,6 +100,17 @@ def progress(line: str, final: bool = False) -> None:
         _state["open_line"] = not final
 
 
+def one_line_warnings() -> None:
+    """A command's Python warnings as one line each (``UserWarning: ... (student.py:121)``),
+    not two with the source line that raised them."""
+    import warnings
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        return f"{category.__name__}: {message} ({Path(filename).name}:{lineno})\n"
+
+    warnings.formatwarning = format_warning
+
+
 def _write_log(lines: list[str], prefix: str = "") -> None:
     with _lock:
         f = _state["file"]
@@ -186,5 +197,5 @@ def _default_log() -> Path:
     return Path(tempfile.gettempdir()) / "raydistill" / f"ray-{stamp}-{os.getpid()}.log"
 
 
-__all__ = ["VERBOSE_ENV", "log_file", "log_to", "progress", "quiet_forwarded_lines",
+__all__ = ["VERBOSE_ENV", "log_file", "log_to", "one_line_warnings", "progress", "quiet_forwarded_lines",
            "quiet_ray_logger", "say", "set_verbose", "shown", "verbose"]

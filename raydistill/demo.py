@@ -68,7 +68,7 @@ def build_teacher_init(data_dir: Path, out: Path) -> Path:
 COMMON = dict(task="summarization", num_workers=1, cpus_per_worker=2, max_source_length=64,
               max_target_length=24, val_max_target_length=24, test_max_target_length=24,
               train_batch_size=32, eval_batch_size=64, eval_beams=1, n_val=100,
-              log_every_n_steps=50, logger="tensorboard", seed=0)
+              log_every_n_steps=100, logger="tensorboard", seed=0)
 
 
 def run_demo(workdir: str | Path = "demo_runs", fresh: bool = False) -> dict:

@@ -122,3 +122,13 @@ def test_a_progress_line_redraws_in_place_on_a_terminal_and_ends_with_the_stage(
     assert tty.getvalue() == ("\r\033[K[raydistill] generation: 10/20 examples"
                               "\r\033[K[raydistill] generation: 20/20 examples\n"
                               "[raydistill] next\n")
+
+
+def test_a_commands_warnings_are_one_line_each(monkeypatch):
+    import warnings
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    console.one_line_warnings()
+    text = warnings.formatwarning("no hardcoded layers to copy", UserWarning,
+                                  "/x/raydistill/models/student.py", 121, "layers = f(n)")
+    assert text == "UserWarning: no hardcoded layers to copy (student.py:121)\n"
