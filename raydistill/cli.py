@@ -10,6 +10,7 @@ import errno
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from raydistill.errors import RaydistillError
 
@@ -145,7 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     for register in _extra_commands():
         register(sub)
+    sub.choices["tune"].set_defaults(after_sweep=_sweep_report)
     return parser
+
+
+def _sweep_report(out: str | Path) -> Path:
+    """A finished sweep's results page (``raydistill report`` of its folder), path printed."""
+    from raydistill.report import write_report
+
+    page = write_report([out], Path(out) / "report.html")
+    print(f"report: {page}")
+    return page
 
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:

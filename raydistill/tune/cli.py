@@ -25,6 +25,9 @@ def _tune(args: argparse.Namespace) -> int:
               f"({best['ms_per_example'] or float('nan'):.1f} ms/example) -> {out}/best")
     print(f"outputs in {out}: results.md results.csv pareto.png best/ trials/ ray_results/ "
           f"(tensorboard --logdir {out})")
+    after = getattr(args, "after_sweep", None)  # raydistill.cli: the results page (report.py)
+    if after is not None:
+        after(out)
     return 0
 
 

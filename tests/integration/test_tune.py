@@ -121,6 +121,17 @@ def test_results_table_plot_and_best_model(sweep):
     assert (out / "trials" / best["trial_id"] / "best_tfmr" / "config.json").exists()
 
 
+def test_raydistill_tune_ends_with_the_sweeps_results_page(sweep, capsys):
+    from raydistill.cli import _sweep_report, build_parser
+
+    assert build_parser().parse_args(["tune", "tune.yaml"]).after_sweep is _sweep_report
+    page = _sweep_report(sweep["out"])
+    assert capsys.readouterr().out == f"report: {page}\n" and page == sweep["out"] / "report.html"
+    html = page.read_text()
+    assert all(r["trial_id"] in html for r in sweep["second"]["rows"])  # the trials' table
+    assert "data:image/png;base64," in html  # the Pareto plot, inline
+
+
 def test_tensorboard_events_for_every_trial(sweep):
     out = sweep["out"]
     for row in sweep["second"]["rows"]:
