@@ -24,7 +24,8 @@ class Shape:
     decoder_hidden: int
 
     def feature_len(self, feature: str) -> int:
-        """Length of TextBrewer's ``hidden`` / ``attention`` list for this model (README)."""
+        """Length of TextBrewer's ``hidden`` / ``attention`` list for this model
+        (docs/textbrewer.md)."""
         n = self.encoder_layers + self.decoder_layers
         return n + 2 if feature == "hidden" else n
 
@@ -104,8 +105,8 @@ def check_models(cfg: DistillConfig) -> None:
                 if not isinstance(j, int) or not -n <= j < n:
                     raise ConfigError(
                         f"{name}: {key}={idx} is out of range: the {side}'s {feature!r} list has "
-                        f"{n} entries (0..{n - 1}, or -{n}..-1 from the end; see README "
-                        "'Seq2seq layer indexing')")
+                        f"{n} entries (0..{n - 1}, or -{n}..-1 from the end; see "
+                        "docs/textbrewer.md, 'Seq2seq layer indexing')")
         if feature != "hidden":
             continue
         first = lambda v: v[0] if isinstance(v, list) else v  # noqa: E731 (pair losses: two layers)
