@@ -16,14 +16,11 @@ checked on the driver): that import was most of an actor's start (3.4 s of 5 s o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,28 +29,17 @@ from typing import Any
 import numpy as np
 
 from raydistill.config import BACKENDS, COMPUTE_TYPES
+from raydistill.models.ct2_convert import (  # noqa: F401  (export and tests import them here)
+    CACHE_ENV,
+    convert_cached,
+    default_cache_dir,
+    require_ctranslate2,
+)
 
-# Model types whose conversion raydistill checks against transformers (tests/unit/eval/test_ct2.py:
-# greedy identical). Others generate with transformers, with a warning: FSMT and BERT2BERT have no
-# converter; Pegasus converts but its greedy output differed on a tiny model; mBART needs a
-# language-code decoder start; mT5, M2M-100 and NLLB are unchecked.
-CONVERTIBLE = ("bart", "marian", "t5")
-# BART configs written by transformers 5 lack these keys, which the converter reads
-# (config.json files of the Hub's older checkpoints still carry them): (pre-norm, embedding norm).
-_NORM_DEFAULTS = {"bart": (False, True)}
-CACHE_ENV = "RAYDISTILL_CT2_CACHE"
-
-
-def require_ctranslate2():
-    """Import ctranslate2 or say how to install it."""
-    try:
-        import ctranslate2
-    except ImportError as err:
-        from raydistill.errors import ConfigError
-
-        raise ConfigError("generation_backend: ctranslate2 needs the ctranslate2 package: "
-                          "pip install 'ctranslate2>=4.5'") from err
-    return ctranslate2
+# Model types whose conversion raydistill checks against transformers (tests/unit/test_export.py:
+# greedy identical, mBART with a forced language code too). Others generate with transformers,
+# with a warning: FSMT and BERT2BERT have no converter; mT5, M2M-100 and NLLB are unchecked.
+CONVERTIBLE = ("bart", "mbart", "marian", "pegasus", "t5")
 
 
 @dataclass(frozen=True)
@@ -150,12 +136,6 @@ def saved_generation_config(model_dir: str | os.PathLike):
         return GenerationConfig.from_pretrained(str(model_dir))
     except OSError:
         return GenerationConfig.from_model_config(AutoConfig.from_pretrained(str(model_dir)))
-
-
-def default_cache_dir() -> Path:
-    """``$RAYDISTILL_CT2_CACHE``, else ``~/.cache/raydistill/ctranslate2``. On a multi-node
-    cluster point it at storage every node reads (the actors load from it)."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "raydistill" / "ctranslate2")
 
 
 def check_choice(backend: str, compute_type: str) -> None:
@@ -268,103 +248,6 @@ def _fallback(model_dir, why: str) -> None:
                   f"{why}", UserWarning, stacklevel=3)
 
 
-def convert_cached(model_dir: str | os.PathLike, compute_type: str,
-                   cache_dir: str | os.PathLike | None = None) -> Path:
-    """The converted model in ``cache_dir/<fingerprint>-<compute_type>``; converted on a miss.
-
-    The key hashes weights, config and tokenizer files (the vocabulary is part of the converted
-    model) and the ctranslate2 version, so a retrained model in the same folder converts again.
-    """
-    ct2 = require_ctranslate2()
-    from raydistill.data.fingerprint import digest, model_fingerprint, tokenizer_fingerprint
-
-    key = digest({"model": model_fingerprint(model_dir), "tokenizer": tokenizer_fingerprint(model_dir),
-                  "ctranslate2": ct2.__version__})
-    out = Path(cache_dir or default_cache_dir()) / f"{key}-{compute_type}"
-    if (out / "model.bin").is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Convert into a temporary sibling and rename: a concurrent reader never sees half a model.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        with _raydistill_loaders():
-            _converter(str(model_dir)).convert(str(tmp), quantization=compute_type, force=True)
-        try:
-            os.replace(tmp, out)
-        except OSError:  # another process converted it first
-            if not (out / "model.bin").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _converter(model_dir: str):
-    from ctranslate2.converters import TransformersConverter
-
-    class Converter(TransformersConverter):
-        """TransformersConverter with BART's norm keys filled in (transformers 5 drops them)."""
-
-        def load_model(self, model_class, model_name_or_path, **kwargs):
-            model = super().load_model(model_class, model_name_or_path, **kwargs)
-            defaults = _NORM_DEFAULTS.get(model.config.model_type)
-            if defaults:
-                for key, value in zip(("normalize_before", "normalize_embedding"), defaults):
-                    if not hasattr(model.config, key):
-                        setattr(model.config, key, value)
-            return model
-
-    return Converter(model_dir)
-
-
-@contextlib.contextmanager
-def _raydistill_loaders() -> Iterator[None]:
-    """Swap in a Marian loader for vocabularies whose ``<pad>`` is not the last token.
-
-    CTranslate2's Marian loader assumes OPUS-MT's layout (``<pad>`` last, dropped; the decoder
-    starts from a zero embedding). raydistill's from-scratch Marians put ``<pad>`` at id 1 and
-    start the decoder from its (trained, tied) embedding, as transformers does: convert those
-    like BART, starting from the ``decoder_start_token_id`` token.
-    """
-    from ctranslate2.converters import transformers as ct2_tf
-
-    stock = ct2_tf._MODEL_LOADERS["MarianConfig"]
-
-    class MarianLoader(type(stock)):
-        def __call__(self, model, tokenizer):
-            self._pad_last = tokenizer.convert_ids_to_tokens(len(tokenizer) - 1) == "<pad>"
-            return super().__call__(model, tokenizer)
-
-        def get_model_spec(self, model):
-            if self._pad_last:
-                return super().get_model_spec(model)
-            model.config.normalize_before = False
-            model.config.normalize_embedding = False
-            return ct2_tf.BartLoader.get_model_spec(self, model)
-
-        def get_vocabulary(self, model, tokenizer):
-            if self._pad_last:
-                return super().get_vocabulary(model, tokenizer)
-            return ct2_tf.BartLoader.get_vocabulary(self, model, tokenizer)
-
-        def set_config(self, config, model, tokenizer):
-            super().set_config(config, model, tokenizer)
-            if not self._pad_last:
-                config.decoder_start_token = tokenizer.convert_ids_to_tokens(
-                    model.config.decoder_start_token_id)
-
-        def set_decoder(self, spec, decoder):
-            if self._pad_last:
-                return super().set_decoder(spec, decoder)
-            return ct2_tf.BartLoader.set_decoder(self, spec, decoder)
-
-    ct2_tf._MODEL_LOADERS["MarianConfig"] = MarianLoader()
-    try:
-        yield
-    finally:
-        ct2_tf._MODEL_LOADERS["MarianConfig"] = stock
-
-
 def load_translator(ct2_dir: str, device: str = "cpu", compute_type: str = "float32",
                     threads: int = 1):
     """A ``ctranslate2.Translator`` using ``threads`` cores for one batch at a time."""
@@ -402,6 +285,15 @@ def decode_options(generation_config: Any, *, num_beams: int, length_penalty: fl
     return opts
 
 
+def target_prefix(generation_config: Any, tokenizer: Any, n: int) -> dict[str, Any]:
+    """``forced_bos_token_id`` (mBART-50's, NLLB's target language code) as CTranslate2's target
+    prefix: the first token after the decoder start, as ``generate`` forces it."""
+    forced = getattr(generation_config, "forced_bos_token_id", None)
+    if forced is None:
+        return {}
+    return {"target_prefix": [[tokenizer.convert_ids_to_tokens(forced)]] * n}
+
+
 def generate_ct2(translator: Any, tokenizer: Any, sources: Sequence[str], *,
                  generation_config: Any = None, num_beams: int = 4, length_penalty: float = 1.0,
                  max_length: int = 64, batch_size: int = 16, max_source_length: int = 512,
@@ -421,7 +313,9 @@ def generate_ct2(translator: Any, tokenizer: Any, sources: Sequence[str], *,
         ids = tokenizer([sources[i] for i in idx], max_length=max_source_length,
                         truncation=True)["input_ids"]
         results = translator.translate_batch([tokenizer.convert_ids_to_tokens(x) for x in ids],
-                                             max_batch_size=batch_size, **opts)
+                                             max_batch_size=batch_size, **opts,
+                                             **target_prefix(generation_config, tokenizer,
+                                                             len(ids)))
         out_ids = [tokenizer.convert_tokens_to_ids(r.hypotheses[0]) for r in results]
         texts = tokenizer.batch_decode(out_ids, skip_special_tokens=True)
         for i, text, r in zip(idx, texts, results):

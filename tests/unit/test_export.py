@@ -1,6 +1,6 @@
 """``raydistill export``: a CTranslate2 folder that generates what the model generates.
 
-Tiny BART, Marian and T5 models trained for a few seconds to copy their input (a random model's
+Tiny BART, mBART, Marian, Pegasus and T5 models trained for a few seconds to copy their input (a random model's
 near-uniform logits would let argmax ties, not the engines, decide), exported, then loaded the
 way a user would: ``ctranslate2.Translator(out)`` and ``AutoTokenizer.from_pretrained(out)``.
 """
@@ -28,7 +28,7 @@ SOURCES = CORPUS + [" ".join(reversed(s.split())) for s in CORPUS] + [
     "the dog sat on the red mat .", "a bird ran .", "the sun sat in the park ."]
 
 
-@pytest.fixture(scope="module", params=["bart", "marian", "t5"])
+@pytest.fixture(scope="module", params=["bart", "mbart", "marian", "pegasus", "t5"])
 def trained(request, tmp_path_factory, tiny_tokenizer):
     """(model, tokenizer, saved folder) of one architecture, trained to copy CORPUS."""
     import torch
@@ -70,6 +70,40 @@ def test_the_exports_greedy_outputs_equal_the_models(trained, tmp_path):
     assert len(set(hf)) > 3  # the model writes text, not one repeated string
     record = json.loads((out / "raydistill_export.json").read_text())
     assert record["quantization"] == "float32" and record["checked_architecture"]
+
+
+def test_a_forced_language_code_leads_the_exports_outputs_as_it_leads_generates(
+        trained, tmp_path):
+    """mBART-50 and NLLB force the target language code after the decoder start
+    (``forced_bos_token_id``): CTranslate2 gets it as the target prefix."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from raydistill.export import export_ctranslate2
+    from raydistill.models.ct2 import generate_ct2
+    from raydistill.models.generate import generate_local
+
+    model, tok, model_dir = trained
+    if model.config.model_type != "mbart":
+        pytest.skip("the forced language code is mBART's (and NLLB's)")
+    forced = tmp_path / "forced"
+    shutil.copytree(model_dir, forced)
+    code = tok("birds", add_special_tokens=False)["input_ids"][0]  # not how outputs start
+    model.generation_config.forced_bos_token_id = code
+    try:
+        model.generation_config.save_pretrained(forced)
+        out = export_ctranslate2(forced, tmp_path / "ct2")
+        translator = ctranslate2.Translator(str(out))
+        for max_length in (6, 40):
+            hf = generate_local(model, tok, SOURCES, num_beams=1, max_length=max_length,
+                                batch_size=4)
+            ct = generate_ct2(translator, AutoTokenizer.from_pretrained(str(out)), SOURCES,
+                              num_beams=1, max_length=max_length, batch_size=4,
+                              generation_config=GenerationConfig.from_pretrained(str(out)))
+            assert ct == hf, max_length
+        assert all(text.startswith(tok.decode([code]).strip()) for text in hf), hf  # forced
+    finally:
+        model.generation_config.forced_bos_token_id = None
+    assert code not in tok.all_special_ids
 
 
 def test_the_cli_writes_the_folder_with_its_tokenizer_files_and_times_both(

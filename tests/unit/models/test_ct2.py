@@ -106,7 +106,7 @@ def test_generator_and_measure_latency_use_the_backend(converted, tmp_path):
 
 def test_conversion_is_cached_per_fingerprint_and_compute_type(tiny_bart_dir, tmp_path,
                                                                monkeypatch):
-    import raydistill.models.ct2 as ct2_module
+    import raydistill.models.ct2_convert as ct2_module
 
     first = convert_cached(tiny_bart_dir, "float32", tmp_path)
     calls = []
