@@ -63,6 +63,9 @@ class DistillConfig:
     use_gpu: bool = False  # one GPU per Train worker, or this process's
     cpus_per_worker: int = 1  # CPUs (torch threads) per Train worker
     max_failures: int = 0  # FailureConfig: restarts from the latest checkpoint
+    parallel: str = "ddp"  # ddp: a whole student per worker; fsdp: sharded over them (docs/fsdp.md)
+    teacher_parallel: str = "replicate"  # fsdp: the frozen teacher sharded too
+    reshard_after_forward: bool = True  # fsdp: free a layer's gathered weights after its forward
 
     # Data.
     n_train: int | None = None  # examples used per split (None: all)
@@ -170,15 +173,13 @@ class DistillConfig:
             from raydistill.textbrewer_training import apply_training_section
 
             apply_training_section(self)
-        _choice("method", self.method, METHODS)
-        _choice("task", self.task, TASKS)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("teacher_dtype", self.teacher_dtype, PRECISIONS)
-        _choice("logger", self.logger, LOGGERS)
-        _choice("logit_cache", self.logit_cache, LOGIT_CACHES)
-        _choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
-        _choice("generation_backend", self.generation_backend, BACKENDS)
-        _choice("compute_type", self.compute_type, COMPUTE_TYPES)
+        for key, allowed in (
+                ("method", METHODS), ("task", TASKS), ("precision", PRECISIONS),
+                ("teacher_dtype", PRECISIONS), ("logger", LOGGERS), ("logit_cache", LOGIT_CACHES),
+                ("lr_scheduler", LR_SCHEDULERS), ("generation_backend", BACKENDS),
+                ("compute_type", COMPUTE_TYPES), ("parallel", ("ddp", "fsdp")),
+                ("teacher_parallel", ("replicate", "fsdp"))):
+            _choice(key, getattr(self, key), allowed)
         if not self.data_dir:
             raise ConfigError("data_dir is required: set data_dir: PATH in the config or data_dir=PATH")
         if not self.output_dir:
@@ -211,9 +212,8 @@ class DistillConfig:
                 _at_least(key, getattr(self, key), 1)
         for key in ("warmup_steps", "max_failures", "seed"):
             _at_least(key, getattr(self, key), 0)
-        for key in ("learning_rate",):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{key}={getattr(self, key)} is out of range: it must be > 0")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate={self.learning_rate} is out of range: it must be > 0")
         for key in ("weight_decay", "max_grad_norm", "alpha_ce", "alpha_mlm", "alpha_hid"):
             _at_least(key, getattr(self, key), 0.0)
         for key in ("label_smoothing", "dropout", "attention_dropout", "encoder_layerdrop",

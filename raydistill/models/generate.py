@@ -40,6 +40,7 @@ def generate_local(
     max_source_length: int = 512,
     device: str | torch.device = "cpu",
     return_scores: bool = False,
+    synced: bool = False,
 ) -> list[str] | tuple[list[str], list[float]]:
     """Generate for ``sources`` in batches; returns stripped texts in input order (no Ray).
 
@@ -47,6 +48,10 @@ def generate_local(
     log-probabilities (as generate scores them, after its logits processors: a forced ``</s>``
     counts 0) divided by ``length ** length_penalty``; beam search's ``sequences_scores``,
     computed the same way for greedy decoding.
+
+    ``synced``: a model sharded over the workers (FSDP2), called on every rank with as many
+    sources: generate's ``synced_gpus`` keeps every rank stepping until all are done, and no
+    inference mode (the gathered weights are reused by training after).
     """
     model = getattr(model, "module", model)  # a DDP-wrapped model generates through its module
     gen_kw: dict[str, Any] = {"num_beams": num_beams, "max_length": max_length}
@@ -54,13 +59,15 @@ def generate_local(
         gen_kw["length_penalty"] = length_penalty
     if return_scores:
         gen_kw.update(output_scores=True, return_dict_in_generate=True)
+    if synced:
+        gen_kw["synced_gpus"] = True
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     preds: list[str] = [""] * len(sources)
     scores: list[float] = [0.0] * len(sources)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.no_grad() if synced else torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
                 enc = tokenizer([sources[i] for i in idx], max_length=max_source_length,

@@ -54,12 +54,14 @@ def teacher_dtype_label(name: str, use_gpu: bool) -> str:
 
 
 def load_teacher(path: str | os.PathLike, teacher_dtype: str = "auto",
-                 device: str | torch.device = "cpu", **kwargs) -> PreTrainedModel:
+                 device: str | torch.device = "cpu", place: bool = True,
+                 **kwargs) -> PreTrainedModel:
     """A frozen teacher on ``device``: eval mode, no gradients, weights loaded directly in
     ``teacher_torch_dtype(teacher_dtype, device)`` (bf16 holds half the bytes of fp32).
+    ``place=False``: left on the CPU in that dtype (a teacher to shard moves its shard only).
     ``kwargs`` go to ``from_pretrained`` (``attn_implementation="eager"`` for attention maps)."""
     dtype = teacher_torch_dtype(teacher_dtype, device)
-    model = load_seq2seq(path, dtype=dtype, **kwargs).to(device).eval()
+    model = load_seq2seq(path, dtype=dtype, **kwargs).to(device if place else "cpu").eval()
     return model.requires_grad_(False)
 
 

@@ -12,6 +12,12 @@ A checkpoint folder holds:
 - ``files.json``, written last: the size of every other file, so a folder whose copy to storage
   was cut off is told apart from a whole one (``whole_checkpoint``).
 
+A sharded student (``parallel: fsdp``) has ``sharded/`` instead of ``model.safetensors`` and
+``optimizer.pt``: every rank writes its shard there (``torch.distributed.checkpoint``, through
+``train/parallel.py``) into its own folder, Ray Train merges the ranks' folders, and rank 0's
+``files.json`` lists every rank's files. Its config.json and tokenizer make it a model folder
+once ``parallel.export_whole`` has gathered the weights (``best_tfmr``).
+
 Portable: every tensor file loads onto the CPU first (``map_location="cpu"``; the optimizer then
 moves its state to its parameters' device), so a checkpoint written on GPUs resumes on a CPU
 machine, and no rank of a multi-GPU node first loads the state onto cuda:0. A checkpoint holds
@@ -40,7 +46,15 @@ from raydistill.atomic import (  # noqa: F401
     write_json_atomic,
     write_text_atomic,
 )
+from raydistill.errors import ConfigError
 from raydistill.train.device import cuda_rng_device
+from raydistill.train.parallel import (
+    export_whole,
+    is_sharded,
+    is_sharded_checkpoint,
+    load_sharded,
+    save_sharded,
+)
 
 STATE_FILE = "trainer_state.json"
 RNG_FILE = "rng_states.json"
@@ -51,6 +65,16 @@ def model_files(checkpoint_dir: str | Path) -> list[Path]:
     """The files of a checkpoint folder that make a model folder (no optimizer or RNG state)."""
     return [f for f in Path(checkpoint_dir).iterdir() if f.is_file() and f.suffix != ".pt"
             and f.name not in (STATE_FILE, RNG_FILE)]
+
+
+def export_model(checkpoint_dir: str | Path, dst: str | Path) -> None:
+    """A checkpoint's model into the folder ``dst``: config, weights and tokenizer, no training
+    state. A sharded student's shards are gathered into one ``model.safetensors`` here."""
+    if is_sharded_checkpoint(checkpoint_dir):
+        export_whole(checkpoint_dir, dst)
+    for f in model_files(checkpoint_dir):
+        if not (Path(dst) / f.name).exists():
+            shutil.copy2(f, Path(dst) / f.name)
 
 
 def rng_state(cuda_device: int | None = None) -> dict[str, Any]:
@@ -107,23 +131,45 @@ def save_training_state(
     projections: torch.nn.Module | None = None,
     state: dict[str, Any],
     rng_states: list[dict[str, Any]],
+    rank: int = 0,
 ) -> None:
-    """Write a full checkpoint into the (empty, temporary) folder ``path``."""
+    """Write a full checkpoint into the (empty, temporary) folder ``path``. A sharded student:
+    every rank calls it with its own folder and writes its shard; rank 0 writes the rest."""
     path = Path(path)
-    student.save_pretrained(path)
+    if is_sharded(student):
+        save_sharded(path, student, optimizer)
+        if rank == 0:
+            student.config.save_pretrained(path)
+            if getattr(student, "generation_config", None) is not None:
+                student.generation_config.save_pretrained(path)
+        mine = {p.relative_to(path).as_posix(): p.stat().st_size
+                for p in sorted(path.rglob("*")) if p.is_file()}
+        if torch.distributed.is_initialized():
+            everyone: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(everyone, mine)
+        else:
+            everyone = [mine]
+        if rank != 0:
+            return
+    else:
+        student.save_pretrained(path)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     if projections is not None and len(list(projections.parameters())):
         save_file({k: v.detach().cpu().contiguous() for k, v in projections.state_dict().items()},
                   str(path / "projections.safetensors"))
-    torch.save(optimizer.state_dict(), path / "optimizer.pt")
+    if not is_sharded(student):
+        torch.save(optimizer.state_dict(), path / "optimizer.pt")
     torch.save(scheduler.state_dict(), path / "scheduler.pt")
     if scaler is not None:
         torch.save(scaler.state_dict(), path / "scaler.pt")
     write_json_atomic(path / STATE_FILE, state)
     write_json_atomic(path / RNG_FILE, rng_states)
-    write_json_atomic(path / MANIFEST_FILE, {p.relative_to(path).as_posix(): p.stat().st_size
-                                             for p in sorted(path.rglob("*")) if p.is_file()})
+    files = {p.relative_to(path).as_posix(): p.stat().st_size
+             for p in sorted(path.rglob("*")) if p.is_file()}
+    if is_sharded(student):  # the other ranks' shards, in their own folders until Ray merges
+        files = {k: v for part in everyone[1:] for k, v in part.items()} | files
+    write_json_atomic(path / MANIFEST_FILE, files)
 
 
 def load_training_state(
@@ -142,15 +188,22 @@ def load_training_state(
     Tensors load onto the CPU and move to the device of the parameters they belong to; the
     CUDA RNG goes to ``cuda_device`` (default: this process's GPU, none on a CPU)."""
     path = Path(path)
-    weights = load_file(str(path / "model.safetensors"))
-    # strict=False: tied weights (lm_head = embeddings) are saved once and re-tied below.
-    _, unexpected = student.load_state_dict(weights, strict=False)
-    student.tie_weights()
-    if unexpected:
-        raise RuntimeError(f"{path}: checkpoint has weights the student lacks: {unexpected[:5]}")
+    if is_sharded_checkpoint(path) != is_sharded(student):
+        written = "fsdp" if is_sharded_checkpoint(path) else "ddp"
+        raise ConfigError(f"{path} was written with parallel: {written}; resume it with "
+                          f"parallel: {written}")
+    if is_sharded(student):  # weights and AdamW state, resharded for this number of workers
+        load_sharded(path, student, optimizer)
+    else:
+        weights = load_file(str(path / "model.safetensors"))
+        # strict=False: tied weights (lm_head = embeddings) are saved once and re-tied below.
+        _, unexpected = student.load_state_dict(weights, strict=False)
+        student.tie_weights()
+        if unexpected:
+            raise RuntimeError(f"{path}: checkpoint has weights the student lacks: {unexpected[:5]}")
+        optimizer.load_state_dict(load_tensors(path / "optimizer.pt"))
     if projections is not None and (path / "projections.safetensors").exists():
         projections.load_state_dict(load_file(str(path / "projections.safetensors")))
-    optimizer.load_state_dict(load_tensors(path / "optimizer.pt"))
     scheduler.load_state_dict(load_tensors(path / "scheduler.pt"))
     if scaler is not None and (path / "scaler.pt").exists():
         scaler.load_state_dict(load_tensors(path / "scaler.pt"))

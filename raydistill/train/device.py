@@ -7,7 +7,9 @@
   shares the GPUs instead of each asking for a whole one and waiting for it forever.
 - ``generation_device``: where a measurement in this stage's own task runs (tune's latency).
 - ``check_gpu_request`` / ``check_compute_type``: before Ray starts, one line for a GPU request
-  this process cannot serve and a CTranslate2 compute type the device cannot run. (A request
+  this process cannot serve and a CTranslate2 compute type the device cannot run.
+- ``check_sharding``: the same for ``parallel: fsdp`` / ``teacher_parallel: fsdp`` and what they
+  do not support; how a model is sharded, saved and loaded is ``train/parallel.py``'s. (A request
   the cluster cannot serve is ``runtime.check_resources``', once Ray runs: train/run.py.)
 
 The checkpoint code asks ``cuda_rng_device`` whose RNG to save: this worker's device only.
@@ -109,6 +111,31 @@ def check_gpu_request(cfg: DistillConfig) -> None:
                           "GPU workers, or set use_gpu: false")
 
 
+def check_sharding(cfg) -> None:
+    """What ``parallel: fsdp`` / ``teacher_parallel: fsdp`` do not support (yet), one line each,
+    before Ray starts a worker (preflight) and for each sweep trial (build_trainer)."""
+    student, teacher = cfg.parallel == "fsdp", cfg.teacher_parallel == "fsdp"
+    if not (student or teacher):
+        return
+    g = cfg.gkd_settings if cfg.method == "gkd" else None
+    for bad, why in (
+        (cfg.num_workers == 0, "shards over Ray Train workers: set num_workers >= 1"),
+        # Each worker draws its own layerdrop: one would skip a layer that another gathers.
+        (student and bool(cfg.encoder_layerdrop or cfg.decoder_layerdrop),
+         "would skip different layers on each worker: set encoder_layerdrop and "
+         "decoder_layerdrop to 0"),
+        (student and cfg.precision == "fp16", "trains in bf16 or fp32: set precision: bf16"),
+        (cfg.distillation is not None, "does not run a distillation: section yet: use "
+         "method: kd's alpha_ce / alpha_mlm / alpha_hid"),
+        (g is not None and (student and g.lmbda > 0 or teacher and g.seq_kd),
+         "does not sample from a sharded model yet: set gkd.lmbda: 0 (and gkd.seq_kd: false)"),
+    ):
+        if bad:
+            key = "parallel" if student else "teacher_parallel"
+            raise ConfigError(f"{key}: fsdp {why}; or use parallel: ddp and "
+                              "teacher_parallel: replicate")
+
+
 def cuda_rng_device() -> int | None:
     """The CUDA device whose RNG a checkpoint saves and restores: the one this process computes
     on (``torch.cuda.current_device()``, which Ray Train's ``prepare_model`` sets), and only
@@ -122,4 +149,5 @@ def cuda_rng_device() -> int | None:
 
 
 __all__ = ["GPU_COMPUTE_TYPES", "actor_gpus", "check_compute_type", "check_gpu_request",
+           "check_sharding",
            "cuda_rng_device", "generation_device", "this_process_has_gpu", "train_device"]

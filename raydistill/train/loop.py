@@ -5,7 +5,6 @@ alone writes the checkpoint folder, with the RNG states of all ranks gathered in
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
@@ -38,6 +37,15 @@ from raydistill.train.checkpoint import (
     save_training_state,
 )
 from raydistill.train.device import train_device
+from raydistill.train.optim import build_optimizer, lr_factor  # noqa: F401 (lr_factor: re-export)
+from raydistill.train.parallel import (
+    clip_grad_norm,
+    gathered_root,
+    grad_sync,
+    is_sharded,
+    wrap_student,
+    wrap_teacher,
+)
 from raydistill.train.logger import Logger
 from raydistill.train.prefetch import HostBatch, Prefetcher, host_batch, to_device
 from raydistill.train.tally import StepTally, read_step
@@ -64,8 +72,9 @@ def _gather(obj: Any, world: int) -> list[Any]:
 
 
 def _autocast(cfg: DistillConfig, device: torch.device):
-    """bf16 where the GPU has it, else fp16 (with a GradScaler); plain fp32 on CPU."""
-    if device.type != "cuda" or cfg.precision == "fp32":
+    """bf16 where the GPU has it, else fp16 (with a GradScaler); plain fp32 on CPU. A sharded
+    student computes in its MixedPrecisionPolicy's dtype instead (train/parallel.py)."""
+    if device.type != "cuda" or cfg.precision == "fp32" or cfg.parallel == "fsdp":
         return None, None
     if cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16, None
@@ -172,10 +181,8 @@ def setup(config: dict[str, Any]) -> Worker:
     student, teachers, projections = _models(cfg, run, needs, device)
     loss_step = LossStep(cfg, teachers, student, run.get("e_layer_ids"), run.get("d_layer_ids"),
                          projections)
-    unused = bool(cfg.encoder_layerdrop or cfg.decoder_layerdrop or cfg.freeze_encoder)  # DDP
-    model = ray.train.torch.prepare_model(
-        student, move_to_device=device, parallel_strategy_kwargs={"find_unused_parameters": unused})
-    inner = getattr(model, "module", model)
+    model = wrap_student(student, cfg, device)  # DDP, or FSDP2 shards (train/parallel.py)
+    inner = getattr(model, "module", model)  # a sharded student is its own module
 
     # Optimizer and schedule (linear warmup then linear decay to 0 at total_steps).
     optimizer, scheduler = build_optimizer(cfg, inner, run["total_steps"], projections,
@@ -184,7 +191,7 @@ def setup(config: dict[str, Any]) -> Worker:
     state = {"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None,
              "history": []}
     if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
+        with checkpoint.as_directory() as ckpt_dir:  # a sharded one: every rank reads its shard
             state = load_training_state(ckpt_dir, student=inner, optimizer=optimizer,
                                         scheduler=scheduler, scaler=scaler,
                                         projections=projections, rank=rank)
@@ -224,7 +231,9 @@ def _models(cfg: DistillConfig, run: dict[str, Any], needs, device):
     attn = {"attn_implementation": "eager"} if needs.attentions else {}
     student = load_seq2seq(run["student_init"], **attn, **_student_overrides(cfg))
     _freeze(student, cfg)
-    teachers = [load_teacher(p, cfg.teacher_dtype, device, **attn)
+    sharded = cfg.teacher_parallel == "fsdp"  # loaded on the CPU, each worker keeps its shard
+    teachers = [wrap_teacher(load_teacher(p, cfg.teacher_dtype, device, place=not sharded,
+                                          **attn), cfg, device)
                 for p in cfg.teacher_paths] if needs.live_teachers else []
     projections = None
     if needs.projections:
@@ -294,7 +303,7 @@ def _forward_backward(w: Worker, host: HostBatch, sync: bool = True) -> None:
     batch = w.targets.batch(moved, w.inner, step)
     if batch["labels"] is not moved["labels"]:  # sampled targets (gkd): tokens/s counts those
         w.tally.add_tokens(batch["labels"].ne(-100).sum() - host.target_tokens)
-    with _grad_sync(w.model, sync):
+    with grad_sync(w.model, sync):
         with torch.autocast(w.device.type, dtype=w.amp_dtype, enabled=w.amp_dtype is not None):
             loss, parts = w.loss_step(w.model, batch, step, w.run["total_steps"])
         loss_scaled = loss / w.cfg.gradient_accumulation_steps
@@ -302,12 +311,6 @@ def _forward_backward(w: Worker, host: HostBatch, sync: bool = True) -> None:
     w.tally.add_loss(loss, step)
     w.targets.after_step(w.loss_step, batch, parts, time.perf_counter() - t0)
     w.last_loss, w.last_parts = loss.detach(), parts
-
-
-def _grad_sync(model: torch.nn.Module, sync: bool):
-    """DDP's all-reduce only where ``sync`` (``no_sync`` on the other micro-batches)."""
-    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
-    return model.no_sync() if ddp and not sync else contextlib.nullcontext()
 
 
 def _read_step(w: Worker) -> tuple[dict[str, float], float, dict[str, Any]]:
@@ -335,7 +338,7 @@ def _optimizer_step(w: Worker) -> None:
     if w.scaler:
         w.scaler.unscale_(w.optimizer)
     params = [p for g in w.optimizer.param_groups for p in g["params"]]
-    torch.nn.utils.clip_grad_norm_(params, w.cfg.max_grad_norm)
+    clip_grad_norm(params, w.cfg.max_grad_norm)  # the whole gradient's norm, sharded or not
     if w.scaler:
         w.scaler.step(w.optimizer)
         w.scaler.update()
@@ -401,59 +404,20 @@ def validate_and_report(w: Worker, final: bool = False) -> None:
     # (ignore_cleanup_errors: a checkpoint kept by this process has been moved out of tmp)
     with tempfile.TemporaryDirectory(dir=local, ignore_cleanup_errors=True) as tmp:
         ckpt = None
-        if w.rank == 0:
+        if w.rank == 0 or is_sharded(w.inner):  # sharded: each rank writes its own shard
             save_training_state(tmp, student=w.inner, tokenizer=w.tokenizer,
                                 optimizer=w.optimizer, scheduler=w.scheduler, scaler=w.scaler,
                                 projections=w.projections,
-                                state={**state, "config": cfg.to_dict()}, rng_states=rngs)
+                                state={**state, "config": cfg.to_dict()}, rng_states=rngs,
+                                rank=w.rank)
             if local:  # Ray keeps no checkpoint in its local mode: this run keeps its own
                 tmp = persist_local_checkpoint(local, tmp, metrics, keep=cfg.checkpoints_to_keep,
                                                metric=name)
+        if w.rank == 0 or is_sharded(w.inner):  # Ray merges the ranks' folders into one
             ckpt = ray.train.Checkpoint.from_directory(str(tmp))
         ray.train.report(metrics, checkpoint=ckpt)
     w.last_val_step = state["global_step"]
     w.model.train()
-
-
-def build_optimizer(cfg: DistillConfig, student: torch.nn.Module, total_steps: int,
-                    projections=None, tb_config=None):
-    """AdamW over the trainable student weights (and TextBrewer projections, at their own
-    rate) + linear warmup to ``learning_rate``, then the config's ``lr_scheduler``."""
-
-    groups = [{"params": [p for p in student.parameters() if p.requires_grad],
-               "weight_decay": cfg.weight_decay}]
-    if projections is not None:
-        from raydistill.distill.textbrewer import projection_param_groups
-
-        groups += projection_param_groups(tb_config, projections, cfg.learning_rate)
-    kw = dict(lr=cfg.learning_rate, eps=cfg.adam_epsilon, betas=(cfg.adam_beta1, cfg.adam_beta2))
-    params = [p for g in groups for p in g["params"]]
-    # The fused kernel: one pass over all weights instead of a Python loop over them (on CPU,
-    # 13 against 63 ms a step for 7 M weights here); the same update (test_optimizer).
-    fused = bool(params) and all(p.is_floating_point() and p.device.type in _FUSED_DEVICES
-                                 for p in params)
-    optimizer = torch.optim.AdamW(groups, fused=fused or None, **kw)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(
-        optimizer, functools.partial(lr_factor, cfg.warmup_steps, total_steps,
-                                     _decay_steps(cfg, total_steps)))
-
-
-def _decay_steps(cfg: DistillConfig, total_steps: int) -> int:
-    if cfg.lr_scheduler == "linear":
-        return total_steps - cfg.warmup_steps
-    return cfg.lr_decay_steps or max(1, total_steps // 10)
-
-
-def lr_factor(warmup: int, total: int, decay: int, step: int) -> float:
-    """The learning rate at ``step`` as a fraction of the peak: linear warm-up over ``warmup``
-    steps, the peak held, then linear decay to 0 over the last ``decay`` steps before ``total``
-    (``decay = total - warmup`` is transformers' linear schedule)."""
-    if step < warmup:
-        return step / max(1, warmup)
-    return max(0.0, min(1.0, (total - step) / max(1, decay)))
-
-
-_FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused AdamW runs (mps/xpu: left to torch's default)
 
 
 def _load_tokenizer(path: str):
@@ -477,13 +441,20 @@ def _validate(model, tokenizer, val_rows, cfg: DistillConfig, run, rank, world, 
     model.eval()
     mine = val_rows[rank::world]
     t = time.time()
-    with torch.no_grad():
+    sharded = is_sharded(model)
+    # A sharded student generates in lockstep (each forward gathers layers from every rank):
+    # every rank the same number of rows (the short ones repeat one, dropped after), and
+    # generate's synced_gpus keeps stepping until every rank's batch is done.
+    sources = [r["source"] for r in mine]
+    if sharded:
+        sources += [val_rows[0]["source"]] * (-(-len(val_rows) // world) - len(mine))
+    with torch.no_grad(), gathered_root(model):
         preds = generate_local(
-            model, tokenizer, [r["source"] for r in mine], num_beams=cfg.eval_beams,
+            model, tokenizer, sources, num_beams=cfg.eval_beams,
             length_penalty=cfg.length_penalty,
             max_length=cfg.eval_max_gen_length or cfg.val_max_target_length,
             batch_size=cfg.eval_batch_size, max_source_length=cfg.max_source_length,
-            device=str(device)) if mine else []
+            device=str(device), synced=sharded) if sources else []
     gathered = _gather([(r["id"], p) for r, p in zip(mine, preds)], world)
     by_id = dict(pair for part in gathered for pair in part)
     ordered = sorted(val_rows, key=lambda r: r["id"])

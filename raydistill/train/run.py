@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -30,7 +29,7 @@ from raydistill.runtime import (
     launch_time,
     run_start,
 )
-from raydistill.train.device import actor_gpus, check_gpu_request
+from raydistill.train.device import actor_gpus, check_gpu_request, check_sharding
 from raydistill.train.preflight import check_models, check_vocabularies
 
 # This module imports neither torch nor transformers at the top: the input checks read files
@@ -73,6 +72,7 @@ def preflight(cfg: DistillConfig, *, overwrite: bool = False,
     check_models(cfg)
     check_vocabularies(cfg)
     check_gpu_request(cfg)  # use_gpu with num_workers: 0 needs a GPU here; compute_type
+    check_sharding(cfg)  # parallel / teacher_parallel: fsdp and what they do not support
     if cfg.caches_logits:  # layer_T ranges: check_models above
         from raydistill.models.teacher_cache import check_cacheable
         from raydistill.distill.textbrewer import DistillationConfig
@@ -302,6 +302,7 @@ def build_trainer(cfg: DistillConfig, out: Path, layers: dict[str, Any], *, stor
     from raydistill.data.tokenize import tokenized_split
     from raydistill.train.loop import steps_per_epoch, train_loop_per_worker
 
+    check_sharding(cfg)  # a sweep trial's keys too
     student_dir = str(out / "student")
     train_split = read_split(cfg.data_dir, "train", cfg.n_train)
     n_train = len(train_split)
@@ -460,7 +461,7 @@ def cache_actors(cfg: DistillConfig) -> int:
 
 def export_outputs(cfg: DistillConfig, out: Path, result, train_seconds: float) -> dict[str, Any]:
     """best checkpoint -> best_tfmr (never replacing a better one); the history -> metrics.json."""
-    from raydistill.train.checkpoint import RNG_FILE, STATE_FILE
+    from raydistill.train.checkpoint import STATE_FILE, export_model
 
     metric = cfg.val_metric
     scored = [(c, m) for c, m in (result.best_checkpoints or []) if m.get(metric) is not None]
@@ -473,9 +474,7 @@ def export_outputs(cfg: DistillConfig, out: Path, result, train_seconds: float) 
     if prev_value is None or best_metrics[metric] > prev_value:
         tmp = Path(tempfile.mkdtemp(prefix=".best_tfmr.", dir=out))
         with best_ckpt.as_directory() as src:
-            for f in Path(src).iterdir():
-                if f.suffix != ".pt" and f.name not in (STATE_FILE, RNG_FILE) and f.is_file():
-                    shutil.copy2(f, tmp / f.name)
+            export_model(src, tmp)  # a sharded student's shards gathered into safetensors
         write_json_atomic(tmp / BEST_INFO, {metric: best_metrics[metric],
                                             "step": best_metrics.get("step")})
         replace_dir_atomic(tmp, out / "best_tfmr")

@@ -396,17 +396,15 @@ def _export_checkpoint(path: str, dst: Path) -> bool:
     from ray.train import Checkpoint
 
     from raydistill.atomic import replace_dir_atomic
-    from raydistill.train.checkpoint import model_files
+    from raydistill.train.checkpoint import export_model, model_files
 
     try:
         with Checkpoint(path).as_directory() as src:
-            files = model_files(src)
-            if not any(f.name == "config.json" for f in files):
+            if not any(f.name == "config.json" for f in model_files(src)):
                 return False
             dst.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-            for f in files:
-                shutil.copy2(f, tmp / f.name)
+            export_model(src, tmp)  # a sharded student's shards gathered into safetensors
     except (FileNotFoundError, OSError):
         return False  # deleted by Train's num_to_keep: the caller tries the next best
     replace_dir_atomic(tmp, dst)

@@ -57,13 +57,15 @@ def test_use_gpu_without_a_gpu_in_the_training_process_is_one_line(fake_ray_devi
 def test_the_worker_setup_asks_this_module_and_moves_the_model_there():
     """train/loop.py's setup decides the device here, never with Ray's get_device (which
     ignores use_gpu in local mode), and prepare_model moves the student to that device (it
-    would otherwise move it to Ray's choice)."""
-    from raydistill.train import loop
+    would otherwise move it to Ray's choice). The wrapping lives in train/parallel.py (DDP or
+    FSDP2), which gets that device."""
+    from raydistill.train import loop, parallel
 
     source = inspect.getsource(loop.setup)
     assert "train_device(cfg.use_gpu)" in source
-    assert "get_device" not in inspect.getsource(loop)
-    assert "move_to_device=device" in source
+    assert "get_device" not in inspect.getsource(loop) + inspect.getsource(parallel)
+    assert "wrap_student(student, cfg, device)" in source
+    assert "move_to_device=device" in inspect.getsource(parallel.wrap_student)
 
 
 # ---- before Ray starts ----------------------------------------------------------------------

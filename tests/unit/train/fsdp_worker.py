@@ -1,0 +1,176 @@
+"""One training process of tests/unit/train/test_parallel.py (not a test module itself).
+
+Started like torchrun starts one: ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT`` in
+the environment (gloo on the CPU), and ``python fsdp_worker.py SPEC.json``. For each job of the
+spec it builds the worker loop's ``Worker`` by hand (the student DDP-wrapped or sharded by
+train/parallel.py, the teacher replicated or sharded) and runs the product's ``run_epoch``:
+its micro-batches, accumulation, clipping, validation through the (sharded) student and
+checkpoints. ``ray.train.report`` is replaced by a copy of each rank's checkpoint folder into
+one folder per step, as Ray Train merges them. Rank 0 writes what it saw to ``RESULTS``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def rows(tokenizer, n: int, seed: int) -> dict[str, list]:
+    rng = np.random.default_rng(seed)
+    vocab = len(tokenizer)
+    src = [rng.integers(5, vocab, int(rng.integers(3, 12))).astype(np.int32) for _ in range(n)]
+    tgt = [np.append(rng.integers(5, vocab, int(rng.integers(2, 8))),
+                     tokenizer.eos_token_id).astype(np.int32) for _ in range(n)]
+    return {"id": list(range(n)), "input_ids": src, "labels": tgt}
+
+
+class Shard:
+    """What the loop reads of a Ray Data shard: iter_torch_batches over fixed rows."""
+
+    def __init__(self, data: dict[str, list]) -> None:
+        self.data = data
+
+    def iter_torch_batches(self, *, batch_size, collate_fn, **_):
+        n = len(self.data["id"])
+        for a in range(0, n, batch_size):
+            part = {}
+            for k, v in self.data.items():
+                col = v[a:a + batch_size]
+                if isinstance(col[0], np.ndarray):
+                    arr = np.empty(len(col), dtype=object)
+                    arr[:] = col
+                    part[k] = arr
+                else:
+                    part[k] = np.asarray(col)
+            yield collate_fn(part)
+
+
+def build(job: dict, rank: int, world: int):
+    from transformers import AutoTokenizer
+
+    from raydistill.config import DistillConfig
+    from raydistill.data.tokenize import make_collate_fn
+    from raydistill.distill.step import LossStep, run_needs
+    from raydistill.train import loop, parallel
+    from raydistill.train.optim import build_optimizer
+    from raydistill.train.targets import make_targets
+
+    cfg = DistillConfig.from_dict({**job["config"], "num_workers": world})
+    device = torch.device("cpu")
+    torch.manual_seed(cfg.seed + rank)
+    run = {"student_init": job["student"], "tokenizer": job["student"], "total_steps":
+           job["total_steps"], "batches_per_epoch": job["batches"], "output_dir": job["out"]}
+    needs = run_needs(cfg)
+    student, teachers, _ = loop._models(cfg, run, needs, device)
+    loss_step = LossStep(cfg, teachers, student, job.get("e_ids"), job.get("d_ids"), None)
+    if cfg.parallel == "fsdp":
+        model = parallel.wrap_student(student, cfg, device)
+    else:  # what Ray Train's prepare_model does on the CPU
+        model = torch.nn.parallel.DistributedDataParallel(
+            student, find_unused_parameters=cfg.freeze_encoder)
+    inner = getattr(model, "module", model)
+    model.train()  # as setup() leaves it (from_pretrained gives eval mode)
+    optimizer, scheduler = build_optimizer(cfg, inner, job["total_steps"])
+    state = {"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None,
+             "history": []}
+    tokenizer = AutoTokenizer.from_pretrained(job["student"])
+    data = rows(tokenizer, job["batches"] * cfg.train_batch_size * world, seed=1)
+    mine = {k: v[rank::world] for k, v in data.items()}
+    val = [{"id": i, "source": s, "target": s.split()[0]} for i, s in enumerate(job["val"])]
+    return loop.Worker(
+        cfg=cfg, run=run, rank=rank, world=world, device=device, model=model, inner=inner,
+        tokenizer=tokenizer, loss_step=loss_step,
+        targets=make_targets(cfg, needs, loss_step, device, state), projections=None,
+        optimizer=optimizer, scheduler=scheduler, scaler=None, amp_dtype=None, state=state,
+        resumed=False, train_shard=Shard(mine), val_rows=val,
+        collate=make_collate_fn(tokenizer.pad_token_id), feed=None, logger=None,
+        last_val_step=-1)
+
+
+def whole_state(model) -> dict[str, torch.Tensor]:
+    """The whole student's weights on every rank (gathered from the shards when sharded)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from raydistill.train import parallel
+
+    if parallel.is_sharded(model):
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    return {k: v.detach().clone() for k, v in getattr(model, "module", model).state_dict().items()}
+
+
+ORIGINAL: dict = {}  # the loop's functions, before the first job wraps them
+
+
+def run_job(job: dict, rank: int, world: int) -> dict:
+    from raydistill.train import loop
+
+    ORIGINAL.setdefault("step", loop._optimizer_step)
+    ORIGINAL.setdefault("generate", loop.generate_local)
+    from raydistill.train.checkpoint import load_training_state
+
+    out = Path(job["out"])
+    seen: dict = {"losses": [], "generated": [], "reports": []}
+
+    def report(metrics, checkpoint=None):  # Ray Train's merge of the ranks' folders
+        seen["reports"].append(metrics["step"])
+        if checkpoint is not None:
+            shutil.copytree(checkpoint.path, out / f"step_{metrics['step']}", dirs_exist_ok=True)
+        dist.barrier()
+
+    step, generate = ORIGINAL["step"], ORIGINAL["generate"]
+
+    def record_step(w):
+        seen["losses"].append(float(w.last_loss))
+        step(w)
+
+    def record_generation(model, tokenizer, sources, **kw):
+        preds = generate(model, tokenizer, sources, **kw)
+        seen["generated"].append([sources, preds])
+        return preds
+
+    loop.ray.train.report, loop._optimizer_step, loop.generate_local = \
+        report, record_step, record_generation
+    w = build(job, rank, world)
+    if job.get("resume"):  # a new worker started from a checkpoint folder, as setup() does
+        w.state = load_training_state(job["resume"], student=w.inner, optimizer=w.optimizer,
+                                      scheduler=w.scheduler, rank=rank)
+        w.first_step = w.last_val_step = w.state["global_step"]
+        save_whole(w.model, out / "loaded.safetensors", rank)
+    while not w.done:
+        loop.run_epoch(w)
+        loop.end_epoch(w)
+    save_whole(w.model, out / "final.safetensors", rank)
+    return seen
+
+
+def save_whole(model, path: Path, rank: int) -> None:
+    from safetensors.torch import save_file
+
+    weights = whole_state(model)  # every rank takes part in the gather
+    if rank == 0:  # clones: tied weights are one tensor under several names
+        save_file({k: v.detach().clone().contiguous() for k, v in weights.items()}, str(path))
+
+
+def main() -> None:
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    results = {}
+    for job in spec["jobs"]:
+        Path(job["out"]).mkdir(parents=True, exist_ok=True)
+        results[job["name"]] = run_job(job, rank, world)
+    if rank == 0:
+        Path(spec["results"]).write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
