@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from raydistill.atomic import write_text_atomic
+from raydistill.console import log_to
 from raydistill.data.files import read_split
 from raydistill.errors import ConfigError, ModelError
 from raydistill.runtime import add_address_arg, check_writable, join_address
@@ -81,6 +82,8 @@ def evaluate(
                           "to say where the results go")
     out = Path(out_dir if out_dir is not None else model_dir)
     check_writable(out, "--out-dir")
+    if out_dir is not None:  # Ray's own lines beside the results (never into a model folder)
+        log_to(out / "ray.log")
     data = read_split(data_dir, split, n=n)
     refs = data.refs if data.refs is not None else data.targets
 
