@@ -279,7 +279,7 @@ class DistillConfig:
         for key in flat:
             if key not in known:
                 close = difflib.get_close_matches(key, sorted(known), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else "; see README's config reference"
+                hint = f"; did you mean {close[0]!r}?" if close else "; see docs/config.md"
                 raise ConfigError(f"{source}: unknown config key {key!r}{hint}")
         return cls(**_coerce_numbers(cls, flat))
 
