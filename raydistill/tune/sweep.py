@@ -136,6 +136,7 @@ def run_sweep(cfg: DistillConfig, settings: TuneSettings, *, resume: str | None 
     from ray import tune
 
     from raydistill.atomic import write_json_atomic
+    from raydistill.console import log_to
     from raydistill.runtime import init_ray
     from raydistill.train.run import resolve_models
 
@@ -160,6 +161,7 @@ def run_sweep(cfg: DistillConfig, settings: TuneSettings, *, resume: str | None 
         write_json_atomic(out / SWEEP_FILE, {"config": staged.to_dict(),
                                              "tune": _settings_dict(settings),
                                              "experiment_path": experiment, "models": models})
+    log_to(out / "ray.log")  # Ray's and Tune's own lines (the console keeps raydistill's)
     init_ray(address)
     check_trial_fits(cfg, settings)
     trainable = tune.with_resources(
