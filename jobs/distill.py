@@ -17,7 +17,7 @@ import time
 
 import raydistill
 from raydistill.config import load_config
-from raydistill.jobkit import require_durable, run_stage
+from raydistill.jobkit import add_verbose_arg, parse_args, require_durable, run_stage
 from raydistill.pipeline import run_distill
 
 
@@ -29,11 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue the run in output_dir "
                         "from its latest checkpoint (after a failed or stopped job)")
     parser.add_argument("--overwrite", action="store_true", help="start over in output_dir")
+    add_verbose_arg(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
 
     # 1. Config: YAML + overrides, validated once; the outputs must outlive the job.
     cfg, _ = load_config(args.config, args.overrides)

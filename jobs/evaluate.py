@@ -16,7 +16,8 @@ import argparse
 
 from raydistill.eval.evaluate import evaluate
 from raydistill.hub import is_local_ref
-from raydistill.jobkit import function_keys, read_stage_config, require_durable, run_stage
+from raydistill.jobkit import (add_verbose_arg, function_keys, parse_args, read_stage_config,
+                               require_durable, run_stage)
 
 # `model` reads better in a config than evaluate()'s `model_dir`.
 RENAMED = {"model": "model_dir"}
@@ -37,11 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="YAML config (jobs/configs/evaluate.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model=PATH")
+    add_verbose_arg(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
 
     # 1. Config: results go beside the model unless out_dir says otherwise (a Hub id, e.g.
     # model=facebook/bart-large-xsum, has no folder to write beside: evaluate asks for out_dir).

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 
 from raydistill.models.pseudo_label import pseudo_label
-from raydistill.jobkit import function_keys, read_stage_config, require_durable, run_stage
+from raydistill.jobkit import (add_verbose_arg, function_keys, parse_args, read_stage_config,
+                               require_durable, run_stage)
 
 
 # The config keys this stage knows and needs: pseudo_label()'s parameters (--overwrite is a
@@ -35,11 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. num_workers=4")
     parser.add_argument("--overwrite", action="store_true",
                         help="discard parts written earlier with other settings")
+    add_verbose_arg(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
 
     # 1. Config: the outputs must outlive the job.
     cfg = read_config(args.config, args.overrides)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from raydistill.jobkit import require_durable, run_stage
+from raydistill.jobkit import add_verbose_arg, parse_args, require_durable, run_stage
 from raydistill.tune import load_sweep, run_sweep
 
 
@@ -25,11 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="DIR", default=None,
                         help="continue the interrupted sweep in DIR (its output_dir)")
     parser.add_argument("--overwrite", action="store_true", help="start over in output_dir")
+    add_verbose_arg(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
 
     # 1. Config: every input check happens here, before Ray starts a trial.
     cfg, settings = load_sweep(args.config, args.overrides)

@@ -58,6 +58,22 @@ def function_keys(func: Callable[..., Any], renamed: Mapping[str, str] | None = 
     return known, required
 
 
+def add_verbose_arg(parser) -> None:
+    """``--verbose``: every line Ray prints in the job's logs (by default they go to ray.log)."""
+    parser.add_argument("--verbose", action="store_true", help="show every line Ray and Ray "
+                        "Data print (by default they go to a log file; the first line says where)")
+
+
+def parse_args(parser, argv: list[str] | None = None):
+    """``parser.parse_args(argv)``, applying ``--verbose`` (``add_verbose_arg``)."""
+    args = parser.parse_args(argv)
+    if getattr(args, "verbose", False):
+        from raydistill.console import set_verbose
+
+        set_verbose(True)
+    return args
+
+
 def run_stage(main: Callable[[], int], script: str) -> None:
     """``sys.exit(main())``; a raydistill error exits 2 with one line naming the script."""
     try:
@@ -67,4 +83,5 @@ def run_stage(main: Callable[[], int], script: str) -> None:
         sys.exit(2)
 
 
-__all__ = ["function_keys", "read_stage_config", "require_durable", "run_stage"]
+__all__ = ["add_verbose_arg", "function_keys", "parse_args", "read_stage_config",
+           "require_durable", "run_stage"]

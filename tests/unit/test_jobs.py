@@ -56,3 +56,18 @@ def test_scripts_import_the_installed_package(name):
     text = (JOBS / f"{name}.py").read_text()
     assert "sys.path" not in text and "from raydistill" in text
     assert 'if __name__ == "__main__":' in text
+
+
+@pytest.mark.parametrize("name", ["pseudo_label", "evaluate", "distill", "tune"])
+def test_every_job_that_starts_ray_takes_verbose(name, monkeypatch):
+    from raydistill import console
+    from raydistill.jobkit import parse_args
+
+    monkeypatch.setenv(console.VERBOSE_ENV, "0")
+    parser = script(name).build_parser()
+    positional = [a for a in parser._actions if not a.option_strings and a.required
+                  and a.nargs is None]
+    parse_args(parser, ["x.yaml"] * len(positional))
+    assert not console.verbose()
+    parse_args(parser, ["x.yaml"] * len(positional) + ["--verbose"])
+    assert console.verbose()
