@@ -6,6 +6,7 @@ with a tokenizer trained on the train split) and the tests (tiny models of every
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -40,6 +41,49 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedT
         unk_token="<unk>",
         model_max_length=1024,
     )
+
+
+def train_unigram_tokenizer(texts: Iterable[str], vocab_size: int = 200, kind: str = "t5"):
+    """Train a SentencePiece-style Unigram tokenizer on ``texts`` and return it as a
+    ``T5Tokenizer`` (pad 0, eos 1, unk 2, two sentinels) or, ``kind="mbart"``, an
+    ``MBartTokenizer`` (bos 0, pad 1, eos 2, unk 3; its language codes come after the pieces)."""
+    import transformers as tf
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    specials = {"t5": ["<pad>", "</s>", "<unk>"], "mbart": SPECIAL_TOKENS}[kind]
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.train_from_iterator(texts, trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>", show_progress=False))
+    vocab = [tuple(piece) for piece in json.loads(tok.to_str())["model"]["vocab"]]
+    if kind == "t5":
+        return tf.T5Tokenizer(vocab=vocab, extra_ids=2)
+    return tf.MBartTokenizer(vocab=vocab, src_lang="en_XX", tgt_lang="ro_RO")
+
+
+def train_marian_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 200):
+    """Train a SentencePiece model on ``texts`` and return a ``MarianTokenizer`` over it
+    (``source.spm`` = ``target.spm``, ``vocab.json`` with ``</s>`` 0, ``<unk>`` 1, ``<pad>``
+    last, as OPUS-MT orders them), saved in ``out_dir``."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import MarianTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(list(texts)), model_writer=buf,
+                                   vocab_size=vocab_size, eos_id=0, unk_id=1, bos_id=-1,
+                                   pad_id=-1, hard_vocab_limit=False, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())] + ["<pad>"]
+    for name in ("source.spm", "target.spm"):
+        (out_dir / name).write_bytes(buf.getvalue())
+    (out_dir / "vocab.json").write_text(json.dumps({p: i for i, p in enumerate(pieces)}))
+    tok = MarianTokenizer(*(str(out_dir / n) for n in ("source.spm", "target.spm", "vocab.json")))
+    tok.save_pretrained(out_dir)
+    return tok
 
 
 def new_model(

@@ -134,6 +134,8 @@ def make_student(
     e_layers_to_copy: list[int] | None = None,
     d_layers_to_copy: list[int] | None = None,
     model_cache_dir: str | os.PathLike | None = None,
+    trim_vocab: str | os.PathLike | None = None,
+    keep_vocab: int | None = None,
     **extra_config_kwargs,
 ) -> tuple[PreTrainedModel, list[int], list[int]]:
     """Build a student with ``e`` encoder and ``d`` decoder layers copied from ``teacher``.
@@ -148,6 +150,10 @@ def make_student(
         copy_first_teacher_layers: copy teacher layers ``0..n-1`` instead of the table's choice.
         e_layers_to_copy, d_layers_to_copy: explicit teacher layer indices, one per student layer.
         model_cache_dir: where a Hub id is downloaded (default: ``$HF_HUB_CACHE`` or HF's own).
+        trim_vocab: a data folder: keep only the vocabulary its train split uses
+            (``raydistill.models.vocab``; needs the teacher as a folder or Hub id, for its
+            tokenizer); the trimmed tokenizer and ``vocab_map.json`` are saved beside the student.
+        keep_vocab: with ``trim_vocab``, keep only the N most frequent of those tokens.
         **extra_config_kwargs: config attributes to change on the student (e.g. ``dropout=0.0``).
 
     Returns:
@@ -203,7 +209,19 @@ def make_student(
         student.generation_config = copy.deepcopy(teacher.generation_config)
     logger.info("copied encoder layers %s and decoder layers %s", e_layers, d_layers)
 
-    if save_path is not None:
+    if trim_vocab is not None:
+        from transformers import AutoTokenizer
+
+        from raydistill.models.vocab import trim_vocab as trim
+
+        if teacher_path is None:
+            raise ModelError("trim_vocab needs the teacher as a folder or Hub id (its tokenizer "
+                             "decides the tokens); save the teacher with its tokenizer first")
+        student, _, kept = trim(student, AutoTokenizer.from_pretrained(str(teacher_path)),
+                                trim_vocab, keep_vocab, save_path)
+        logger.info("vocabulary trimmed to %d of %d tokens", len(kept),
+                    student.config.original_vocab_size)
+    elif save_path is not None:
         save_student(student, save_path, teacher_path)
     return student, e_layers, d_layers
 
