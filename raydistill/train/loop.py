@@ -1,7 +1,9 @@
 """The Ray Train worker: restore -> setup -> loop -> report checkpoints -> cleanup.
 
 Every rank calls ``ray.train.report`` the same number of times (once per validation); rank 0
-alone writes the checkpoint folder, with the RNG states of all ranks gathered into it."""
+writes the checkpoint folder, with the RNG states of all ranks gathered into it (with
+``parallel: fsdp`` every rank also writes its own shard, and Ray merges the folders). How the
+student and teacher are wrapped, saved and loaded is train/parallel.py's decision."""
 
 from __future__ import annotations
 
@@ -124,8 +126,8 @@ class Worker:
     rank: int
     world: int
     device: torch.device
-    model: torch.nn.Module  # the student as trained (DDP-wrapped with several workers)
-    inner: torch.nn.Module  # the student itself
+    model: torch.nn.Module  # the student as trained (DDP-wrapped with several workers, or sharded)
+    inner: torch.nn.Module  # the student itself (a sharded student is its own module)
     tokenizer: Any
     loss_step: LossStep
     targets: TargetSource
