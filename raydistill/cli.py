@@ -26,10 +26,14 @@ def _make_student(args: argparse.Namespace) -> int:
     from raydistill.models.student import make_student
 
     student, e_ids, d_ids = make_student(args.teacher, e=args.e, d=args.d, save_path=args.save_path,
-                                         model_cache_dir=args.model_cache_dir)
+                                         model_cache_dir=args.model_cache_dir,
+                                         trim_vocab=args.trim_vocab, keep_vocab=args.keep_vocab)
     n = sum(p.numel() for p in student.parameters())
     print(f"student saved to {args.save_path}: {n / 1e6:.2f}M parameters; copied encoder layers "
           f"{e_ids if e_ids is not None else 'all'}, decoder layers {d_ids if d_ids is not None else 'all'}")
+    if args.trim_vocab:
+        print(f"vocabulary: {student.config.vocab_size} of {student.config.original_vocab_size} "
+              f"tokens kept (map in {Path(args.save_path) / 'vocab_map.json'})")
     return 0
 
 
@@ -103,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", type=int, default=None, help="student decoder layers (default: all)")
     p.add_argument("--model-cache-dir", default=None, help="where a Hub id is downloaded "
                    "(default: $HF_HUB_CACHE, else Hugging Face's cache)")
+    p.add_argument("--trim-vocab", default=None, metavar="DATA_DIR", help="keep only the "
+                   "vocabulary the teacher's tokenizer gives this data folder's train split "
+                   "(plus special tokens); the trimmed tokenizer is saved with the student")
+    p.add_argument("--keep-vocab", type=int, default=None, metavar="N", help="with "
+                   "--trim-vocab: only the N most frequent of those tokens")
     p.set_defaults(func=_make_student)
 
     p = sub.add_parser("distill", help="train a student (sft, kd, pl or gkd; stages: chains them) on Ray Train")

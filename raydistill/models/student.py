@@ -209,6 +209,8 @@ def make_student(
         student.generation_config = copy.deepcopy(teacher.generation_config)
     logger.info("copied encoder layers %s and decoder layers %s", e_layers, d_layers)
 
+    if keep_vocab is not None and trim_vocab is None:
+        raise ModelError("keep_vocab needs trim_vocab (the data folder whose tokens to count)")
     if trim_vocab is not None:
         from transformers import AutoTokenizer
 

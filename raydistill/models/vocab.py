@@ -369,3 +369,13 @@ def read_vocab_map(model_dir: str | os.PathLike) -> list[int] | None:
     """``new_to_old`` of a trimmed model's folder; None for a model that was not trimmed."""
     path = Path(model_dir) / VOCAB_MAP_FILE
     return json.loads(path.read_text())["new_to_old"] if path.is_file() else None
+
+
+def keep_vocab_map(model_dir: str | os.PathLike, copied_from: str | os.PathLike | None = None,
+                   ) -> list[int] | None:
+    """``read_vocab_map(model_dir)``, after copying ``vocab_map.json`` over from the folder the
+    model was copied from (a saved trimmed student), if it has one."""
+    src = Path(copied_from) / VOCAB_MAP_FILE if copied_from else None
+    if src is not None and src.is_file():
+        shutil.copy(src, Path(model_dir) / VOCAB_MAP_FILE)
+    return read_vocab_map(model_dir)

@@ -107,6 +107,7 @@ def prepare_student(cfg: DistillConfig, out: Path, resume: bool,
     stage's make_student copied; None: its layers pair with the teacher's first ones)."""
     from raydistill.models.layers import load_seq2seq
     from raydistill.models.student import make_student
+    from raydistill.models.vocab import keep_vocab_map
 
     student_dir = out / "student"
     layers_file = out / "student_layers.json"
@@ -123,11 +124,13 @@ def prepare_student(cfg: DistillConfig, out: Path, resume: bool,
         e_ids, d_ids = (layers or {}).get("e_layer_ids"), (layers or {}).get("d_layer_ids")
     else:
         _, e_ids, d_ids = make_student(cfg.teacher_paths[0], e=cfg.student_encoder_layers,
-                                       d=cfg.student_decoder_layers, save_path=tmp)
+                                       d=cfg.student_decoder_layers, save_path=tmp,
+                                       trim_vocab=cfg.trim_vocab, keep_vocab=cfg.keep_vocab)
     if not any(tmp.glob("tokenizer*")) and cfg.teacher_paths:
         _save_tokenizer(cfg.teacher_paths[0], tmp)
+    vocab_map = keep_vocab_map(tmp, cfg.student)  # a trimmed student's new id -> teacher id
     replace_dir_atomic(tmp, student_dir)
-    layers = {"e_layer_ids": e_ids, "d_layer_ids": d_ids}
+    layers = {"e_layer_ids": e_ids, "d_layer_ids": d_ids, **({"vocab_map": vocab_map} if vocab_map else {})}
     write_json_atomic(layers_file, layers)
     return layers
 

@@ -314,3 +314,91 @@ def test_make_student_trims_after_copying_layers(data_dir, tmp_path):
     assert len(AutoTokenizer.from_pretrained(tmp_path / "student")) == len(kept)
     with pytest.raises(ModelError, match="folder or Hub id"):
         make_student(teacher, e=2, d=1, trim_vocab=data_dir)
+
+
+# --- where a student is made: the CLI, the config, a distill run's prepare_student -----------
+
+@pytest.fixture
+def teacher_dir(tmp_path):
+    tok = tokenizer_of("bart-roberta", tmp_path)
+    model_of("bart", tok, encoder_layers=2, decoder_layers=2).float().save_pretrained(
+        tmp_path / "teacher")
+    tok.save_pretrained(tmp_path / "teacher")
+    return tmp_path / "teacher"
+
+
+def test_cli_make_student_trim_vocab(teacher_dir, data_dir, tmp_path, capsys):
+    from raydistill.cli import main
+
+    out = tmp_path / "student"
+    assert main(["make-student", str(teacher_dir), "--save-path", str(out), "-e", "1", "-d", "1",
+                 "--trim-vocab", str(data_dir), "--keep-vocab", "10"]) == 0
+    kept = read_vocab_map(out)
+    printed = capsys.readouterr().out
+    assert f"vocabulary: {len(kept)} of {len(AutoTokenizer.from_pretrained(teacher_dir))}" in printed
+    assert len(kept) < len(kept_token_ids(AutoTokenizer.from_pretrained(teacher_dir), data_dir))
+    assert main(["make-student", str(teacher_dir), "--save-path", str(tmp_path / "x"),
+                 "--keep-vocab", "10"]) == 2  # keep_vocab alone: a one-line error
+    assert "keep_vocab needs trim_vocab" in capsys.readouterr().err
+
+
+def test_config_trim_vocab_keys(tmp_path):
+    from raydistill.config import DistillConfig
+    from raydistill.errors import ConfigError
+
+    base = dict(data_dir=str(tmp_path), output_dir=str(tmp_path / "o"), teacher="t")
+    cfg = DistillConfig(method="sft", trim_vocab="d", keep_vocab=100, **base)
+    assert (cfg.trim_vocab, cfg.keep_vocab) == ("d", 100)
+    for bad, match in ((dict(method="kd", trim_vocab="d"), "kd / gkd"),
+                       (dict(method="gkd", trim_vocab="d"), "kd / gkd"),
+                       (dict(method="sft", trim_vocab="d", student="s"), "make-student"),
+                       (dict(method="sft", keep_vocab=5), "needs trim_vocab"),
+                       (dict(method="sft", trim_vocab="d", keep_vocab=0), "N >= 1")):
+        with pytest.raises(ConfigError, match=match):
+            DistillConfig(**bad, **base)
+
+
+def test_prepare_student_trims_and_records_the_map(teacher_dir, data_dir, tmp_path):
+    from raydistill.config import DistillConfig
+    from raydistill.train.run import prepare_student
+
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = DistillConfig(method="sft", teacher=str(teacher_dir), data_dir=str(data_dir),
+                        output_dir=str(out), student_decoder_layers=1, trim_vocab=str(data_dir))
+    layers = prepare_student(cfg, out, resume=False)
+    kept = read_vocab_map(out / "student")
+    assert layers["vocab_map"] == kept and json.loads(
+        (out / "student_layers.json").read_text())["vocab_map"] == kept
+    assert len(AutoTokenizer.from_pretrained(out / "student")) == len(kept)
+    # A run from that saved student carries its map along.
+    out2 = tmp_path / "run2"
+    out2.mkdir()
+    cfg2 = DistillConfig(method="sft", student=str(out / "student"), data_dir=str(data_dir),
+                         output_dir=str(out2))
+    assert prepare_student(cfg2, out2, resume=False)["vocab_map"] == kept
+    # An untrimmed run's student_layers.json is as before.
+    out3 = tmp_path / "run3"
+    out3.mkdir()
+    cfg3 = DistillConfig(method="sft", teacher=str(teacher_dir), data_dir=str(data_dir),
+                         output_dir=str(out3))
+    assert "vocab_map" not in prepare_student(cfg3, out3, resume=False)
+
+
+def test_trimmed_student_converts_to_ctranslate2(teacher_dir, data_dir, tmp_path):
+    pytest.importorskip("ctranslate2")
+    from raydistill.models.ct2 import generate_ct2, load_translator, prepare_backend
+    from raydistill.models.generate import generate_local
+
+    make_student(teacher_dir, e=1, d=1, save_path=tmp_path / "s", trim_vocab=data_dir)
+    backend = prepare_backend(tmp_path / "s", "ctranslate2", "float32",
+                              cache_dir=tmp_path / "ct2")
+    assert backend.name == "ctranslate2"
+    tok = AutoTokenizer.from_pretrained(tmp_path / "s")
+    model = load_seq2seq(tmp_path / "s").eval()
+    sources = [s for s, _ in TRAIN] + [t for _, t in TRAIN]
+    hf = generate_local(model, tok, sources, num_beams=1, max_length=8, batch_size=4)
+    ct = generate_ct2(load_translator(backend.ct2_dir), tok, sources,
+                      generation_config=model.generation_config, num_beams=1, max_length=8,
+                      batch_size=4)
+    assert ct == hf
