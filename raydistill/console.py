@@ -172,7 +172,7 @@ def quiet_ray_logger(name: str = "ray") -> None:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, _ToLogFile):
             handler.setLevel(logging.ERROR)
     if not any(isinstance(h, _ToLogFile) for h in logger.handlers):
-        handler = _ToLogFile()
+        handler = _ToLogFile(logging.INFO)  # Ray Data's logger passes DEBUG to its own file
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
 

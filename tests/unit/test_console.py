@@ -87,17 +87,24 @@ def test_verbose_leaves_rays_printing_alone(log, monkeypatch):
         console.set_verbose(False)
 
 
-def test_rays_own_logger_writes_to_the_file_and_only_errors_to_the_console(log, monkeypatch):
-    import ray  # noqa: F401  (configures the "ray" logger's console handler)
+@pytest.mark.parametrize("name, child, line", [
+    ("ray", "ray._private.worker", "Started a local Ray instance."),
+    # Ray Data's logger keeps a console handler of its own and does not propagate to "ray".
+    ("ray.data", "ray.data._internal.execution.streaming_executor",
+     "Execution plan of Dataset train_0"),
+])
+def test_rays_own_loggers_write_to_the_file_and_only_errors_to_the_console(
+        log, monkeypatch, name, child, line):
+    import ray.data  # noqa: F401  (configures both loggers' console handlers)
 
-    ray_logger = logging.getLogger("ray")
-    monkeypatch.setattr(ray_logger, "handlers", list(ray_logger.handlers))
-    stream = next(h for h in ray_logger.handlers if isinstance(h, logging.StreamHandler))
+    logger = logging.getLogger(name)
+    monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+    stream = next(h for h in logger.handlers if isinstance(h, logging.StreamHandler))
     monkeypatch.setattr(stream, "level", stream.level)
     console.log_to(log)
-    console.quiet_ray_logger()
-    logging.getLogger("ray.data").info("Execution plan of Dataset train_0")
-    assert "Execution plan of Dataset train_0" in log.read_text()
+    console.quiet_ray_logger(name)
+    logging.getLogger(child).info(line)
+    assert line in log.read_text()
     assert stream.level == logging.ERROR
 
 
