@@ -1,0 +1,49 @@
+"""A trimmed student end to end: ``trim_vocab`` in a distill run (sft, in this process) trains,
+resumes, evaluates with the trimmed tokenizer and exports a trimmed best_tfmr."""
+
+import dataclasses
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from raydistill.config import DistillConfig
+from raydistill.models.scratch import new_model, save_model_and_tokenizer, train_tokenizer
+from raydistill.pipeline import run_distill
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.timeout(400)
+def test_trimmed_student_trains_resumes_and_evaluates(ray_session, tmp_path):
+    lines = [f"sentence {i} about cats and dogs ." for i in range(12)]
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, n in (("train", 12), ("val", 4), ("test", 4)):
+        (data / f"{split}.source").write_text("\n".join(lines[:n]) + "\n")
+        (data / f"{split}.target").write_text("\n".join(s.split(" ")[1] + " ." for s in lines[:n]) + "\n")
+    # The teacher's tokenizer knows much more text than the task uses.
+    tok = train_tokenizer(lines + ["quantum chromodynamics and zebras graze acacia leaves"] * 5 +
+                          ["giraffes browse while jubilant xylophones vex a wizard"] * 5,
+                          vocab_size=420)
+    teacher = save_model_and_tokenizer(new_model("bart", len(tok), pad_token_id=tok.pad_token_id),
+                                       tok, tmp_path / "teacher")
+    out = tmp_path / "run"
+    cfg = DistillConfig(
+        method="sft", teacher=str(teacher), trim_vocab=str(data), student_encoder_layers=1,
+        student_decoder_layers=1, data_dir=str(data), output_dir=str(out), num_workers=0,
+        cpus_per_worker=1, train_batch_size=4, max_steps=4, max_epochs=10, val_check_steps=2,
+        eval_beams=1, learning_rate=1e-3, val_max_target_length=8, test_max_target_length=8,
+        seed=0)
+    first = run_distill(cfg)
+    assert first["final_step"] == 4
+    kept = json.loads((out / "student_layers.json").read_text())["vocab_map"]
+    assert len(kept) < len(tok)
+    best = out / "best_tfmr"
+    assert json.loads((best / "config.json").read_text())["vocab_size"] == len(kept)
+    assert len(AutoTokenizer.from_pretrained(best)) == len(kept)
+    assert len((out / "test_generations.txt").read_text().splitlines()) == 4
+
+    summary = run_distill(dataclasses.replace(cfg, max_steps=6), resume=True)
+    assert summary["resumed_from"] == [4] and summary["final_step"] == 6
+    assert json.loads((out / "student_layers.json").read_text())["vocab_map"] == kept
