@@ -51,7 +51,7 @@ class DistillConfig:
     student_encoder_layers: int | None = None  # shrinking the teacher (None: all)
     student_decoder_layers: int | None = None  # the same, decoder (None: all)
     # A data folder: the student made from the teacher keeps only the vocabulary its train split uses
-    trim_vocab: str | None = None  # (docs/methods.md; method: sft or pl for now)
+    trim_vocab: str | None = None  # (docs/methods.md: kd / gkd gather the teacher's logits)
     keep_vocab: int | None = None  # with trim_vocab: only the N most frequent of those tokens
     data_dir: str = ""  # train/val/test splits: docs/data.md (required)
     task: str = "summarization"  # summarization (ROUGE-2) or translation (BLEU)
@@ -236,10 +236,10 @@ class DistillConfig:
                               "or drop logit_cache")
         if self.keep_vocab is not None and not (self.trim_vocab and self.keep_vocab >= 1):
             raise ConfigError(f"keep_vocab={self.keep_vocab} needs trim_vocab: DATA_DIR and N >= 1")
-        if self.trim_vocab and (self.student or self.method in ("kd", "gkd")):
-            raise ConfigError("trim_vocab trims the student a run makes from its teacher, with method: "
-                              "sft or pl for now (kd / gkd losses need the teacher's logits gathered "
-                              "to the kept ids); a saved student: make-student --trim-vocab")
+        if self.trim_vocab and (self.student or self.caches_logits or self.gkd_settings.seq_kd):
+            raise ConfigError("trim_vocab trims the student a run makes from its teacher (a saved "
+                              "student: make-student --trim-vocab), without cached teacher logits "
+                              "or gkd.seq_kd for now (they hold teacher ids)")
         if self.stages is not None:  # every stage's config, validated now
             from raydistill.stage_plan import plan_stages
 

@@ -18,6 +18,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from raydistill.config import DistillConfig
 from raydistill.distill.chunked import use_chunked
+from raydistill.distill.kept_vocab import KeptVocab
 from raydistill.distill.objective import IGNORE_INDEX, lm_loss, summarization_distiller_loss
 from raydistill.models.adaptor import seq2seq_forward, textbrewer_results
 from raydistill.models.layers import decoder_inputs, layer_counts
@@ -62,8 +63,14 @@ class LossStep:
         e_layer_ids: list[int] | None = None,
         d_layer_ids: list[int] | None = None,
         projections: nn.ModuleList | None = None,
+        vocab_map: list[int] | None = None,
     ) -> None:
         self.cfg = cfg
+        # A trimmed student (vocab_map: its id -> the teacher's): the teachers read the batch in
+        # their ids and their logits are gathered to the kept ids (distill/kept_vocab.py).
+        self.kept = KeptVocab(vocab_map) if vocab_map and teachers else None
+        if self.kept is not None:
+            _check_kept(cfg, teachers, vocab_map)
         self.teachers = teachers
         self.teacher_timer: DeviceTimer | None = None  # method gkd: the teachers' forward passes
         for t in teachers:
@@ -146,7 +153,8 @@ class LossStep:
         s_out = seq2seq_forward(student, batch, dec_in, hidden=want_hidden)
         with torch.no_grad():
             t_logits, t_enc_h, t_dec_h = self._teacher_outputs(batch, dec_in, s_out, want_hidden)
-        return summarization_distiller_loss(
+            t_logits, dropped = self._gather(t_logits, labels)
+        loss, parts = summarization_distiller_loss(
             s_logits=s_out.logits, t_logits=t_logits, labels=labels,
             alpha_ce=cfg.alpha_ce, alpha_mlm=cfg.alpha_mlm, alpha_hid=cfg.alpha_hid,
             temperature=cfg.temperature, label_smoothing=cfg.label_smoothing,
@@ -157,10 +165,17 @@ class LossStep:
             d_matches=self.d_matches, normalize_hidden=cfg.normalize_hidden,
             kd_loss=cfg.kd_loss, kd_beta=cfg.kd_beta, kd_alpha=cfg.kd_alpha,
         )
+        return loss, _with_dropped(parts, dropped)
+
+    def _gather(self, t_logits, labels):
+        """(teacher logits at the kept ids, dropped mass) for a trimmed student; else as is."""
+        return self.kept.gather(t_logits, labels) if self.kept is not None else (t_logits, None)
 
     def _teacher_forward(self, teacher, batch, dec_in, s_out, want_hidden: bool = False):
         """One teacher's outputs on the batch's targets, and its encoder hidden states (None
         when it reads the student's encoder output)."""
+        if self.kept is not None:
+            batch, dec_in = self.kept.teacher_batch(batch, dec_in)
         if self.different_encoder:
             enc = teacher.get_encoder()(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -204,10 +219,11 @@ class LossStep:
                 logs = torch.stack([F.log_softmax(o.float() / g.temperature, dim=-1)
                                     for o in outs])
                 t_logits = (torch.logsumexp(logs, 0) - math.log(len(outs))) * g.temperature
+            t_logits, dropped = self._gather(t_logits, batch["labels"])
         self.teacher_timer.stop(t0)
         loss = generalized_jsd_loss(s_out.logits, t_logits, batch["labels"].ne(IGNORE_INDEX),
                                     beta=g.beta, temperature=g.temperature)
-        return loss, {"gkd_loss": loss.detach()}
+        return loss, _with_dropped({"gkd_loss": loss.detach()}, dropped)
 
     def _textbrewer(self, student, batch, dec_in, step, total_steps):
         from raydistill.distill.textbrewer import average_teacher_logits, textbrewer_loss
@@ -222,9 +238,11 @@ class LossStep:
         # The chunked KD loss reads half-precision teacher logits in fp32 itself, a chunk at a
         # time; every other loss gets fp32 teacher tensors (see _fp32).
         keep_logits = tb.kd_loss_type == "ce" and use_chunked(s_out.logits.size(-1))
+        t_batch, t_dec_in = (self.kept.teacher_batch(batch, dec_in) if self.kept is not None
+                             else (batch, dec_in))
         with torch.no_grad():
             results_t = [
-                _fp32(textbrewer_results(seq2seq_forward(t, batch, dec_in, hidden=hidden,
+                _fp32(textbrewer_results(seq2seq_forward(t, t_batch, t_dec_in, hidden=hidden,
                                                          attentions=attn), batch, tgt_mask),
                       keep_logits)
                 for t in self.teachers
@@ -233,6 +251,8 @@ class LossStep:
             merged = dict(results_t[0])
             merged["logits"] = average_teacher_logits(results_t)["logits"]
             results_t = [merged]
+        results_t[0] = dict(results_t[0])
+        results_t[0]["logits"], dropped = self._gather(results_t[0]["logits"], batch["labels"])
         if self.memory_logits:
             self.last_teacher = (results_t[0]["logits"], results_t[0]["hidden"])
         loss, parts = textbrewer_loss(tb, results_s, results_t[0], step=step, total_steps=total_steps,
@@ -241,7 +261,7 @@ class LossStep:
         # weights and a constant temperature are numbers already.
         parts = {k: (v if torch.is_tensor(v) else float(v)) for k, v in parts.items()}
         parts.setdefault("hard_label_loss", hard.detach())
-        return loss, parts
+        return loss, _with_dropped(parts, dropped)
 
 
     def _cached(self, student, batch, dec_in, step, total_steps):
@@ -296,6 +316,21 @@ class LossStep:
                              f"{missing[0]} for intermediate_matches; rebuild the cache (delete "
                              "<output_dir>/logit_cache or run cache-logits with --hidden-layers)")
         return {"hidden": hidden, "hidden_mask": masks}
+
+
+def _with_dropped(parts: dict[str, Any], dropped: torch.Tensor | None) -> dict[str, Any]:
+    """The step's components, with a trimmed student's dropped teacher mass (a device tensor)."""
+    return parts if dropped is None else {**parts, "teacher_dropped_mass": dropped}
+
+
+def _check_kept(cfg: DistillConfig, teachers: list[nn.Module], vocab_map: list[int]) -> None:
+    size = min(t.config.vocab_size for t in teachers)
+    if max(vocab_map) >= size:
+        raise ValueError(f"the student's vocab_map names teacher id {max(vocab_map)}, but a "
+                         f"teacher has {size} tokens: trim the student from this teacher")
+    if cfg.caches_logits or (cfg.method == "gkd" and cfg.gkd_settings.seq_kd):
+        raise ValueError("a trimmed student cannot use cached teacher logits or gkd.seq_kd yet "
+                         "(both hold teacher ids); turn them off")
 
 
 def _fp32(results: dict[str, Any], keep_logits: bool = False) -> dict[str, Any]:

@@ -47,3 +47,28 @@ def test_trimmed_student_trains_resumes_and_evaluates(ray_session, tmp_path):
     summary = run_distill(dataclasses.replace(cfg, max_steps=6), resume=True)
     assert summary["resumed_from"] == [4] and summary["final_step"] == 6
     assert json.loads((out / "student_layers.json").read_text())["vocab_map"] == kept
+
+
+@pytest.mark.timeout(400)
+def test_kd_into_a_trimmed_student_reports_the_dropped_teacher_mass(ray_session, tmp_path,
+                                                                   capfd):
+    lines = [f"sentence {i} about cats and dogs ." for i in range(8)]
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "val", "test"):
+        (data / f"{split}.source").write_text("\n".join(lines) + "\n")
+        (data / f"{split}.target").write_text("\n".join(s.split(" ")[1] + " ." for s in lines) + "\n")
+    tok = train_tokenizer(lines + ["zebras graze acacia leaves while giraffes browse"] * 5,
+                          vocab_size=380)
+    teacher = save_model_and_tokenizer(new_model("bart", len(tok), pad_token_id=tok.pad_token_id),
+                                       tok, tmp_path / "teacher")
+    out = tmp_path / "kd"
+    cfg = DistillConfig(
+        method="kd", teacher=str(teacher), trim_vocab=str(data), student_encoder_layers=1,
+        student_decoder_layers=1, data_dir=str(data), output_dir=str(out), num_workers=0,
+        cpus_per_worker=1, train_batch_size=4, max_steps=2, val_check_steps=2, eval_beams=1,
+        log_every_n_steps=1, do_predict=False, val_max_target_length=6, seed=0)
+    summary = run_distill(cfg)
+    assert summary["final_step"] == 2
+    step_lines = [ln for ln in capfd.readouterr().out.splitlines() if "teacher_dropped_mass" in ln]
+    assert step_lines  # the step line carries the mass the kept set drops

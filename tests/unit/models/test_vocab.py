@@ -349,8 +349,11 @@ def test_config_trim_vocab_keys(tmp_path):
     base = dict(data_dir=str(tmp_path), output_dir=str(tmp_path / "o"), teacher="t")
     cfg = DistillConfig(method="sft", trim_vocab="d", keep_vocab=100, **base)
     assert (cfg.trim_vocab, cfg.keep_vocab) == ("d", 100)
-    for bad, match in ((dict(method="kd", trim_vocab="d"), "kd / gkd"),
-                       (dict(method="gkd", trim_vocab="d"), "kd / gkd"),
+    for method in ("kd", "gkd", "pl"):  # kd / gkd: the teacher's logits gathered to the kept ids
+        assert DistillConfig(method=method, trim_vocab="d", **base).trim_vocab == "d"
+    cached = {"temperature": 2.0, "is_caching_logits": True}
+    for bad, match in ((dict(method="kd", trim_vocab="d", distillation=cached), "cached teacher"),
+                       (dict(method="gkd", trim_vocab="d", gkd={"seq_kd": True}), "seq_kd"),
                        (dict(method="sft", trim_vocab="d", student="s"), "make-student"),
                        (dict(method="sft", keep_vocab=5), "needs trim_vocab"),
                        (dict(method="sft", trim_vocab="d", keep_vocab=0), "N >= 1")):
