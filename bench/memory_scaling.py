@@ -1,7 +1,7 @@
 """Per-worker memory and step time of parallel: ddp against parallel: fsdp, 2 workers.
 
-    python bench/memory_scaling.py --quick          # d_model 512, V 16,000: ~3 min on 2 CPUs
-    python bench/memory_scaling.py                  # BART-large shape (below); ~10 min, ~14 GB
+    python bench/memory_scaling.py --quick          # d_model 512, V 16,000: 3-9 min on 2 CPUs
+    python bench/memory_scaling.py                  # BART-large shape (below); 30 min, 16 GB here
     python bench/memory_scaling.py --device cuda    # one GPU per worker (nccl), bf16 fsdp
 
 The student has BART-large's shape cut to 12-3 layers (d_model 1024, 16 heads, FFN 4096,

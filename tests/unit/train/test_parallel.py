@@ -36,7 +36,7 @@ TOL, WEIGHT_TOL = 5e-6, 5e-5
 VAL = ["the cat sat on the mat .", "a dog ran in the park .", "birds sing in the morning ."]
 METHODS = {  # arch -> the config keys of its run (dropout on: the RNG must resume too)
     "bart": dict(method="kd", alpha_hid=1.0, freeze_embeds=True),
-    "t5": dict(method="sft"),
+    "t5": dict(method="sft", eval_beams=2),  # validation's beam search in lockstep too
     "marian": dict(method="gkd", gkd={"lmbda": 0.0, "beta": 0.5, "max_new_tokens": 8}),
 }
 LAYERS = {"bart": (2, 1), "t5": (1, 1), "marian": (1, 1)}  # student (encoder, decoder) layers
@@ -114,6 +114,7 @@ def test_fsdp_gives_ddp_losses_and_final_weights(runs, arch):
     assert len(ddp["losses"]) == len(fsdp["losses"]) == 4
     assert max(abs(a - b) for a, b in zip(ddp["losses"], fsdp["losses"])) < TOL
     assert ddp["reports"] == fsdp["reports"] == [2, 4]
+    assert ddp["generated"] == fsdp["generated"]  # validation's outputs, rank 0's share
     w_ddp = load_file(str(tmp / f"{arch}_ddp" / "final.safetensors"))
     w_fsdp = load_file(str(tmp / f"{arch}_fsdp" / "final.safetensors"))
     start = load_file(str(Path(runs[2][arch]["student"]) / "model.safetensors"))
