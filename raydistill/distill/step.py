@@ -69,7 +69,7 @@ class LossStep:
         # A trimmed student (vocab_map: its id -> the teacher's): the teachers read the batch in
         # their ids and their logits are gathered to the kept ids (distill/kept_vocab.py).
         self.kept = KeptVocab(vocab_map) if vocab_map and teachers else None
-        if self.kept is not None:
+        if vocab_map:
             _check_kept(cfg, teachers, vocab_map)
         self.teachers = teachers
         self.teacher_timer: DeviceTimer | None = None  # method gkd: the teachers' forward passes
@@ -324,7 +324,7 @@ def _with_dropped(parts: dict[str, Any], dropped: torch.Tensor | None) -> dict[s
 
 
 def _check_kept(cfg: DistillConfig, teachers: list[nn.Module], vocab_map: list[int]) -> None:
-    size = min(t.config.vocab_size for t in teachers)
+    size = min((t.config.vocab_size for t in teachers), default=max(vocab_map) + 1)
     if max(vocab_map) >= size:
         raise ValueError(f"the student's vocab_map names teacher id {max(vocab_map)}, but a "
                          f"teacher has {size} tokens: trim the student from this teacher")

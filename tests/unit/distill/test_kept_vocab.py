@@ -94,8 +94,9 @@ def test_untrimmed_runs_report_no_dropped_mass(setup):
 def test_what_a_trimmed_student_cannot_use_yet_is_refused(setup):
     teacher, _, student, kept, _ = setup
     cached = DistillConfig(method="kd", distillation={**TB, "is_caching_logits": True}, **BASE)
-    with pytest.raises(ValueError, match="cached teacher logits"):
-        LossStep(cached, [teacher], student, vocab_map=kept)
+    for teachers in ([teacher], []):  # [] : the Parquet cache, no live teacher
+        with pytest.raises(ValueError, match="cached teacher logits"):
+            LossStep(cached, teachers, student, vocab_map=kept)
     seq_kd = DistillConfig(method="gkd", gkd={"seq_kd": True}, **BASE)
     with pytest.raises(ValueError, match="seq_kd"):
         LossStep(seq_kd, [teacher], student, vocab_map=kept)
