@@ -1,0 +1,186 @@
+"""Vocabulary trimming (issue 31): a student against itself with only the kept vocabulary.
+
+    python bench/vocab_trim.py                      # CPU: batch-1 latency, batch-8 throughput
+    python bench/vocab_trim.py --kept 12000         # another kept-vocabulary size
+    python bench/vocab_trim.py --tokenizer DIR      # kept size measured: DIR's tokenizer on en_de
+
+Two shapes, random weights (the speeds mean the same as trained ones'; the outputs nothing):
+an mBART-50-shaped 12-3 student (V 250,054, d_model 1024, ffn 4096, 16 heads) and a
+Marian-shaped 6-3 one (opus-mt: V 58,101, d_model 512, ffn 2048, 8 heads). Each is compared
+with itself trimmed by ``raydistill.models.vocab.trim_model`` to ``--kept`` ids: the same
+weights at those rows, so both generate the same computation but for the output layer and the
+beam's top-k over V. Without ``--tokenizer`` (the real mBART-50 / opus-mt tokenizers come from
+the Hub, which this machine cannot reach) the kept size is ``--kept``; with it, the number of
+ids ``kept_token_ids`` keeps for en_de's train split.
+
+Per system, in one run, repetitions in ABBA order: parameters; beam-4 generation of 24 new
+tokens (``min_new_tokens`` = ``max_new_tokens``: a random model would stop anywhere) for one
+source at a time (latency, median) and for a batch (sentences/s); one kd step (student forward
++ backward, KL to teacher logits of the student's vocabulary, batch 8 x 32 source / 24 target
+tokens) in a fresh process: its time and the process's peak RSS (model built + step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from common import DEFAULT_DATA_ROOT, abba, median, setup_env, table, write_result
+
+NAME = "vocab_trim"
+SHAPES = {
+    "mbart50_12_3": dict(arch="mbart", vocab=250_054, d_model=1024, ffn=4096, heads=16, e=12, d=3),
+    "marian_6_3": dict(arch="marian", vocab=58_101, d_model=512, ffn=2048, heads=8, e=6, d=3),
+}
+NEW_TOKENS, BEAMS, SRC_LEN = 24, 4, 24
+
+
+def build(shape: str, kept_n: int, trimmed: bool, seed: int = 0):
+    """(model, kept ids) of ``shape``: full, or trimmed to ``kept_n`` ids (seeded choice)."""
+    import torch
+
+    from raydistill.models.scratch import new_model
+    from raydistill.models.vocab import config_token_ids, trim_model
+
+    s = SHAPES[shape]
+    torch.manual_seed(seed)
+    model = new_model(s["arch"], s["vocab"], d_model=s["d_model"], encoder_layers=s["e"],
+                      decoder_layers=s["d"], ffn_dim=s["ffn"], heads=s["heads"],
+                      max_positions=256).eval()
+    g = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(s["vocab"], generator=g)[:kept_n].tolist()
+    kept = sorted(set(chosen) | config_token_ids(model))
+    return (trim_model(model, kept) if trimmed else model), kept
+
+
+def sources(kept: list[int], n: int, trimmed: bool, seed: int = 1):
+    """``n`` random sources of kept tokens, in the model's ids."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randint(3, len(kept), (n, SRC_LEN), generator=g)
+    return pos if trimmed else torch.tensor(kept)[pos]
+
+
+def generate_seconds(model, src) -> float:
+    import torch
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        model.generate(input_ids=src, attention_mask=torch.ones_like(src), num_beams=BEAMS,
+                       max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+    return time.perf_counter() - t0
+
+
+def kd_step(shape: str, kept_n: int, trimmed: bool) -> dict:
+    """One kd step in this (fresh) process: seconds and peak RSS (MiB)."""
+    import torch
+
+    from raydistill.distill.objective import kd_kl_loss
+    from raydistill.models.layers import decoder_inputs
+
+    from raydistill.models.scratch import new_model
+
+    # Built at its size directly (trimming a full model first would put the full one in the
+    # peak); the same architecture, so the same step.
+    sh = SHAPES[shape]
+    model = new_model(sh["arch"], kept_n if trimmed else sh["vocab"], d_model=sh["d_model"],
+                      encoder_layers=sh["e"], decoder_layers=sh["d"], ffn_dim=sh["ffn"],
+                      heads=sh["heads"], max_positions=256).train()
+    kept = list(range(model.config.vocab_size))
+    src, tgt = sources(kept, 8, True), sources(kept, 8, True, seed=2)
+    with torch.no_grad():
+        t_logits = torch.randn(8, SRC_LEN, model.config.vocab_size)
+    times = []
+    for _ in range(2):  # the first step allocates; the second is timed
+        t0 = time.perf_counter()
+        out = model(input_ids=src, attention_mask=torch.ones_like(src),
+                    decoder_input_ids=decoder_inputs(model, tgt))
+        kd_kl_loss(out.logits, t_logits, torch.ones_like(tgt, dtype=torch.bool), 2.0).backward()
+        model.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child forked from this
+    # benchmark's big parent would report the parent's peak.
+    hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    return {"kd_step_s": times[-1], "peak_rss_mib": int(hwm.split()[1]) / 1024}
+
+
+def measure_kept(tokenizer_dir: str, data_root: str) -> int:
+    from transformers import AutoTokenizer
+
+    from raydistill.models.vocab import kept_token_ids
+
+    return len(kept_token_ids(AutoTokenizer.from_pretrained(tokenizer_dir), f"{data_root}/en_de"))
+
+
+def main() -> None:
+    setup_env()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kept", type=int, default=20_000, help="kept ids (without --tokenizer)")
+    p.add_argument("--tokenizer", default=None, help="a teacher tokenizer folder: measure the kept "
+                   "size on en_de's train split with it")
+    p.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
+    p.add_argument("--shapes", default=",".join(SHAPES))
+    p.add_argument("--batch", type=int, default=8, help="sources per throughput batch")
+    p.add_argument("--reps", type=int, default=2, help="ABBA repetitions")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--kd-only", action="store_true", help="only the kd steps (no generation)")
+    p.add_argument("--kd-step", nargs=3, metavar=("SHAPE", "KEPT", "TRIMMED"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.kd_step:  # the child process of one kd-step measurement
+        print(json.dumps(kd_step(args.kd_step[0], int(args.kd_step[1]), args.kd_step[2] == "1")))
+        return
+    kept_n = measure_kept(args.tokenizer, args.data_root) if args.tokenizer else args.kept
+    results: dict = {"kept": kept_n, "kept_measured": bool(args.tokenizer), "batch": args.batch,
+                     "beams": BEAMS, "new_tokens": NEW_TOKENS, "threads": args.threads,
+                     "shapes": {}}
+    rows = []
+    for shape in args.shapes.split(","):
+        models = {name: build(shape, kept_n, name == "trimmed") for name in ("full", "trimmed")}
+        one = {n: sources(k, 3, n == "trimmed") for n, (_, k) in models.items()}
+        many = {n: sources(k, args.batch, n == "trimmed", seed=3) for n, (_, k) in models.items()}
+        lat: dict = {n: [] for n in models}
+        thr: dict = {n: [] for n in models}
+        for n in models:  # warm-up
+            if not args.kd_only:
+                generate_seconds(models[n][0], one[n][:1])
+        for _, name in [] if args.kd_only else abba(args.reps, list(models)):
+            model = models[name][0]
+            lat[name] += [generate_seconds(model, one[name][i:i + 1]) for i in range(len(one[name]))]
+            thr[name].append(args.batch / generate_seconds(model, many[name]))
+        out = {}
+        for name, (model, kept) in models.items():
+            child = subprocess.run([sys.executable, __file__, "--threads", str(args.threads),
+                                    "--kd-step", shape, str(kept_n), str(int(name == "trimmed"))],
+                                   capture_output=True, text=True, check=True)
+            out[name] = {"vocab": model.config.vocab_size,
+                         "params_m": sum(x.numel() for x in model.parameters()) / 1e6,
+                         "latency_s": median(lat[name]) if lat[name] else float("nan"),
+                         "sentences_per_s": median(thr[name]) if thr[name] else float("nan"),
+                         **json.loads(child.stdout.strip().splitlines()[-1])}
+        del models
+        results["shapes"][shape] = out
+        f, t = out["full"], out["trimmed"]
+        for name, r in out.items():
+            rows.append([shape, name, f"{r['vocab']:,}", f"{r['params_m']:.1f}",
+                         f"{r['latency_s']:.2f}", f"{r['sentences_per_s']:.2f}",
+                         f"{r['kd_step_s']:.2f}", f"{r['peak_rss_mib']:,.0f}"])
+        rows.append([shape, "**trimmed / full**", "", f"{t['params_m'] / f['params_m']:.2f}x",
+                     f"**{f['latency_s'] / t['latency_s']:.2f}x faster**",
+                     f"**{t['sentences_per_s'] / f['sentences_per_s']:.2f}x**",
+                     f"{f['kd_step_s'] / t['kd_step_s']:.2f}x faster",
+                     f"{t['peak_rss_mib'] / f['peak_rss_mib']:.2f}x"])
+        print(f"[vocab_trim] {shape} done", flush=True)
+    print(table(rows, ["shape", "system", "vocab", "params M", "batch-1 latency s",
+                       f"batch-{args.batch} sent/s", "kd step s", "peak RSS MiB"]))
+    print(f"wrote {write_result(NAME, results)}")
+
+
+if __name__ == "__main__":
+    main()
