@@ -14,20 +14,28 @@ from raydistill.pipeline import run_distill
 pytestmark = pytest.mark.integration
 
 
+def data_and_teacher(root, lines, sizes, extra, vocab_size):
+    """A six-file data folder of ``lines`` (``sizes``: rows per split) and a BART teacher whose
+    tokenizer also learnt ``extra`` (text the task never uses: what trimming drops)."""
+    data = root / "data"
+    data.mkdir()
+    for split, n in sizes.items():
+        (data / f"{split}.source").write_text("\n".join(lines[:n]) + "\n")
+        (data / f"{split}.target").write_text("\n".join(s.split(" ")[1] + " ." for s in lines[:n]) + "\n")
+    tok = train_tokenizer(lines + extra, vocab_size=vocab_size)
+    teacher = save_model_and_tokenizer(new_model("bart", len(tok), pad_token_id=tok.pad_token_id),
+                                       tok, root / "teacher")
+    return data, tok, teacher
+
+
 @pytest.mark.timeout(400)
 def test_trimmed_student_trains_resumes_and_evaluates(ray_session, tmp_path):
     lines = [f"sentence {i} about cats and dogs ." for i in range(12)]
-    data = tmp_path / "data"
-    data.mkdir()
-    for split, n in (("train", 12), ("val", 4), ("test", 4)):
-        (data / f"{split}.source").write_text("\n".join(lines[:n]) + "\n")
-        (data / f"{split}.target").write_text("\n".join(s.split(" ")[1] + " ." for s in lines[:n]) + "\n")
     # The teacher's tokenizer knows much more text than the task uses.
-    tok = train_tokenizer(lines + ["quantum chromodynamics and zebras graze acacia leaves"] * 5 +
-                          ["giraffes browse while jubilant xylophones vex a wizard"] * 5,
-                          vocab_size=420)
-    teacher = save_model_and_tokenizer(new_model("bart", len(tok), pad_token_id=tok.pad_token_id),
-                                       tok, tmp_path / "teacher")
+    data, tok, teacher = data_and_teacher(
+        tmp_path, lines, {"train": 12, "val": 4, "test": 4},
+        ["quantum chromodynamics and zebras graze acacia leaves"] * 5 +
+        ["giraffes browse while jubilant xylophones vex a wizard"] * 5, vocab_size=420)
     out = tmp_path / "run"
     cfg = DistillConfig(
         method="sft", teacher=str(teacher), trim_vocab=str(data), student_encoder_layers=1,
@@ -53,15 +61,9 @@ def test_trimmed_student_trains_resumes_and_evaluates(ray_session, tmp_path):
 def test_kd_into_a_trimmed_student_reports_the_dropped_teacher_mass(ray_session, tmp_path,
                                                                    capfd):
     lines = [f"sentence {i} about cats and dogs ." for i in range(8)]
-    data = tmp_path / "data"
-    data.mkdir()
-    for split in ("train", "val", "test"):
-        (data / f"{split}.source").write_text("\n".join(lines) + "\n")
-        (data / f"{split}.target").write_text("\n".join(s.split(" ")[1] + " ." for s in lines) + "\n")
-    tok = train_tokenizer(lines + ["zebras graze acacia leaves while giraffes browse"] * 5,
-                          vocab_size=380)
-    teacher = save_model_and_tokenizer(new_model("bart", len(tok), pad_token_id=tok.pad_token_id),
-                                       tok, tmp_path / "teacher")
+    data, tok, teacher = data_and_teacher(
+        tmp_path, lines, {"train": 8, "val": 8, "test": 8},
+        ["zebras graze acacia leaves while giraffes browse"] * 5, vocab_size=380)
     out = tmp_path / "kd"
     cfg = DistillConfig(
         method="kd", teacher=str(teacher), trim_vocab=str(data), student_encoder_layers=1,
