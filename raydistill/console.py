@@ -87,10 +87,10 @@ def say(line: str, stream=None) -> None:
         stream.flush()
 
 
-def progress(line: str, final: bool = False) -> None:
+def progress(line: str, final: bool = False, stream=None) -> None:
     """A progress line: redrawn in place on a terminal (ended by ``final`` or the next line),
     a line of its own in a file or a pipe."""
-    stream = sys.stdout
+    stream = stream or sys.stdout
     if not stream.isatty():
         say(line, stream)
         return
@@ -139,11 +139,8 @@ def _forward(data: dict, ignore_prefix: bool, show) -> None:
         return
     stream = sys.stderr if data.get("is_err") else sys.stdout
     if stream.isatty() and all(STEP_LINE.search(line) for line in kept):
-        with _lock:  # a progress line: overwrite the last one in place
-            line = kept[-1]
-            stream.write("\r\033[K" + line[line.index(OURS):].rstrip())
-            stream.flush()
-            _state["open_line"] = True
+        line = kept[-1]  # step lines: the newest overwrites the last one in place
+        progress(line[line.index(OURS):].rstrip(), stream=stream)
         return
     with _lock:
         if _state["open_line"]:
