@@ -174,7 +174,7 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     command handed to `raydistill serve` imports nothing of them."""
     from raydistill.data.combine import register_cli as register_combine
     from raydistill.models.pseudo_label import register_cli as register_pseudo_label
-    from raydistill.models.teacher_cache import register_cli as register_cache_logits
+    from raydistill.models.cache_cli import register_cli as register_cache_logits
     from raydistill.tune.cli import register as register_tune
 
     return [register_tune, register_pseudo_label, register_combine, register_cache_logits]

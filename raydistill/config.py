@@ -236,10 +236,9 @@ class DistillConfig:
                               "or drop logit_cache")
         if self.keep_vocab is not None and not (self.trim_vocab and self.keep_vocab >= 1):
             raise ConfigError(f"keep_vocab={self.keep_vocab} needs trim_vocab: DATA_DIR and N >= 1")
-        if self.trim_vocab and (self.student or self.caches_logits or self.gkd_settings.seq_kd):
-            raise ConfigError("trim_vocab trims the student a run makes from its teacher (a saved "
-                              "student: make-student --trim-vocab), without cached teacher logits "
-                              "or gkd.seq_kd for now (they hold teacher ids)")
+        if self.trim_vocab and self.student:
+            raise ConfigError("trim_vocab trims the student a run makes from its teacher; a saved "
+                              "student is trimmed by make-student --trim-vocab: drop trim_vocab")
         if self.stages is not None:  # every stage's config, validated now
             from raydistill.stage_plan import plan_stages
 

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 IGNORE_INDEX = -100  # label value that torch's cross-entropy (and our losses) skip
 # Cached teacher hidden states: t_hidden_enc_<i> (source positions) / t_hidden_dec_<i> (target).
 HIDDEN_PREFIX = "t_hidden_"
+# A trimmed student's cached logits: the teacher's probability mass outside the kept ids, per
+# target position (models/teacher_cache.py, DROPPED).
+DROPPED_COLUMN = "teacher_dropped"
 
 
 
@@ -178,6 +181,9 @@ class PadCollate(NumpyBatchCollateFn):
         if "topk_values" in batch:  # cached teacher logits joined into the rows
             out.update(pad_topk(list(batch["topk_values"]), list(batch["topk_indices"]),
                                 [len(r) for r in batch["labels"]]))
+        if DROPPED_COLUMN in batch:  # (B, T), zeros at padded positions
+            out[DROPPED_COLUMN] = pad_hidden(list(batch[DROPPED_COLUMN]), [len(r) for r in batch[
+                "labels"]], DROPPED_COLUMN)[..., 0]
         for name in batch:  # cached teacher hidden states
             if name.startswith(HIDDEN_PREFIX):
                 rows = batch["input_ids"] if name.startswith(HIDDEN_PREFIX + "enc_") else batch["labels"]

@@ -11,8 +11,10 @@ the teacher says (the train split was not the task's text, or ``keep_vocab`` is 
 from __future__ import annotations
 
 import torch
+from transformers import LogitsProcessor
 
 from raydistill.distill.objective import IGNORE_INDEX
+from raydistill.models.vocab import gather_kept
 
 
 class KeptVocab:
@@ -20,6 +22,8 @@ class KeptVocab:
 
     def __init__(self, new_to_old: list[int]) -> None:
         self.new_to_old = torch.tensor(new_to_old, dtype=torch.long)
+        self.old_to_new: torch.Tensor | None = None  # built on first use (student_ids)
+        self.teacher_size = max(new_to_old) + 1  # the largest kept teacher id, plus one
 
     def _on(self, device: torch.device) -> torch.Tensor:
         if self.new_to_old.device != device:
@@ -36,14 +40,51 @@ class KeptVocab:
         return ({**batch, "input_ids": self.teacher_ids(batch["input_ids"])},
                 self.teacher_ids(decoder_input_ids))
 
+    def student_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Teacher ids -> the student's; -100 stays, and an id outside the kept set gives -1
+        (no host read: the caller keeps such ids out, as ``KeptLogits`` does for samples)."""
+        new_to_old, size = self._on(ids.device), self.teacher_size
+        if self.old_to_new is None or self.old_to_new.device != ids.device:
+            table = torch.full((size,), -1, dtype=torch.long, device=ids.device)
+            self.old_to_new = table.scatter_(0, new_to_old, torch.arange(len(new_to_old),
+                                                                        device=ids.device))
+        inside = ids.ge(0) & ids.lt(size)
+        mapped = self.old_to_new[ids.clamp(0, size - 1)]
+        return torch.where(inside, mapped, torch.where(ids.eq(IGNORE_INDEX), ids, -1))
+
+    def logits_processor(self) -> KeptLogits:
+        """A generation logits processor that gives the teacher's ids outside the kept set
+        -inf: a teacher sampling targets for a trimmed student (``gkd.seq_kd``) picks kept ids
+        only; temperature, top-k and top-p then act on the kept ids, as for a teacher that
+        had only those."""
+        return KeptLogits(self.new_to_old)
+
     def gather(self, t_logits: torch.Tensor, labels: torch.Tensor,
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, V_teacher) logits -> ((B, T, V_kept) logits in their dtype, the mean dropped
         probability mass over the real target tokens, an fp32 scalar; 0 with none)."""
-        kept = t_logits.index_select(-1, self._on(t_logits.device))
-        with torch.no_grad():
-            full = t_logits.float()
-            dropped = 1.0 - torch.exp(torch.logsumexp(kept.float(), -1) - torch.logsumexp(full, -1))
-            mask = labels.ne(IGNORE_INDEX).to(dropped.dtype)
-            mean = (dropped * mask).sum() / mask.sum().clamp(min=1.0)
-        return kept, mean
+        kept, dropped = self.gather_positions(t_logits)
+        return kept, mean_dropped(dropped, labels)
+
+    def gather_positions(self, t_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, V_teacher) logits -> ((B, T, V_kept) logits, (B, T) fp32 dropped mass)."""
+        return gather_kept(t_logits, self._on(t_logits.device))
+
+
+def mean_dropped(dropped: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) dropped mass per position -> its mean over the real target tokens (fp32; 0 with
+    none): what the step line reports as ``teacher_dropped_mass``."""
+    mask = labels.ne(IGNORE_INDEX).to(torch.float32)
+    return (dropped.float() * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+class KeptLogits(LogitsProcessor):
+    """Scores (B, V_teacher) -> -inf outside the kept ids (``KeptVocab.logits_processor``)."""
+
+    def __init__(self, new_to_old: torch.Tensor) -> None:
+        self.new_to_old = new_to_old
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        keep = torch.zeros(scores.size(-1), dtype=torch.bool, device=scores.device)
+        keep[self.new_to_old.to(scores.device)] = True
+        return scores.masked_fill(~keep, float("-inf"))

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from raydistill.config import DistillConfig
 from raydistill.distill.chunked import use_chunked
-from raydistill.distill.kept_vocab import KeptVocab
+from raydistill.distill.kept_vocab import KeptVocab, mean_dropped
 from raydistill.distill.objective import IGNORE_INDEX, lm_loss, summarization_distiller_loss
 from raydistill.models.adaptor import seq2seq_forward, textbrewer_results
 from raydistill.models.layers import decoder_inputs, layer_counts
@@ -86,6 +86,7 @@ class LossStep:
         self.cached_logits = needs.cached_logits
         self.memory_logits = needs.memory_cache
         self.last_teacher: tuple[torch.Tensor, list[Any]] | None = None
+        self.last_dropped: torch.Tensor | None = None  # and a trimmed student's (B, T) dropped mass
         self.cached_hidden: list[int] = []
         if caching:
             from raydistill.models.teacher_cache import cached_hidden_layers, check_cacheable
@@ -252,7 +253,11 @@ class LossStep:
             merged["logits"] = average_teacher_logits(results_t)["logits"]
             results_t = [merged]
         results_t[0] = dict(results_t[0])
-        results_t[0]["logits"], dropped = self._gather(results_t[0]["logits"], batch["labels"])
+        dropped = None
+        if self.kept is not None:
+            results_t[0]["logits"], self.last_dropped = self.kept.gather_positions(
+                results_t[0]["logits"])
+            dropped = mean_dropped(self.last_dropped, batch["labels"])
         if self.memory_logits:
             self.last_teacher = (results_t[0]["logits"], results_t[0]["hidden"])
         loss, parts = textbrewer_loss(tb, results_s, results_t[0], step=step, total_steps=total_steps,
@@ -295,6 +300,8 @@ class LossStep:
                                             projections=self.projections, sync_logs=False)
             loss = loss + matched
             parts.update({k: v for k, v in logs.items() if k.startswith("unweighted_")})
+        if "teacher_dropped" in batch:  # a trimmed student's cache (DROPPED_COLUMN)
+            parts["teacher_dropped_mass"] = mean_dropped(batch["teacher_dropped"], batch["labels"])
         return loss + hard * hl_w, parts
 
     def _cached_teacher(self, batch, tgt_mask) -> dict[str, Any]:
@@ -328,9 +335,6 @@ def _check_kept(cfg: DistillConfig, teachers: list[nn.Module], vocab_map: list[i
     if max(vocab_map) >= size:
         raise ValueError(f"the student's vocab_map names teacher id {max(vocab_map)}, but a "
                          f"teacher has {size} tokens: trim the student from this teacher")
-    if cfg.caches_logits or (cfg.method == "gkd" and cfg.gkd_settings.seq_kd):
-        raise ValueError("a trimmed student cannot use cached teacher logits or gkd.seq_kd yet "
-                         "(both hold teacher ids); turn them off")
 
 
 def _fp32(results: dict[str, Any], keep_logits: bool = False) -> dict[str, Any]:

@@ -21,13 +21,18 @@ objective (KD + hidden matches + hard labels) trains without the teacher; TextBr
 refuses to cache logits once intermediate matches are set. Attention matches still need the
 live teacher.
 
+A trimmed student (``vocab_map.json`` beside its tokenizer, models/vocab.py) reads a cache of
+the teacher's logits at its kept ids: the teacher reads the rows mapped back to its ids, its
+logits are gathered to the kept ids (``topk_indices`` are then the student's ids), and a
+``teacher_dropped`` column (tgt_len,) float32 keeps the probability mass outside them for the
+step line. The map's fingerprint is in the key, so such a cache serves that map only.
+
 The top-k KD loss these feed is ``raydistill.distill.losses.topk_kd_loss``; the worker-side
 in-memory cache (``logit_cache: memory``) is ``raydistill.train.memory_cache``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
@@ -45,8 +50,7 @@ from raydistill.data.fingerprint import (
     tokenizer_fingerprint,
 )
 from raydistill.errors import ConfigError
-from raydistill.runtime import (add_address_arg, check_actor_pool, check_writable, init_ray,
-                                join_address)
+from raydistill.runtime import check_actor_pool, check_writable, init_ray
 
 if TYPE_CHECKING:
     import torch
@@ -60,6 +64,7 @@ DTYPES = ("float16", "float32")
 MANIFEST = "manifest.json"
 PARTS = "parts"
 FORMAT_VERSION = 1
+DROPPED = "teacher_dropped"  # a trimmed student's: mass outside the kept ids (DROPPED_COLUMN)
 
 
 # ---- what is kept ----------------------------------------------------------------------------
@@ -129,14 +134,16 @@ def cached_hidden_layers(tb_config: Any, teacher_counts: tuple[int, int]) -> lis
 
 def cache_key(teachers: list[str], tokenizer_dir: str, data_dir: str, *, split: str = "train",
               n: int | None = None, max_source_length: int, max_target_length: int,
-              hidden_layers: Sequence[int] = (), teacher_dtype: str = "fp32") -> dict[str, Any]:
+              hidden_layers: Sequence[int] = (), teacher_dtype: str = "fp32",
+              vocab_map: Sequence[int] | None = None) -> dict[str, Any]:
     """Everything the cached logits depend on (content hashes, not paths or mtimes), and the
     teacher hidden entries kept beside them (absent when none, as in caches of logits only).
 
     A teacher from the Hub cache (a ``models--org--name/snapshots/<commit>`` folder) adds its id
     and commit, so a cache built at one revision is never reused for another; a teacher run in
     another dtype than fp32 (``teacher_dtype``, as ``teacher_dtype_label`` gives it) adds that.
-    Keys of local fp32 teachers are unchanged.
+    A trimmed student's ``vocab_map`` adds its fingerprint. Keys of local fp32 teachers for
+    untrimmed students are unchanged.
     """
     from raydistill.hub import snapshot_identity
 
@@ -155,6 +162,10 @@ def cache_key(teachers: list[str], tokenizer_dir: str, data_dir: str, *, split: 
         key["teacher_hub"] = [{"id": h[0], "commit": h[1]} if h else None for h in hub]
     if teacher_dtype != "fp32":
         key["teacher_dtype"] = teacher_dtype
+    if vocab_map is not None:
+        from raydistill.models.vocab import map_fingerprint
+
+        key["vocab_map"] = map_fingerprint(vocab_map)
     return key
 
 
@@ -186,12 +197,13 @@ class TeacherTopK:
 
     Input rows: ``id``, ``input_ids``, ``labels`` (tokenized, unpadded). Output rows: ``id``,
     ``topk_values`` and ``topk_indices`` (flat, tgt_len * k), and one ``t_hidden_*`` column
-    (flat, len * d) per entry of ``hidden_layers`` (the first teacher's hidden states).
+    (flat, len * d) per entry of ``hidden_layers`` (the first teacher's hidden states); with
+    ``vocab_map`` (a trimmed student's rows) the top-k of the kept ids and ``teacher_dropped``.
     """
 
     def __init__(self, teachers: list[str], top_k: int, dtype: str, pad_token_id: int,
                  device: str = "cpu", hidden_layers: Sequence[int] = (),
-                 teacher_dtype: str = "fp32") -> None:
+                 teacher_dtype: str = "fp32", vocab_map: Sequence[int] | None = None) -> None:
         import ray
         import torch
 
@@ -209,16 +221,17 @@ class TeacherTopK:
         self.top_k, self.dtype, self.pad_token_id = top_k, np.dtype(dtype), pad_token_id
         self.hidden_layers = [int(i) for i in hidden_layers]
         self.encoder_layers = layer_counts(self.teachers[0])[0]
+        self.vocab_map = list(vocab_map) if vocab_map is not None else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from raydistill.data.tokenize import pad_batch
 
         padded = pad_batch(list(batch["input_ids"]), list(batch["labels"]), self.pad_token_id)
-        values, indices, hidden = teacher_outputs_for_batch(self.teachers, padded, self.top_k,
-                                                            self.device, self.hidden_layers)
+        values, indices, hidden, dropped = teacher_outputs_for_batch(
+            self.teachers, padded, self.top_k, self.device, self.hidden_layers, self.vocab_map)
         rows = example_rows(values, indices, hidden, [len(ids) for ids in batch["input_ids"]],
                             [len(labels) for labels in batch["labels"]], self.encoder_layers,
-                            self.dtype)
+                            self.dtype, dropped)
         flat = {name: [row[name].reshape(-1) for row in rows] for name in rows[0]}
         return topk_table(np.asarray(batch["id"], dtype=np.int64), flat.pop("topk_values"),
                           flat.pop("topk_indices"), flat)
@@ -226,13 +239,14 @@ class TeacherTopK:
 
 def example_rows(values: np.ndarray, indices: np.ndarray | None, hidden: dict[int, np.ndarray],
                  src_lens: Sequence[int], tgt_lens: Sequence[int], encoder_layers: int,
-                 dtype: Any) -> list[dict[str, np.ndarray]]:
+                 dtype: Any, dropped: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
     """A batch of padded teacher outputs -> what a cache keeps of each example (both stores).
 
     values / indices: (B, T, k) top-k logits and token ids (indices None: not kept); hidden:
     teacher hidden entry -> (B, L, d). Per example: ``topk_values`` (tgt_len, k) in ``dtype``,
     ``topk_indices`` (tgt_len, k) int32, and one ``t_hidden_*`` (src_len or tgt_len, d) in
-    ``dtype`` per entry; copies, so a row never keeps the batch's arrays alive.
+    ``dtype`` per entry, and with ``dropped`` (B, T) (a trimmed student's) ``teacher_dropped``
+    (tgt_len,) float32; copies, so a row never keeps the batch's arrays alive.
     """
     from raydistill.data.tokenize import hidden_column, hidden_side
 
@@ -242,6 +256,8 @@ def example_rows(values: np.ndarray, indices: np.ndarray | None, hidden: dict[in
         row = {"topk_values": np.array(values[r, :n], dtype=dtype)}
         if indices is not None:
             row["topk_indices"] = np.array(indices[r, :n], dtype=np.int32)
+        if dropped is not None:
+            row[DROPPED] = np.array(dropped[r, :n], dtype=np.float32)
         for index, states in hidden.items():
             m = lens[hidden_side(index, encoder_layers)][r]
             row[hidden_column(index, encoder_layers)] = np.array(states[r, :m], dtype=dtype)
@@ -268,50 +284,67 @@ def topk_table(ids: np.ndarray, values: list[np.ndarray], indices: list[np.ndarr
     columns = {"id": pa.array(ids, pa.int64()), "topk_values": lists(values, v_type),
                "topk_indices": lists(indices, pa.int32())}
     for name, rows in (hidden or {}).items():
-        columns[name] = lists(rows, v_type)
+        columns[name] = lists(rows, pa.float32() if name == DROPPED else v_type)
     return pa.table(columns)
 
 
 def topk_for_batch(teachers: list[torch.nn.Module], batch: dict[str, torch.Tensor], top_k: int,
                    device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Teacher logits (averaged over teachers) -> top-k (B, T, k) values and indices, numpy."""
-    values, indices, _ = teacher_outputs_for_batch(teachers, batch, top_k, device)
+    values, indices, _, _ = teacher_outputs_for_batch(teachers, batch, top_k, device)
     return values, indices
 
 
 def teacher_outputs_for_batch(teachers: list[torch.nn.Module], batch: dict[str, torch.Tensor],
                               top_k: int, device: str = "cpu", hidden_layers: Sequence[int] = (),
-                              ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
-    """Top-k of the teachers' mean logits (B, T, k) and the first teacher's hidden entries
-    ``hidden_layers`` (indices into encoder + decoder hidden states), each (B, L, d) float32."""
+                              vocab_map: Sequence[int] | None = None,
+                              ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray],
+                                         np.ndarray | None]:
+    """Top-k of the teachers' mean logits (B, T, k), the first teacher's hidden entries
+    ``hidden_layers`` (indices into encoder + decoder hidden states), each (B, L, d) float32,
+    and None. With ``vocab_map`` the batch holds a trimmed student's ids: the teachers read it
+    in theirs, the top-k are of the logits at the kept ids (indices: the student's ids), and
+    the last item is the (B, T) probability mass outside them."""
     import torch
 
     from raydistill.models.adaptor import seq2seq_forward
     from raydistill.models.layers import decoder_inputs
 
     batch = {k: v.to(device) for k, v in batch.items()}
+    new_to_old = None if vocab_map is None else torch.tensor(list(vocab_map), device=device)
+    if new_to_old is not None:  # the teacher's ids; labels only build the decoder inputs
+        labels = batch["labels"]
+        batch = {**batch, "input_ids": new_to_old[batch["input_ids"]],
+                 "labels": labels.where(labels.eq(-100), new_to_old[labels.clamp(min=0)])}
     dec_in = decoder_inputs(teachers[0], batch["labels"])
     with torch.no_grad():
         outs = [seq2seq_forward(t, batch, dec_in, hidden=bool(hidden_layers and i == 0))
                 for i, t in enumerate(teachers)]
         logits = [o.logits.float() for o in outs]
         mean = torch.stack(logits).mean(0) if len(logits) > 1 else logits[0]
+        dropped = None
+        if new_to_old is not None:
+            from raydistill.models.vocab import gather_kept
+
+            mean, dropped = gather_kept(mean, new_to_old)
+            dropped = dropped.cpu().numpy()
         values, indices = teacher_topk(mean, top_k)
         hidden: dict[int, np.ndarray] = {}
         if hidden_layers:
             states = list(outs[0].encoder_hidden_states) + list(outs[0].decoder_hidden_states)
             hidden = {i: states[i].float().cpu().numpy() for i in hidden_layers}
-    return values.cpu().numpy(), indices.cpu().numpy(), hidden
+    return values.cpu().numpy(), indices.cpu().numpy(), hidden, dropped
 
 
 def build_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teachers: list[str],
                 pad_token_id: int, top_k: int = DEFAULT_TOP_K, dtype: str = "float16",
                 batch_size: int = 16, num_workers: int = 1, num_cpus: float = 1.0,
-                num_gpus: float = 0.0) -> dict[str, Any]:
+                num_gpus: float = 0.0, vocab_map: Sequence[int] | None = None) -> dict[str, Any]:
     """Run the teachers over the tokenized Ray Dataset and write the cache; returns the manifest.
 
     The teacher hidden entries kept are the key's ``hidden_layers`` (none by default), and the
-    teachers run in the key's ``teacher_dtype`` (fp32 by default).
+    teachers run in the key's ``teacher_dtype`` (fp32 by default). ``vocab_map``: the rows are
+    a trimmed student's (its fingerprint must be the key's).
 
     Parts and manifest go to a temporary folder beside ``cache_dir`` that is renamed into place
     when complete, so a killed build never leaves a cache that looks valid. On a cluster,
@@ -323,6 +356,8 @@ def build_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teache
         raise ConfigError(f"top_k={top_k}: keep at least 1 logit per position (default {DEFAULT_TOP_K})")
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r}: use one of {', '.join(DTYPES)}")
+    if (vocab_map is None) != ("vocab_map" not in key):
+        raise ValueError("build_cache: give vocab_map to both cache_key and build_cache, or neither")
     cache_dir = Path(cache_dir).resolve()
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", dir=cache_dir.parent))
@@ -340,7 +375,8 @@ def build_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teache
                                        pad_token_id=pad_token_id,
                                        device="cuda" if num_gpus > 0 else "cpu",
                                        hidden_layers=key.get("hidden_layers", []),
-                                       teacher_dtype=key.get("teacher_dtype", "fp32")),
+                                       teacher_dtype=key.get("teacher_dtype", "fp32"),
+                                       vocab_map=None if vocab_map is None else list(vocab_map)),
             compute=ray.data.ActorPoolStrategy(size=num_workers),
             batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus, num_gpus=num_gpus,
         )
@@ -383,7 +419,8 @@ def ensure_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teach
         print(f"[raydistill] teacher logits: reusing {cache_dir} (top-{manifest['top_k']}, "
               f"{manifest['num_examples']} examples)", flush=True)
         return manifest  # type: ignore[return-value]
-    reason = "none found" if read_manifest(cache_dir) is None else "teacher, data or tokenization changed"
+    reason = ("none found" if read_manifest(cache_dir) is None
+              else "teacher, data, tokenization or vocabulary map changed")
     print(f"[raydistill] teacher logits: building {cache_dir} ({reason})", flush=True)
     return build_cache(tokenized, cache_dir, key, teachers=teachers, pad_token_id=pad_token_id,
                        top_k=top_k or DEFAULT_TOP_K, **build_kw)
@@ -405,7 +442,8 @@ def cache_logits(teacher: str | list[str], data_dir: str, out: str, *, top_k: in
     ``teacher_dtype`` (auto: bf16/fp16 on GPU actors, fp32 on CPU). For a kd run to pick the
     cache up, write it to ``<output_dir>/logit_cache`` with the same n_train, max lengths and
     teacher_dtype (the student's tokenizer is a copy of the teacher's) and, for hidden-state
-    matches, ``hidden_layers`` = the matches' ``layer_T``.
+    matches, ``hidden_layers`` = the matches' ``layer_T``. A ``tokenizer`` folder with a
+    ``vocab_map.json`` (a trimmed student's) caches the teacher's logits at its kept ids.
     """
     from transformers import AutoTokenizer
 
@@ -421,6 +459,9 @@ def cache_logits(teacher: str | list[str], data_dir: str, out: str, *, top_k: in
                 for i, t in enumerate(refs)]
     validate_data_dir(data_dir, (split,))
     tok_dir = tokenizer or teachers[0]
+    from raydistill.models.vocab import read_vocab_map
+
+    vocab_map = read_vocab_map(tok_dir)  # None unless tok_dir is a trimmed student's
     if hidden_layers:  # negative layer_T counts from the end, as in intermediate_matches
         from transformers import AutoConfig
 
@@ -431,7 +472,8 @@ def cache_logits(teacher: str | list[str], data_dir: str, out: str, *, top_k: in
     key = cache_key(teachers, tok_dir, data_dir, split=split, n=n,
                     max_source_length=max_source_length, max_target_length=max_target_length,
                     hidden_layers=hidden_layers,
-                    teacher_dtype=teacher_dtype_label(teacher_dtype, num_gpus > 0))
+                    teacher_dtype=teacher_dtype_label(teacher_dtype, num_gpus > 0),
+                    vocab_map=vocab_map)
     if not force and is_valid(out, key, top_k):
         print(f"{out} already holds these logits (same teacher, data, tokenization and k)")
         return read_manifest(out)  # type: ignore[return-value]
@@ -441,55 +483,10 @@ def cache_logits(teacher: str | list[str], data_dir: str, out: str, *, top_k: in
                          max_target_length)
     return build_cache(ds, out, key, teachers=teachers, pad_token_id=pad_id, top_k=top_k,
                        dtype=dtype, batch_size=batch_size, num_workers=num_workers,
-                       num_gpus=num_gpus)
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    """``raydistill cache-logits``."""
-    p = sub.add_parser("cache-logits", help="run the teacher once; store its top-k logits (Parquet)")
-    p.add_argument("--teacher", required=True, nargs="+", help="teacher folder(s) or Hub id(s) "
-                   "(org/name[@revision]); several are averaged")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--out", required=True, help="cache folder; for a kd run: <output_dir>/logit_cache")
-    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
-    p.add_argument("--split", default="train")
-    p.add_argument("--n", type=int, default=None, help="first n examples (a kd run's n_train)")
-    p.add_argument("--tokenizer", default=None, help="default: the teacher's")
-    p.add_argument("--max-source-length", type=int, default=1024)
-    p.add_argument("--max-target-length", type=int, default=56)
-    p.add_argument("--dtype", choices=DTYPES, default="float16")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--num-workers", type=int, default=1, help="Ray Data actors (one teacher each)")
-    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor")
-    p.add_argument("--force", action="store_true", help="rebuild even when the cache is valid")
-    p.add_argument("--hidden-layers", type=int, nargs="*", default=[], metavar="LAYER_T",
-                   help="teacher hidden entries to keep for hidden-state matches (TextBrewer "
-                        "layer_T: encoder embeddings + layers, then decoder embeddings + layers)")
-    p.add_argument("--teacher-dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                   help="the teacher's weights (auto: bf16 or fp16 on GPU actors, fp32 on CPU); "
-                        "a kd run reuses the cache only with the same teacher_dtype")
-    p.add_argument("--model-cache-dir", default=None, help="where a Hub id is downloaded "
-                   "(default: $HF_HUB_CACHE, else Hugging Face's cache)")
-    add_address_arg(p)
-    p.set_defaults(func=_cli)
-
-
-def _cli(args: argparse.Namespace) -> int:
-    join_address(getattr(args, "address", None))
-    manifest = cache_logits(args.teacher, args.data_dir, args.out, top_k=args.top_k,
-                            split=args.split, n=args.n, tokenizer=args.tokenizer,
-                            max_source_length=args.max_source_length,
-                            max_target_length=args.max_target_length, dtype=args.dtype,
-                            batch_size=args.batch_size, num_workers=args.num_workers,
-                            num_gpus=args.num_gpus, force=args.force,
-                            hidden_layers=args.hidden_layers, teacher_dtype=args.teacher_dtype,
-                            model_cache_dir=args.model_cache_dir)
-    print(f"cached top-{manifest['top_k']} logits of {manifest['num_examples']} examples in "
-          f"{args.out} ({manifest['bytes'] / 1e6:.1f} MB, {manifest.get('examples_per_second')} ex/s)")
-    return 0
+                       num_gpus=num_gpus, vocab_map=vocab_map)
 
 
 __all__ = ["DEFAULT_TOP_K", "DTYPES", "TeacherTopK", "build_cache", "cache_key", "cache_logits",
            "cached_hidden_layers", "check_cacheable", "ensure_cache", "example_rows", "is_valid",
-           "load_cache", "normalize_hidden_layers", "read_manifest", "register_cli",
+           "load_cache", "normalize_hidden_layers", "read_manifest",
            "teacher_outputs_for_batch", "teacher_topk", "topk_for_batch", "topk_table"]

@@ -365,6 +365,25 @@ def write_vocab_map(save_path: str | os.PathLike, new_to_old: list[int], origina
     return path
 
 
+def gather_kept(t_logits: torch.Tensor, new_to_old: torch.Tensor,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., V_teacher) teacher logits -> ((..., V_kept) logits at the kept ids, in their dtype;
+    (...) fp32 probability mass the teacher puts outside the kept ids). A softmax of the first
+    is the teacher's distribution renormalised over the kept ids (distill/kept_vocab.py; the
+    logit cache of a trimmed student keeps both)."""
+    kept = t_logits.index_select(-1, new_to_old.to(t_logits.device))
+    with torch.no_grad():
+        inside = torch.logsumexp(kept.float(), -1) - torch.logsumexp(t_logits.float(), -1)
+        return kept, 1.0 - torch.exp(inside)
+
+
+def map_fingerprint(new_to_old: list[int]) -> str:
+    """A short hash of a vocabulary map: what the logit cache of a trimmed student is keyed by."""
+    from raydistill.data.fingerprint import digest
+
+    return digest([int(i) for i in new_to_old])
+
+
 def read_vocab_map(model_dir: str | os.PathLike) -> list[int] | None:
     """``new_to_old`` of a trimmed model's folder; None for a model that was not trimmed."""
     path = Path(model_dir) / VOCAB_MAP_FILE

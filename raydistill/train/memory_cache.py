@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from raydistill.models.teacher_cache import example_rows, teacher_topk
+from raydistill.models.teacher_cache import DROPPED, example_rows, teacher_topk
 
 
 class MemoryLogitCache:
@@ -46,22 +46,27 @@ class MemoryLogitCache:
 
     @torch.no_grad()
     def record(self, ids: Sequence[int], logits: torch.Tensor, hidden: Sequence[Any],
-               src_mask: torch.Tensor, tgt_mask: torch.Tensor) -> None:
+               src_mask: torch.Tensor, tgt_mask: torch.Tensor,
+               dropped: torch.Tensor | None = None) -> None:
         """Keep a batch's teacher outputs: ``logits`` (B, T, V); ``hidden`` TextBrewer's list
-        (encoder embeddings + layers, then decoder's), each (B, L, d); masks (B, S) / (B, T)."""
+        (encoder embeddings + layers, then decoder's), each (B, L, d); masks (B, S) / (B, T);
+        ``dropped`` (B, T): a trimmed student's teacher mass outside the kept ids (``logits``
+        are then at the kept ids)."""
         values, indices = teacher_topk(logits, self.top_k)
         exact = self.top_k >= logits.size(-1)  # every logit in vocabulary order: no ids to keep
         rows = example_rows(values.cpu().numpy(), None if exact else indices.cpu().numpy(),
                             {i: hidden[i].float().cpu().numpy() for i in self.hidden_layers},
                             src_mask.sum(1).tolist(), tgt_mask.sum(1).tolist(),
-                            self.encoder_layers, self.dtype)
+                            self.encoder_layers, self.dtype,
+                            None if dropped is None else dropped.float().cpu().numpy())
         for example, row in zip(ids, rows):
             self.rows[int(example)] = self.new[int(example)] = row
 
     def lookup(self, ids: Sequence[int]) -> dict[str, torch.Tensor] | None:
         """A batch's cached columns, padded as the batch (None unless every example is kept):
         ``topk_values`` (B, T, k) float32, ``topk_indices`` (B, T, k) int64 when k < V, and
-        each ``t_hidden_*`` (B, L, d) float32; zeros at padded positions (as PadCollate pads
+        each ``t_hidden_*`` (B, L, d) float32, a trimmed student's ``teacher_dropped`` (B, T);
+        zeros at padded positions (as PadCollate pads
         the Parquet cache's columns)."""
         from raydistill.data.tokenize import pad_hidden, pad_topk
 
@@ -78,6 +83,8 @@ class MemoryLogitCache:
         else:
             out = {"topk_values": pad_hidden(values, lens["topk_values"], "topk_values")}
         out.update({name: pad_hidden(v, lens[name], name) for name, v in flat.items()})
+        if DROPPED in out:
+            out[DROPPED] = out[DROPPED][..., 0]
         return out
 
     def take_hit_rate(self) -> float:

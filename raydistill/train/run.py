@@ -427,26 +427,27 @@ def plan_epochs(cfg: DistillConfig, mode: str, train_ds, out: Path):
 
 def prepare_logit_cache(cfg: DistillConfig, student_dir: str, train_ds,
                         cache_dir: str | Path) -> Path:
-    """Build (or reuse, when its key matches) the teacher's top-k logits for ``train_ds``, and
-    the teacher hidden states that ``intermediate_matches`` read."""
+    """Build (or reuse, when its key matches) the teacher's top-k logits for ``train_ds`` (at a
+    trimmed student's kept ids) and the teacher hidden states ``intermediate_matches`` read."""
     import ray
     from transformers import AutoConfig, AutoTokenizer
 
     from raydistill.models.teacher_cache import cache_key, cached_hidden_layers, ensure_cache
     from raydistill.distill.textbrewer import DistillationConfig
     from raydistill.models.layers import layer_counts, teacher_dtype_label
+    from raydistill.models.vocab import read_vocab_map
 
-    # Hidden-state matches: the teacher entries they read are cached beside the logits.
     hidden = cached_hidden_layers(DistillationConfig.from_dict(cfg.distillation or {}),
                                   layer_counts(AutoConfig.from_pretrained(cfg.teacher_paths[0])))
+    vocab_map = read_vocab_map(student_dir)  # a trimmed student's (None: not trimmed)
     key = cache_key(cfg.teacher_paths, student_dir, cfg.data_dir, split="train", n=cfg.n_train,
-                    max_source_length=cfg.max_source_length,
-                    max_target_length=cfg.max_target_length, hidden_layers=hidden,
+                    max_source_length=cfg.max_source_length, hidden_layers=hidden,
+                    max_target_length=cfg.max_target_length, vocab_map=vocab_map,
                     teacher_dtype=teacher_dtype_label(cfg.teacher_dtype, cfg.use_gpu))
     pad_id = AutoTokenizer.from_pretrained(student_dir).pad_token_id
     actors, free_gpus = cache_actors(cfg), ray.available_resources().get("GPU", 0.0)
     ensure_cache(train_ds, cache_dir, key, teachers=cfg.teacher_paths, pad_token_id=pad_id,
-                 top_k=cfg.logit_cache_top_k, batch_size=cfg.eval_batch_size,
+                 top_k=cfg.logit_cache_top_k, batch_size=cfg.eval_batch_size, vocab_map=vocab_map,
                  num_workers=actors, num_cpus=cfg.cpus_per_worker,
                  num_gpus=actor_gpus(cfg.use_gpu, actors, free_gpus))  # teachers share GPUs
     return Path(cache_dir)

@@ -25,8 +25,10 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from transformers import LogitsProcessorList
 
 from raydistill.config import DistillConfig
+from raydistill.distill.kept_vocab import KeptVocab
 from raydistill.distill.step import DeviceTimer, LossStep, RunNeeds
 from raydistill.models.generate import past_first_eos
 
@@ -81,8 +83,8 @@ class MemoryCacheTargets(TargetSource):
     def after_step(self, loss_step, batch, parts, seconds):
         if loss_step.last_teacher is not None:  # the live teacher ran: keep its outputs
             self.memory.record(self.ids, *loss_step.last_teacher, batch["attention_mask"],
-                               batch["labels"].ne(-100))
-            loss_step.last_teacher = None
+                               batch["labels"].ne(-100), dropped=loss_step.last_dropped)
+            loss_step.last_teacher = loss_step.last_dropped = None
 
     def end_epoch(self, gather, log):
         parts = gather(self.memory.take_new())
@@ -106,9 +108,11 @@ class OnPolicyTargets(TargetSource):
     again. The counts so far live in the checkpointed training state (``state["gkd"]``).
     """
 
-    def __init__(self, device, cfg: DistillConfig, teachers: list, state: dict[str, Any]) -> None:
+    def __init__(self, device, cfg: DistillConfig, teachers: list, state: dict[str, Any],
+                 kept: KeptVocab | None = None) -> None:
         super().__init__(device)
         self.g, self.seed, self.teachers = cfg.gkd_settings, cfg.seed, teachers
+        self.kept = kept  # a trimmed student's: the teacher samples (seq_kd) the kept ids only
         self.counts = state.setdefault("gkd", {"draws": 0, "on_policy": 0, "sample_s": 0.0,
                                                "teacher_s": 0.0, "step_s": 0.0})
         self.step, self.micro = -1, 0
@@ -133,7 +137,8 @@ class OnPolicyTargets(TargetSource):
         self.counts["on_policy"] += int(on)
         if on or self.g.seq_kd:
             t0 = self.sample_timer.start()
-            batch["labels"] = sample_targets(model if on else self.teachers[0], batch, self.g)
+            batch["labels"] = (sample_targets(model, batch, self.g) if on else
+                               sample_teacher_targets(self.teachers[0], batch, self.g, self.kept))
             self.sample_timer.stop(t0)
         return batch
 
@@ -166,7 +171,8 @@ class OnPolicyTargets(TargetSource):
 
 
 @torch.no_grad()
-def sample_targets(model: torch.nn.Module, batch: dict[str, torch.Tensor], g) -> torch.Tensor:
+def sample_targets(model: torch.nn.Module, batch: dict[str, torch.Tensor], g,
+                   logits_processor: LogitsProcessorList | None = None) -> torch.Tensor:
     """Labels sampled by ``model`` (the unwrapped student, or a teacher) for the batch's
     sources: (B, L) token ids up to and including each row's first EOS, -100 after it; L is at
     most ``g.max_new_tokens``. The model samples in eval mode (no dropout) and is put back."""
@@ -179,7 +185,8 @@ def sample_targets(model: torch.nn.Module, batch: dict[str, torch.Tensor], g) ->
     model.eval()
     try:
         seqs = model.generate(input_ids=batch["input_ids"],
-                              attention_mask=batch["attention_mask"], generation_config=config)
+                              attention_mask=batch["attention_mask"], generation_config=config,
+                              logits_processor=logits_processor)
     finally:
         model.train(was_training)
     labels = seqs[:, 1:]  # seqs[:, 0] is the decoder start token
@@ -188,12 +195,24 @@ def sample_targets(model: torch.nn.Module, batch: dict[str, torch.Tensor], g) ->
     return labels.masked_fill(past_first_eos(labels, config.eos_token_id), -100)
 
 
+def sample_teacher_targets(teacher: torch.nn.Module, batch: dict[str, torch.Tensor], g,
+                           kept: KeptVocab | None = None) -> torch.Tensor:
+    """``sample_targets`` of a teacher (``gkd.seq_kd``). For a trimmed student (``kept``) the
+    teacher reads the sources in its ids and samples the kept ids only (its logits elsewhere
+    are -inf before temperature, top-k and top-p), and the labels come back in the student's."""
+    if kept is None:
+        return sample_targets(teacher, batch, g)
+    t_batch = {**batch, "input_ids": kept.teacher_ids(batch["input_ids"])}
+    labels = sample_targets(teacher, t_batch, g, LogitsProcessorList([kept.logits_processor()]))
+    return kept.student_ids(labels)
+
+
 def make_targets(cfg: DistillConfig, needs: RunNeeds, loss_step: LossStep,
                  device: torch.device, state: dict[str, Any]) -> TargetSource:
     """The target source a run of ``cfg`` trains from; ``state`` is the checkpointed training
     state (a source may keep counts there)."""
     if cfg.method == "gkd":
-        return OnPolicyTargets(device, cfg, loss_step.teachers, state)
+        return OnPolicyTargets(device, cfg, loss_step.teachers, state, kept=loss_step.kept)
     if needs.memory_cache:
         from raydistill.models.teacher_cache import DEFAULT_TOP_K
         from raydistill.train.memory_cache import MemoryLogitCache
