@@ -351,10 +351,11 @@ def test_config_trim_vocab_keys(tmp_path):
     assert (cfg.trim_vocab, cfg.keep_vocab) == ("d", 100)
     for method in ("kd", "gkd", "pl"):  # kd / gkd: the teacher's logits gathered to the kept ids
         assert DistillConfig(method=method, trim_vocab="d", **base).trim_vocab == "d"
-    cached = {"temperature": 2.0, "is_caching_logits": True}
-    for bad, match in ((dict(method="kd", trim_vocab="d", distillation=cached), "cached teacher"),
-                       (dict(method="gkd", trim_vocab="d", gkd={"seq_kd": True}), "seq_kd"),
-                       (dict(method="sft", trim_vocab="d", student="s"), "make-student"),
+    cached = {"temperature": 2.0, "is_caching_logits": True}  # keyed by the map; samples mapped
+    assert DistillConfig(method="kd", trim_vocab="d", distillation=cached, **base).caches_logits
+    assert DistillConfig(method="gkd", trim_vocab="d", gkd={"seq_kd": True},
+                         **base).gkd_settings.seq_kd
+    for bad, match in ((dict(method="sft", trim_vocab="d", student="s"), "make-student"),
                        (dict(method="sft", keep_vocab=5), "needs trim_vocab"),
                        (dict(method="sft", trim_vocab="d", keep_vocab=0), "N >= 1")):
         with pytest.raises(ConfigError, match=match):
