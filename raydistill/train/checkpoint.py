@@ -137,7 +137,7 @@ def save_training_state(
     every rank calls it with its own folder and writes its shard; rank 0 writes the rest."""
     path = Path(path)
     if is_sharded(student):
-        save_sharded(path, student, optimizer)
+        save_sharded(path, student, optimizer, projections)
         if rank == 0:
             student.config.save_pretrained(path)
             if getattr(student, "generation_config", None) is not None:
@@ -193,7 +193,7 @@ def load_training_state(
         raise ConfigError(f"{path} was written with parallel: {written}; resume it with "
                           f"parallel: {written}")
     if is_sharded(student):  # weights and AdamW state, resharded for this number of workers
-        load_sharded(path, student, optimizer)
+        load_sharded(path, student, optimizer, projections)
     else:
         weights = load_file(str(path / "model.safetensors"))
         # strict=False: tied weights (lm_head = embeddings) are saved once and re-tied below.

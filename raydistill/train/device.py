@@ -112,23 +112,20 @@ def check_gpu_request(cfg: DistillConfig) -> None:
 
 
 def check_sharding(cfg) -> None:
-    """What ``parallel: fsdp`` / ``teacher_parallel: fsdp`` do not support (yet), one line each,
+    """What ``parallel: fsdp`` / ``teacher_parallel: fsdp`` do not support, one line each,
     before Ray starts a worker (preflight) and for each sweep trial (build_trainer)."""
     student, teacher = cfg.parallel == "fsdp", cfg.teacher_parallel == "fsdp"
     if not (student or teacher):
         return
-    g = cfg.gkd_settings if cfg.method == "gkd" else None
     for bad, why in (
         (cfg.num_workers == 0, "shards over Ray Train workers: set num_workers >= 1"),
-        # Each worker draws its own layerdrop: one would skip a layer that another gathers.
+        # transformers draws each layer's drop from the global RNG, which differs per worker
+        # (dropout must), inside the layer loop: one worker would skip a layer that another
+        # gathers (docs/fsdp.md says why this is not steered).
         (student and bool(cfg.encoder_layerdrop or cfg.decoder_layerdrop),
          "would skip different layers on each worker: set encoder_layerdrop and "
          "decoder_layerdrop to 0"),
         (student and cfg.precision == "fp16", "trains in bf16 or fp32: set precision: bf16"),
-        (cfg.distillation is not None, "does not run a distillation: section yet: use "
-         "method: kd's alpha_ce / alpha_mlm / alpha_hid"),
-        (g is not None and (student and g.lmbda > 0 or teacher and g.seq_kd),
-         "does not sample from a sharded model yet: set gkd.lmbda: 0 (and gkd.seq_kd: false)"),
     ):
         if bad:
             key = "parallel" if student else "teacher_parallel"

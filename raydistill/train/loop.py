@@ -241,7 +241,11 @@ def _models(cfg: DistillConfig, run: dict[str, Any], needs, device):
     if needs.projections:
         from raydistill.distill.textbrewer import build_projections
 
-        projections = build_projections(needs.tb_config).to(device)
+        # The same initial weights on every rank (the global RNG is seeded per rank): they are
+        # whole on every rank and only their averaged gradients keep them equal after.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            projections = build_projections(needs.tb_config).to(device)
     return student, teachers, projections
 
 

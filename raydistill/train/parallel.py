@@ -165,7 +165,9 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
 @contextlib.contextmanager
 def gathered_root(model: nn.Module) -> Iterator[None]:
     """The root's weights (embeddings, output layer) gathered while code calls the encoder or
-    decoder directly (``generate``); every rank must enter. A no-op for a whole model."""
+    decoder directly (``generate``); every rank must enter. A no-op for a whole model. A frozen
+    model's root (a teacher: no trainable parameter) stays gathered after, as ``shard`` left it:
+    its encoder is called directly in every step."""
     if not is_sharded(model):
         yield
         return
@@ -173,34 +175,60 @@ def gathered_root(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        model.reshard()
+        if any(p.requires_grad for p in model.parameters()):
+            model.reshard()
 
 
 # ---- state ------------------------------------------------------------------------------
 
 
-def save_sharded(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def _with_projections(model: nn.Module, projections: nn.Module | None):
+    """(the module whose state a sharded checkpoint holds, the prefix of the student's names in
+    it). TextBrewer projections are whole on every rank (their gradients are averaged by the
+    loop) but share the student's optimizer, whose state ``get_state_dict`` can only name
+    through one module: both go in a container then, and the student's names lose its prefix
+    again in the file, so that ``export_whole`` reads the same ``model`` either way."""
+    if projections is None or not list(projections.parameters()):
+        return model, ""
+    return nn.ModuleDict({"student": model, "projections": projections}), "student."
+
+
+def save_sharded(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 projections: nn.Module | None = None) -> None:
     """Each rank writes its shard of the weights and AdamW state under ``path/sharded``
-    (rank 0 also the metadata); every rank must call it."""
+    (rank 0 also the metadata; a whole tensor, as a projection's, is written once); every
+    rank must call it."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optimizer": optim_sd},
+    root, prefix = _with_projections(model, projections)
+    model_sd, optim_sd = get_state_dict(root, optimizer)
+    dcp.save({**_split(model_sd, prefix), "optimizer": optim_sd},
              checkpoint_id=str(Path(path) / SHARDED_DIR))
 
 
-def load_sharded(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """``save_sharded``'s state into a sharded ``model`` and its optimizer, resharded for this
-    run's number of workers; every rank must call it."""
+def load_sharded(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 projections: nn.Module | None = None) -> None:
+    """``save_sharded``'s state into a sharded ``model`` (and its projections) and their
+    optimizer, resharded for this run's number of workers; every rank must call it."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    state = {"model": model_sd, "optimizer": optim_sd}
+    root, prefix = _with_projections(model, projections)
+    model_sd, optim_sd = get_state_dict(root, optimizer)
+    state = {**_split(model_sd, prefix), "optimizer": optim_sd}
     dcp.load(state, checkpoint_id=str(Path(path) / SHARDED_DIR))
-    set_state_dict(model, optimizer, model_state_dict=state["model"],
-                   optim_state_dict=state["optimizer"])
+    whole = {prefix + k: v for k, v in state["model"].items()} | state.get("projections", {})
+    set_state_dict(root, optimizer, model_state_dict=whole, optim_state_dict=state["optimizer"])
+
+
+def _split(model_sd: dict[str, Any], prefix: str) -> dict[str, dict[str, Any]]:
+    """A container's state -> {"model": the student's (names without ``prefix``),
+    "projections": theirs (names as in the container)}; a student's alone -> {"model": it}."""
+    if not prefix:
+        return {"model": model_sd}
+    return {"model": {k[len(prefix):]: v for k, v in model_sd.items() if k.startswith(prefix)},
+            "projections": {k: v for k, v in model_sd.items() if not k.startswith(prefix)}}
 
 
 def is_sharded_checkpoint(path: str | Path) -> bool:

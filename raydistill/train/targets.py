@@ -31,6 +31,7 @@ from raydistill.config import DistillConfig
 from raydistill.distill.kept_vocab import KeptVocab
 from raydistill.distill.step import DeviceTimer, LossStep, RunNeeds
 from raydistill.models.generate import past_first_eos
+from raydistill.train.parallel import gathered_root, is_sharded
 
 Gather = Callable[[Any], list[Any]]
 
@@ -173,20 +174,29 @@ class OnPolicyTargets(TargetSource):
 @torch.no_grad()
 def sample_targets(model: torch.nn.Module, batch: dict[str, torch.Tensor], g,
                    logits_processor: LogitsProcessorList | None = None) -> torch.Tensor:
-    """Labels sampled by ``model`` (the unwrapped student, or a teacher) for the batch's
-    sources: (B, L) token ids up to and including each row's first EOS, -100 after it; L is at
-    most ``g.max_new_tokens``. The model samples in eval mode (no dropout) and is put back."""
+    """Labels sampled by ``model`` (the unwrapped or sharded student, or a teacher, replicated
+    or sharded: every rank then calls it) for the batch's sources: (B, L) token ids up to and
+    including each row's first EOS, -100 after it; L is at most ``g.max_new_tokens``. The
+    model samples in eval mode (no dropout) and is put back."""
     config = copy.deepcopy(model.generation_config)
     config.update(do_sample=True, num_beams=1, temperature=g.temperature, top_p=g.top_p,
                   top_k=g.top_k or None, max_new_tokens=g.max_new_tokens, max_length=None,
                   min_length=0, min_new_tokens=None, no_repeat_ngram_size=0,
                   repetition_penalty=1.0, length_penalty=1.0, early_stopping=False)
+    # A sharded model (FSDP2) samples in lockstep, as validation generates: each forward
+    # gathers layers from every rank, so synced_gpus keeps a rank whose rows are all done
+    # stepping (without a draw: generate skips the sampling then, so each rank draws what it
+    # would alone, as with ddp) until every rank's are; the root is gathered by hand because
+    # generate calls the encoder past the root's hook.
+    sharded = is_sharded(model)
     was_training = model.training
     model.eval()
     try:
-        seqs = model.generate(input_ids=batch["input_ids"],
-                              attention_mask=batch["attention_mask"], generation_config=config,
-                              logits_processor=logits_processor)
+        with gathered_root(model):
+            seqs = model.generate(input_ids=batch["input_ids"],
+                                  attention_mask=batch["attention_mask"],
+                                  generation_config=config, synced_gpus=sharded,
+                                  logits_processor=logits_processor)
     finally:
         model.train(was_training)
     labels = seqs[:, 1:]  # seqs[:, 0] is the decoder start token

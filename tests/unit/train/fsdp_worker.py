@@ -68,8 +68,8 @@ def build(job: dict, rank: int, world: int):
     run = {"student_init": job["student"], "tokenizer": job["student"], "total_steps":
            job["total_steps"], "batches_per_epoch": job["batches"], "output_dir": job["out"]}
     needs = run_needs(cfg)
-    student, teachers, _ = loop._models(cfg, run, needs, device)
-    loss_step = LossStep(cfg, teachers, student, job.get("e_ids"), job.get("d_ids"), None)
+    student, teachers, projections = loop._models(cfg, run, needs, device)
+    loss_step = LossStep(cfg, teachers, student, job.get("e_ids"), job.get("d_ids"), projections)
     if cfg.parallel == "fsdp":
         model = parallel.wrap_student(student, cfg, device)
     else:  # what Ray Train's prepare_model does on the CPU
@@ -77,7 +77,8 @@ def build(job: dict, rank: int, world: int):
             student, find_unused_parameters=cfg.freeze_encoder)
     inner = getattr(model, "module", model)
     model.train()  # as setup() leaves it (from_pretrained gives eval mode)
-    optimizer, scheduler = build_optimizer(cfg, inner, job["total_steps"])
+    optimizer, scheduler = build_optimizer(cfg, inner, job["total_steps"], projections,
+                                           loss_step.tb_config)
     state = {"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None,
              "history": []}
     tokenizer = AutoTokenizer.from_pretrained(job["student"])
@@ -87,7 +88,7 @@ def build(job: dict, rank: int, world: int):
     return loop.Worker(
         cfg=cfg, run=run, rank=rank, world=world, device=device, model=model, inner=inner,
         tokenizer=tokenizer, loss_step=loss_step,
-        targets=make_targets(cfg, needs, loss_step, device, state), projections=None,
+        targets=make_targets(cfg, needs, loss_step, device, state), projections=projections,
         optimizer=optimizer, scheduler=scheduler, scaler=None, amp_dtype=None, state=state,
         resumed=False, train_shard=Shard(mine), val_rows=val,
         collate=make_collate_fn(tokenizer.pad_token_id), feed=None, logger=None,
@@ -111,12 +112,15 @@ ORIGINAL: dict = {}  # the loop's functions, before the first job wraps them
 def run_job(job: dict, rank: int, world: int) -> dict:
     from raydistill.train import loop
 
+    from raydistill.train import targets
+
     ORIGINAL.setdefault("step", loop._optimizer_step)
     ORIGINAL.setdefault("generate", loop.generate_local)
+    ORIGINAL.setdefault("sample", targets.sample_targets)
     from raydistill.train.checkpoint import load_training_state
 
     out = Path(job["out"])
-    seen: dict = {"losses": [], "generated": [], "reports": []}
+    seen: dict = {"losses": [], "generated": [], "reports": [], "samples": []}
 
     def report(metrics, checkpoint=None):  # Ray Train's merge of the ranks' folders
         seen["reports"].append(metrics["step"])
@@ -124,7 +128,7 @@ def run_job(job: dict, rank: int, world: int) -> dict:
             shutil.copytree(checkpoint.path, out / f"step_{metrics['step']}", dirs_exist_ok=True)
         dist.barrier()
 
-    step, generate = ORIGINAL["step"], ORIGINAL["generate"]
+    step, generate, sample = ORIGINAL["step"], ORIGINAL["generate"], ORIGINAL["sample"]
 
     def record_step(w):
         seen["losses"].append(float(w.last_loss))
@@ -135,18 +139,38 @@ def run_job(job: dict, rank: int, world: int) -> dict:
         seen["generated"].append([sources, preds])
         return preds
 
+    def record_sample(model, batch, g, *rest):  # every rank's sampled labels, in rank order
+        labels = sample(model, batch, g, *rest)
+        everyone: list = [None] * world
+        dist.all_gather_object(everyone, labels.tolist())
+        seen["samples"].append(everyone)
+        return labels
+
     loop.ray.train.report, loop._optimizer_step, loop.generate_local = \
         report, record_step, record_generation
+    targets.sample_targets = record_sample
     w = build(job, rank, world)
     if job.get("resume"):  # a new worker started from a checkpoint folder, as setup() does
         w.state = load_training_state(job["resume"], student=w.inner, optimizer=w.optimizer,
-                                      scheduler=w.scheduler, rank=rank)
+                                      scheduler=w.scheduler, projections=w.projections,
+                                      rank=rank)
         w.first_step = w.last_val_step = w.state["global_step"]
         save_whole(w.model, out / "loaded.safetensors", rank)
     while not w.done:
         loop.run_epoch(w)
         loop.end_epoch(w)
     save_whole(w.model, out / "final.safetensors", rank)
+    if w.projections is not None:  # TextBrewer projections: whole on every rank, and equal
+        mine = {k: v.detach().clone() for k, v in w.projections.state_dict().items()}
+        everyone = [None] * world
+        dist.all_gather_object(everyone, mine)
+        seen["projections_agree"] = all(torch.equal(mine[k], other[k])
+                                        for other in everyone for k in mine)
+        if rank == 0:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in mine.items()},
+                      str(out / "projections.safetensors"))
     return seen
 
 
