@@ -33,7 +33,10 @@ def _make_student(args: argparse.Namespace) -> int:
           f"{e_ids if e_ids is not None else 'all'}, decoder layers {d_ids if d_ids is not None else 'all'}")
     if args.trim_vocab:
         print(f"vocabulary: {student.config.vocab_size} of {student.config.original_vocab_size} "
-              f"tokens kept (map in {Path(args.save_path) / 'vocab_map.json'})")
+              f"tokens kept (map in {Path(args.save_path) / 'vocab_map.json'})"
+              + (f"; --keep-vocab {args.keep_vocab} bounds the data tokens chosen by frequency, "
+                 "the rest are special tokens, characters and merge intermediates"
+                 if args.keep_vocab else ""))
     return 0
 
 
@@ -111,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "vocabulary the teacher's tokenizer gives this data folder's train split "
                    "(plus special tokens); the trimmed tokenizer is saved with the student")
     p.add_argument("--keep-vocab", type=int, default=None, metavar="N", help="with "
-                   "--trim-vocab: only the N most frequent of those tokens")
+                   "--trim-vocab: of the train split's tokens, only the N most frequent; the "
+                   "kept vocabulary also holds the special tokens, the single-character pieces "
+                   "of the split's characters and, for BPE, the merge intermediates of the kept "
+                   "tokens (and the 256 bytes of a byte-level BPE), so it is larger than N")
     p.set_defaults(func=_make_student)
 
     p = sub.add_parser("distill", help="train a student (sft, kd, pl or gkd; stages: chains them) on Ray Train")

@@ -52,7 +52,7 @@ class DistillConfig:
     student_decoder_layers: int | None = None  # the same, decoder (None: all)
     # A data folder: the student made from the teacher keeps only the vocabulary its train split uses
     trim_vocab: str | None = None  # (docs/methods.md: kd / gkd gather the teacher's logits)
-    keep_vocab: int | None = None  # with trim_vocab: only the N most frequent of those tokens
+    keep_vocab: int | None = None  # with trim_vocab: only the N most frequent data tokens (+ specials, characters, BPE intermediates)
     data_dir: str = ""  # train/val/test splits: docs/data.md (required)
     task: str = "summarization"  # summarization (ROUGE-2) or translation (BLEU)
     output_dir: str = ""  # best_tfmr/, metrics.json, hparams.json, ... (required)

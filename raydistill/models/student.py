@@ -153,7 +153,9 @@ def make_student(
         trim_vocab: a data folder: keep only the vocabulary its train split uses
             (``raydistill.models.vocab``; needs the teacher as a folder or Hub id, for its
             tokenizer); the trimmed tokenizer and ``vocab_map.json`` are saved beside the student.
-        keep_vocab: with ``trim_vocab``, keep only the N most frequent of those tokens.
+        keep_vocab: with ``trim_vocab``, keep only the N most frequent of the train split's
+            tokens; N bounds those, not the kept vocabulary, which also holds the special
+            tokens, single-character pieces and BPE merge intermediates (``kept_token_ids``).
         **extra_config_kwargs: config attributes to change on the student (e.g. ``dropout=0.0``).
 
     Returns:

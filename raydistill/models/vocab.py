@@ -5,6 +5,12 @@ pair, yet a small student's output layer multiplies by all of it for every gener
 Trimming keeps the tokens the teacher's tokenizer produces on a data folder's train split
 (source and target, as training tokenizes them), every special token (language codes among
 them) and the ids the config names; ``keep_vocab`` keeps only the N most frequent data tokens.
+N bounds the data tokens chosen by frequency, not the trimmed vocabulary: the special tokens,
+the config's ids, the single-character pieces of the split's characters and (BPE) every merge
+intermediate of the kept tokens and the 256 bytes are added to them, since without them the
+kept tokens could not be reached or a character would have no piece (make-student prints the
+total). A bound on the total could only be met from below: one more data token can bring
+several intermediates with it.
 The kept ids keep their order (new id i is old id ``new_to_old[i]``), so the embeddings, the
 output layer and ``final_logits_bias`` are those rows of the teacher's, and with no layer
 removed the trimmed model's logits are the full model's at the kept ids.
@@ -79,8 +85,9 @@ def config_token_ids(model: PreTrainedModel) -> set[int]:
 def kept_token_ids(tokenizer, data_dir: str | os.PathLike, keep_vocab: int | None = None,
                    extra_ids: set[int] = frozenset()) -> list[int]:
     """Sorted old ids to keep: the train split's tokens (only the ``keep_vocab`` most frequent
-    when given), special tokens, ``extra_ids``, single-character pieces of the data's
-    characters and, for BPE, every intermediate token of the kept tokens' merges."""
+    when given: N bounds these, ties broken by the smaller id), special tokens, ``extra_ids``,
+    single-character pieces of the data's characters and, for BPE, every intermediate token of
+    the kept tokens' merges (and the byte alphabet of a byte-level BPE)."""
     from raydistill.data.files import read_split
 
     if keep_vocab is not None and keep_vocab < 1:

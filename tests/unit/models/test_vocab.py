@@ -272,6 +272,33 @@ def test_keep_vocab_keeps_the_most_frequent_and_text_still_encodes(kind, data_di
         kept_token_ids(full, data_dir, keep_vocab=0)
 
 
+@pytest.mark.parametrize("kind", ["bart-bpe", "t5-unigram"])
+@pytest.mark.parametrize("n", [1, 5, 12])
+def test_keep_vocab_bounds_the_data_tokens_and_the_rest_are_what_the_docs_name(kind, n, data_dir,
+                                                                               tmp_path):
+    """What N bounds, written out: the N most frequent train tokens (counted here by hand, ties
+    to the smaller id) are all kept, and every other kept id is a special token, a single
+    character (with or without a word marker), or a piece of a kept data token's string (a BPE
+    merge intermediate: a substring of what it builds)."""
+    from collections import Counter
+
+    full = tokenizer_of(kind, tmp_path)
+    counts = Counter()
+    for source, target in TRAIN:
+        counts.update(full(source)["input_ids"])
+        counts.update(full(text_target=target)["input_ids"])
+    top = sorted(counts, key=lambda i: (-counts[i], i))[:n]
+    kept = kept_token_ids(full, data_dir, keep_vocab=n)
+    assert set(top) <= set(kept)
+    top_strings = full.convert_ids_to_tokens(top)
+    for i in set(kept) - set(top):
+        piece = full.convert_ids_to_tokens(i)
+        bare = piece.lstrip("\u2581\u0120")
+        assert (i in full.all_special_ids or len(bare) <= 1
+                or any(piece in t or bare in t for t in top_strings)), (i, piece)
+    assert len(kept) > n  # the total is larger than N: what the help and docs say
+
+
 # --- both, saved ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("arch, kind", [("bart", "bart-roberta"), ("t5", "t5-unigram"),
