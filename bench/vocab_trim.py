@@ -1,8 +1,10 @@
 """Vocabulary trimming (issue 31): a student against itself with only the kept vocabulary.
 
     python bench/vocab_trim.py                      # CPU: batch-1 latency, batch-8 throughput
+    python bench/vocab_trim.py --batch 32           # the issue's batch-32 throughput
     python bench/vocab_trim.py --kept 12000         # another kept-vocabulary size
     python bench/vocab_trim.py --tokenizer DIR      # kept size measured: DIR's tokenizer on en_de
+    python bench/vocab_trim.py --shapes marian_6_3 --reps 1 --ct2 int8   # + CTranslate2
 
 Two shapes, random weights (the speeds mean the same as trained ones'; the outputs nothing):
 an mBART-50-shaped 12-3 student (V 250,054, d_model 1024, ffn 4096, 16 heads) and a
@@ -18,6 +20,11 @@ tokens (``min_new_tokens`` = ``max_new_tokens``: a random model would stop anywh
 source at a time (latency, median) and for a batch (sentences/s); one kd step (student forward
 + backward, KL to teacher logits of the student's vocabulary, batch 8 x 32 source / 24 target
 tokens) in a fresh process: its time and the process's peak RSS (model built + step).
+
+With ``--ct2 COMPUTE_TYPE`` both systems are also converted to CTranslate2 (``convert_cached``,
+with a word-level tokenizer of the model's size: token i is ``t<i>``, the config's special ids
+named) and timed the same way, in the same ABBA order: beam 4, 24 tokens forced
+(``min_decoding_length``), batch 1 and ``--batch``, ``intra_threads`` = ``--threads``.
 """
 
 from __future__ import annotations
@@ -75,6 +82,45 @@ def generate_seconds(model, src) -> float:
     return time.perf_counter() - t0
 
 
+def save_for_ct2(model, out_dir: str) -> str:
+    """``model`` and a word-level tokenizer of its vocabulary size (CTranslate2's converter
+    reads the vocabulary from the tokenizer; the real ones are on the Hub)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    cfg = model.config
+    names = {cfg.pad_token_id: "<pad>", cfg.eos_token_id: "</s>"}
+    if cfg.bos_token_id is not None and cfg.bos_token_id not in names:
+        names[cfg.bos_token_id] = "<s>"
+    names[next(i for i in range(cfg.vocab_size) if i not in names)] = "<unk>"
+    vocab = {names.get(i, f"t{i}"): i for i in range(cfg.vocab_size)}
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, "<unk>")),
+                                  pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                  **({"bos_token": "<s>"} if "<s>" in vocab else {}))
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+def ct2_translator(model, work: str, name: str, compute_type: str, threads: int):
+    from raydistill.models.ct2_convert import convert_cached
+
+    import ctranslate2
+
+    src = save_for_ct2(model, f"{work}/{name}")
+    ct2_dir = convert_cached(src, compute_type, f"{work}/ct2")
+    return ctranslate2.Translator(str(ct2_dir), device="cpu", compute_type=compute_type,
+                                  inter_threads=1, intra_threads=threads)
+
+
+def ct2_seconds(translator, src) -> float:
+    tokens = [[f"t{int(i)}" for i in row] for row in src]
+    t0 = time.perf_counter()
+    translator.translate_batch(tokens, beam_size=BEAMS, max_decoding_length=NEW_TOKENS,
+                               min_decoding_length=NEW_TOKENS, max_batch_size=len(tokens))
+    return time.perf_counter() - t0
+
+
 def kd_step(shape: str, kept_n: int, trimmed: bool) -> dict:
     """One kd step in this (fresh) process: seconds and peak RSS (MiB)."""
     import torch
@@ -128,6 +174,8 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=2, help="ABBA repetitions")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--kd-only", action="store_true", help="only the kd steps (no generation)")
+    p.add_argument("--ct2", default=None, metavar="COMPUTE_TYPE", help="also time CTranslate2 "
+                   "(int8, float32, ...) on both systems")
     p.add_argument("--kd-step", nargs=3, metavar=("SHAPE", "KEPT", "TRIMMED"), help=argparse.SUPPRESS)
     args = p.parse_args()
     import torch
@@ -139,21 +187,36 @@ def main() -> None:
     kept_n = measure_kept(args.tokenizer, args.data_root) if args.tokenizer else args.kept
     results: dict = {"kept": kept_n, "kept_measured": bool(args.tokenizer), "batch": args.batch,
                      "beams": BEAMS, "new_tokens": NEW_TOKENS, "threads": args.threads,
-                     "shapes": {}}
-    rows = []
+                     "ct2": args.ct2, "shapes": {}}
+    rows, ct2_rows = [], []
     for shape in args.shapes.split(","):
         models = {name: build(shape, kept_n, name == "trimmed") for name in ("full", "trimmed")}
         one = {n: sources(k, 3, n == "trimmed") for n, (_, k) in models.items()}
         many = {n: sources(k, args.batch, n == "trimmed", seed=3) for n, (_, k) in models.items()}
         lat: dict = {n: [] for n in models}
         thr: dict = {n: [] for n in models}
+        ct2 = {}
+        if args.ct2 and not args.kd_only:
+            import tempfile
+
+            work = tempfile.mkdtemp(prefix="vocab_trim_ct2.")
+            ct2 = {n: ct2_translator(m, work, n, args.ct2, args.threads)
+                   for n, (m, _) in models.items()}
+        ct2_lat: dict = {n: [] for n in ct2}
+        ct2_thr: dict = {n: [] for n in ct2}
         for n in models:  # warm-up
             if not args.kd_only:
                 generate_seconds(models[n][0], one[n][:1])
+                if n in ct2:
+                    ct2_seconds(ct2[n], one[n][:1])
         for _, name in [] if args.kd_only else abba(args.reps, list(models)):
             model = models[name][0]
             lat[name] += [generate_seconds(model, one[name][i:i + 1]) for i in range(len(one[name]))]
             thr[name].append(args.batch / generate_seconds(model, many[name]))
+            if name in ct2:
+                ct2_lat[name] += [ct2_seconds(ct2[name], one[name][i:i + 1])
+                                  for i in range(len(one[name]))]
+                ct2_thr[name].append(args.batch / ct2_seconds(ct2[name], many[name]))
         out = {}
         for name, (model, kept) in models.items():
             child = subprocess.run([sys.executable, __file__, "--threads", str(args.threads),
@@ -163,8 +226,12 @@ def main() -> None:
                          "params_m": sum(x.numel() for x in model.parameters()) / 1e6,
                          "latency_s": median(lat[name]) if lat[name] else float("nan"),
                          "sentences_per_s": median(thr[name]) if thr[name] else float("nan"),
+                         "latency_runs_s": lat[name], "sentences_per_s_runs": thr[name],
+                         **({"ct2_latency_s": median(ct2_lat[name]), "ct2_latency_runs_s":
+                             ct2_lat[name], "ct2_sentences_per_s": median(ct2_thr[name]),
+                             "ct2_sentences_per_s_runs": ct2_thr[name]} if name in ct2 else {}),
                          **json.loads(child.stdout.strip().splitlines()[-1])}
-        del models
+        del models, ct2
         results["shapes"][shape] = out
         f, t = out["full"], out["trimmed"]
         for name, r in out.items():
@@ -176,9 +243,19 @@ def main() -> None:
                      f"**{t['sentences_per_s'] / f['sentences_per_s']:.2f}x**",
                      f"{f['kd_step_s'] / t['kd_step_s']:.2f}x faster",
                      f"{t['peak_rss_mib'] / f['peak_rss_mib']:.2f}x"])
+        if args.ct2 and not args.kd_only:
+            ct2_rows += [[shape, name, f"{r['ct2_latency_s']:.3f}",
+                          f"{r['ct2_sentences_per_s']:.2f}"] for name, r in out.items()]
+            ct2_rows.append([shape, "**trimmed / full**",
+                             f"**{f['ct2_latency_s'] / t['ct2_latency_s']:.2f}x faster**",
+                             f"**{t['ct2_sentences_per_s'] / f['ct2_sentences_per_s']:.2f}x**"])
         print(f"[vocab_trim] {shape} done", flush=True)
     print(table(rows, ["shape", "system", "vocab", "params M", "batch-1 latency s",
                        f"batch-{args.batch} sent/s", "kd step s", "peak RSS MiB"]))
+    if ct2_rows:
+        print(f"CTranslate2 ({args.ct2}, beam {BEAMS}, {NEW_TOKENS} tokens):")
+        print(table(ct2_rows, ["shape", "system", "batch-1 latency s",
+                               f"batch-{args.batch} sent/s"]))
     print(f"wrote {write_result(NAME, results)}")
 
 
