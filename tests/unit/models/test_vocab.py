@@ -354,6 +354,42 @@ def teacher_dir(tmp_path):
     return tmp_path / "teacher"
 
 
+def test_cache_logits_with_a_trimmed_students_tokenizer_keys_by_its_map(teacher_dir, data_dir,
+                                                                       tmp_path, monkeypatch):
+    """``cache-logits --tokenizer STUDENT_DIR``: the key holds the student's map, so a cache
+    built for it is found (no build: Ray is never started here) and one keyed for no map or
+    another map is not."""
+    import json as json_
+
+    from raydistill.data.fingerprint import digest
+    from raydistill.models import teacher_cache
+
+    make_student(teacher_dir, e=1, d=1, save_path=tmp_path / "s", trim_vocab=data_dir)
+    kept = read_vocab_map(tmp_path / "s")
+
+    def key(vocab_map):
+        return teacher_cache.cache_key([str(teacher_dir)], str(tmp_path / "s"), str(data_dir),
+                                       max_source_length=16, max_target_length=8,
+                                       vocab_map=vocab_map)
+
+    def built(name, vocab_map):
+        (tmp_path / name / "parts").mkdir(parents=True)
+        (tmp_path / name / "manifest.json").write_text(json_.dumps(
+            {"key_digest": digest(key(vocab_map)), "top_k": 4, "num_examples": 4}))
+        return str(tmp_path / name)
+
+    def no_build():
+        raise AssertionError("the cache was not found: a build started")
+
+    monkeypatch.setattr(teacher_cache, "init_ray", no_build)
+    kw = dict(top_k=4, tokenizer=str(tmp_path / "s"), max_source_length=16, max_target_length=8)
+    found = teacher_cache.cache_logits(str(teacher_dir), str(data_dir), built("mine", kept), **kw)
+    assert found["num_examples"] == 4
+    for name, other in (("none", None), ("other", kept[:-1])):
+        with pytest.raises(AssertionError, match="a build started"):
+            teacher_cache.cache_logits(str(teacher_dir), str(data_dir), built(name, other), **kw)
+
+
 def test_cli_make_student_trim_vocab(teacher_dir, data_dir, tmp_path, capsys):
     from raydistill.cli import main
 
