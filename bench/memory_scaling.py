@@ -14,10 +14,13 @@ wraps the student, ``LossStep`` computes the loss (kd: the SummarizationDistille
 
 Measured per worker, after one warm-up step: CPU: the training state it holds (weights,
 gradients and AdamW moments of its shard or of the whole student, plus its teacher weights:
-what an allocator's peak counts before activations), the RSS high-water during the timed steps
-(sampled every 5 ms) and the process's ru_maxrss; CUDA: ``max_memory_allocated``. Step time is
-the median of the timed steps. A fsdp student is built on the meta device and materialized
-shard by shard, as a run that could not hold the whole model would; a ddp student whole.
+what an allocator's peak counts before activations), the allocator's peak (that state plus the
+most bytes torch's CPU allocator held above it during one more step, profiled: see
+``allocator_peak``), the RSS high-water during the timed steps (sampled every 5 ms) and the
+process's ru_maxrss; CUDA: ``max_memory_allocated``. Step time is the median of the timed
+steps (the profiled step is not one of them). A fsdp student is built on the meta device and
+materialized shard by shard, as a run that could not hold the whole model would; a ddp
+student whole.
 """
 
 from __future__ import annotations
@@ -118,6 +121,25 @@ def state_bytes(model, optimizer) -> int:
     return total
 
 
+def allocator_peak(step) -> int:
+    """The most bytes torch's CPU allocator held during ``step()`` among the tensors allocated
+    in it: the allocation events of ``torch.profiler`` (``profile_memory=True``) carry the
+    allocator's running total of what it allocated while the profiler ran, so tensors alive
+    before (the training state) are not in it, and frees of them do not lower it."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    todo, peak = list(prof.profiler.kineto_results.experimental_event_tree()), 0
+    while todo:
+        event = todo.pop()
+        todo += event.children
+        if event.tag == _EventType.Allocation:
+            peak = max(peak, event.extra_fields.total_allocated)
+    return peak
+
+
 def worker(args) -> None:
     import torch
     import torch.distributed as dist
@@ -185,8 +207,10 @@ def worker(args) -> None:
     times = [step() for _ in range(args.steps)]
     stop.set()
     sampler.join()
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # before the profiler's
+    alloc = None if cuda else (held + allocator_peak(step)) / 2**30
     mine = {"rank": rank, "state_gib": held / 2**30, "rss_peak_gib": max(peak) / 2**30,
-            "ru_maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "alloc_peak_gib": alloc, "ru_maxrss_gib": maxrss,
             "step_s": statistics.median(times),
             "cuda_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None}
     everyone = [None] * world
@@ -233,22 +257,26 @@ def main() -> None:
         t0 = time.time()
         results[name] = launch(args, i)
         print(f"{name}: {time.time() - t0:.0f} s", flush=True)
-    key = "cuda_peak_gib" if args.device == "cuda" else "rss_peak_gib"
+    cuda = args.device == "cuda"
+    key = "cuda_peak_gib" if cuda else "rss_peak_gib"
     print(f"\n{args.workers} workers, {args.device}, shape {args.shape}: per worker (max over ranks)")
-    print(f"{'run':30s} {'state GiB':>10s} {'peak GiB':>9s} {'maxrss GiB':>10s} {'step s':>7s}")
+    print(f"{'run':30s} {'state GiB':>10s} {'peak GiB':>9s} {'maxrss GiB':>10s} {'step s':>7s}"
+          f"{'' if cuda else ' alloc peak GiB':>15s}")
     rows = {}
     for name, ranks in results.items():
         row = {k: max(r[k] for r in ranks) if ranks[0][k] is not None else None for k in ranks[0]}
         rows[name] = row
         print(f"{name:30s} {row['state_gib']:10.2f} {row[key]:9.2f} {row['ru_maxrss_gib']:10.2f} "
-              f"{row['step_s']:7.2f}")
-    print("\nratios fsdp / ddp (state, peak, step time):")
+              f"{row['step_s']:7.2f}" + ("" if cuda else f"{row['alloc_peak_gib']:15.2f}"))
+    print("\nratios fsdp / ddp (state, peak, step time"
+          + ("" if cuda else ", allocator peak") + "):")
     for base, other in (("sft ddp", "sft fsdp"), ("kd ddp, teacher replicated",
                                                   "kd fsdp, teacher replicated"),
                         ("kd ddp, teacher replicated", "kd fsdp, teacher sharded")):
         b, o = rows[base], rows[other]
         print(f"  {other:30s} {o['state_gib'] / b['state_gib']:.2f}  {o[key] / b[key]:.2f}  "
-              f"{o['step_s'] / b['step_s']:.2f}")
+              f"{o['step_s'] / b['step_s']:.2f}"
+              + ("" if cuda else f"  {o['alloc_peak_gib'] / b['alloc_peak_gib']:.2f}"))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
 

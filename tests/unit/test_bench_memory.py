@@ -1,0 +1,31 @@
+"""bench/memory_scaling.py's allocator peak on the CPU: what torch's allocator held at most
+during a step, counting only the tensors allocated in it."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+SPEC = importlib.util.spec_from_file_location(
+    "bench_memory_scaling", Path(__file__).resolve().parents[2] / "bench" / "memory_scaling.py")
+memory_scaling = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(memory_scaling)
+
+MB = 2**20
+
+
+def test_the_allocator_peak_is_the_most_a_step_held_at_once_not_its_sum():
+    before = [torch.empty(16 * MB // 4)]  # alive before the step: not counted, even when freed
+
+    def step() -> None:
+        before.clear()
+        a = torch.empty(24 * MB // 4)
+        b = torch.empty(8 * MB // 4)
+        del a, b  # 32 MB at once
+        c = torch.empty(20 * MB // 4)  # 20 MB: a later, lower peak
+        del c
+
+    peak = memory_scaling.allocator_peak(step)
+    assert 32 * MB <= peak < 33 * MB
