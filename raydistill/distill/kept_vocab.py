@@ -6,6 +6,9 @@ teacher's distribution renormalised over the kept set, so every logit loss (kd, 
 gkd's, the chunked one) takes them as they are. What the kept set misses of the teacher's
 probability, per target token, is the dropped mass: a large one means the kept set lacks words
 the teacher says (the train split was not the task's text, or ``keep_vocab`` is too small).
+A teacher that samples targets for the student (``gkd.seq_kd``) reads the sources in its ids,
+samples only kept ids (``KeptLogits``) and its sample is mapped back (``student_ids``); the
+logit cache keeps the gathered logits and the dropped mass per position (models/teacher_cache.py).
 """
 
 from __future__ import annotations
