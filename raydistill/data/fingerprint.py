@@ -16,7 +16,8 @@ from raydistill.data.files import find_split_files
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt",
-                   "sentencepiece.bpe.model", "spiece.model", "source.spm", "target.spm")
+                   "sentencepiece.bpe.model", "spiece.model", "source.spm", "target.spm",
+                   "vocab-src.json", "vocab-tgt.json")  # the last two: FSMT
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:

@@ -55,7 +55,7 @@ class Tokenize:
     def __init__(self, tokenizer_path: str, max_source_length: int, max_target_length: int):
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        self.tokenizer = with_target_side(AutoTokenizer.from_pretrained(tokenizer_path))
         self.max_source_length = max_source_length
         self.max_target_length = max_target_length
 
@@ -71,6 +71,29 @@ class Tokenize:
         out["src_len"] = np.array([len(x) for x in out["input_ids"]], dtype=np.int32)
         out["tgt_len"] = np.array([len(x) for x in out["labels"]], dtype=np.int32)
         return out
+
+
+def with_target_side(tokenizer):
+    """``tokenizer``, with the target side that ``text_target=`` calls where transformers lacks it.
+
+    FSMT (fairseq's WMT19 models) has separate source and target vocabularies, but transformers'
+    ``FSMTTokenizer`` tokenizes ``text_target=`` with the source side: the source language's
+    Moses rules and the source vocabulary's ids, so a target word became a source id (or
+    ``<unk>``), and labels, losses and teacher caches were wrong. Its target mode here uses the
+    target language and ``vocab-tgt.json`` (the ids its ``decode`` already reads). Other
+    tokenizers, and an FSMT tokenizer that has a target mode of its own, are returned as they are.
+    """
+    if type(tokenizer).__name__ != "FSMTTokenizer" or hasattr(tokenizer, "_switch_to_target_mode"):
+        return tokenizer
+    source = (tokenizer.encoder, tokenizer.src_lang)
+    target = ({token: i for i, token in tokenizer.decoder.items()}, tokenizer.tgt_lang)
+
+    def use(side: tuple[dict, str]) -> None:
+        tokenizer.encoder, tokenizer.src_lang = side
+
+    tokenizer._switch_to_target_mode = lambda: use(target)
+    tokenizer._switch_to_input_mode = lambda: use(source)
+    return tokenizer
 
 
 def _ragged(rows: Sequence[Sequence[int]]) -> np.ndarray:

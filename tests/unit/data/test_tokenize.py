@@ -84,3 +84,62 @@ def test_tokenized_split_in_the_driver_gives_the_actor_path_rows(ray_session, ti
             assert a[col].dtype == b[col].dtype == np.int32 and a[col].tolist() == b[col].tolist()
         assert (a["src_len"], a["tgt_len"]) == (len(a["input_ids"]), len(a["labels"]))
     assert local.num_blocks() > 1  # split among workers without a repartition
+
+
+def _fsmt_folder(path) -> tuple[dict, dict]:
+    """An FSMT tokenizer (en -> de) whose vocabularies give the same word different ids on each
+    side, as fairseq's WMT19 dictionaries do; merges that make each word one token."""
+    import json
+
+    from transformers import FSMTTokenizer
+
+    specials = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    src = {**specials, **{w + "</w>": 4 + i for i, w in enumerate(
+        ["the", "house", "is", "small", "."])}}
+    tgt = {**specials, **{w + "</w>": 4 + i for i, w in enumerate(
+        [".", "klein", "ist", "Haus", "das", "the"])}}
+    (path / "vocab-src.json").write_text(json.dumps(src))
+    (path / "vocab-tgt.json").write_text(json.dumps(tgt))
+    merges = []
+    for word in [w[:-4] for w in {**src, **tgt} if w.endswith("</w>")]:
+        for i in range(1, len(word)):  # left to right: "t h", "th e</w>"
+            pair = f"{word[:i]} {word[i]}" + ("</w>" if i == len(word) - 1 else "")
+            merges += [pair] if pair not in merges else []
+    (path / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n")
+    tok = FSMTTokenizer(langs=["en", "de"], src_vocab_file=str(path / "vocab-src.json"),
+                        tgt_vocab_file=str(path / "vocab-tgt.json"),
+                        merges_file=str(path / "merges.txt"))
+    tok.save_pretrained(path / "saved")
+    return src, tgt
+
+
+def test_fsmt_labels_take_the_target_vocabulary(tmp_path):
+    """FSMTTokenizer's text_target= used the source vocabulary: "das Haus ist klein ." came out
+    as <unk> <unk> <unk> <unk> 8 (the source id of "."). Labels must be target ids."""
+    pytest.importorskip("sacremoses")
+    src, tgt = _fsmt_folder(tmp_path)
+    batch = {"id": np.array([0]), "source": np.array(["the house is small ."], dtype=object),
+             "target": np.array(["das Haus ist klein .", ], dtype=object)}
+    tokenize = Tokenize(str(tmp_path / "saved"), max_source_length=16, max_target_length=16)
+    out = tokenize(batch)
+    words = lambda text, vocab: [vocab[w + "</w>"] for w in text.split()] + [vocab["</s>"]]
+    assert out["input_ids"][0].tolist() == words("the house is small .", src)
+    assert out["labels"][0].tolist() == words("das Haus ist klein .", tgt)
+    # decode reads the target vocabulary (and Moses-detokenizes): the labels give the text back
+    assert tokenize.tokenizer.decode(out["labels"][0], skip_special_tokens=True) == \
+        "das Haus ist klein."
+    # the source side is back after the target call ("the" has another id on each side)
+    assert tokenize.tokenizer("the")["input_ids"] == [src["the</w>"], src["</s>"]]
+
+
+def test_fsmt_vocabularies_are_in_the_tokenizer_fingerprint(tmp_path):
+    from raydistill.data.fingerprint import tokenizer_fingerprint
+
+    pytest.importorskip("sacremoses")
+    _fsmt_folder(tmp_path)
+    saved = tmp_path / "saved"
+    before = tokenizer_fingerprint(saved)
+    assert {"vocab-src.json", "vocab-tgt.json"} <= set(before)
+    (saved / "vocab-tgt.json").write_text((saved / "vocab-tgt.json").read_text()
+                                          .replace('"klein</w>": 5', '"klein</w>": 9'))
+    assert tokenizer_fingerprint(saved) != before
