@@ -3,6 +3,7 @@ resumes, evaluates with the trimmed tokenizer and exports a trimmed best_tfmr.""
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
@@ -57,20 +58,25 @@ def test_trimmed_student_trains_resumes_and_evaluates(ray_session, tmp_path):
     assert json.loads((out / "student_layers.json").read_text())["vocab_map"] == kept
 
 
+def trimmed_kd_config(tmp_path, name: str, **extra) -> DistillConfig:
+    """A kd run into a student trimmed from a tiny teacher whose extra words the train split
+    never uses (so the kept set drops some teacher mass)."""
+    lines = [f"sentence {i} about cats and dogs ." for i in range(8)]
+    data, _, teacher = data_and_teacher(
+        tmp_path, lines, {"train": 8, "val": 8, "test": 8},
+        ["zebras graze acacia leaves while giraffes browse"] * 5, vocab_size=380)
+    return DistillConfig(
+        method="kd", teacher=str(teacher), trim_vocab=str(data), student_encoder_layers=1,
+        student_decoder_layers=1, data_dir=str(data), output_dir=str(tmp_path / name),
+        num_workers=0, cpus_per_worker=1, train_batch_size=4, max_steps=2, val_check_steps=2,
+        eval_beams=1, log_every_n_steps=1, do_predict=False, val_max_target_length=6, seed=0,
+        **extra)
+
+
 @pytest.mark.timeout(400)
 def test_kd_into_a_trimmed_student_reports_the_dropped_teacher_mass(ray_session, tmp_path,
                                                                    capfd):
-    lines = [f"sentence {i} about cats and dogs ." for i in range(8)]
-    data, tok, teacher = data_and_teacher(
-        tmp_path, lines, {"train": 8, "val": 8, "test": 8},
-        ["zebras graze acacia leaves while giraffes browse"] * 5, vocab_size=380)
-    out = tmp_path / "kd"
-    cfg = DistillConfig(
-        method="kd", teacher=str(teacher), trim_vocab=str(data), student_encoder_layers=1,
-        student_decoder_layers=1, data_dir=str(data), output_dir=str(out), num_workers=0,
-        cpus_per_worker=1, train_batch_size=4, max_steps=2, val_check_steps=2, eval_beams=1,
-        log_every_n_steps=1, do_predict=False, val_max_target_length=6, seed=0)
-    summary = run_distill(cfg)
+    summary = run_distill(trimmed_kd_config(tmp_path, "kd"))
     assert summary["final_step"] == 2
     step_lines = [ln for ln in capfd.readouterr().out.splitlines() if "teacher_dropped_mass" in ln]
     assert step_lines  # the step line carries the mass the kept set drops
@@ -84,18 +90,11 @@ def test_cached_teacher_logits_for_a_trimmed_student_are_keyed_by_its_map(ray_se
     from raydistill.models.teacher_cache import read_manifest
     from raydistill.models.vocab import map_fingerprint
 
-    lines = [f"sentence {i} about cats and dogs ." for i in range(8)]
-    data, tok, teacher = data_and_teacher(
-        tmp_path, lines, {"train": 8, "val": 8, "test": 8},
-        ["zebras graze acacia leaves while giraffes browse"] * 5, vocab_size=380)
-    out = tmp_path / "cached"
-    cfg = DistillConfig(
-        method="kd", teacher=str(teacher), trim_vocab=str(data), student_encoder_layers=1,
-        student_decoder_layers=1, data_dir=str(data), output_dir=str(out), num_workers=0,
-        cpus_per_worker=1, train_batch_size=4, max_steps=2, val_check_steps=2, eval_beams=1,
-        log_every_n_steps=1, do_predict=False, val_max_target_length=6, seed=0,
+    cfg = trimmed_kd_config(
+        tmp_path, "cached",
         distillation={"is_caching_logits": True, "temperature": 2.0, "hard_label_weight": 0.5})
     assert run_distill(cfg)["final_step"] == 2
+    out = Path(cfg.output_dir)
     kept = json.loads((out / "student_layers.json").read_text())["vocab_map"]
     manifest = read_manifest(out / "logit_cache")
     assert manifest["key"]["vocab_map"] == map_fingerprint(kept)
