@@ -45,6 +45,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from common import (
@@ -116,7 +117,11 @@ def translation_settings(args: argparse.Namespace) -> dict:
         "teacher_lr": 1e-3 if not gpu else 7e-4,
         "teacher_warmup": 20 if quick else 400,
         "label_smoothing": 0.1,
-        "student_steps": 20 if quick else 1000 if gpu else 600,
+        # 600 steps (the tables of sections 4 and 9) left every 6-1 student below a quarter of
+        # its teacher; 2,000 give each stage of a staged row room, validated every 500 steps
+        # (the learning curves' points; gkd stages every 100).
+        "student_steps": 20 if quick else 1000 if gpu else 2000,
+        "student_val_steps": 20 if quick else 500,
         "student_lr": 5e-4,
         "student_warmup": 4 if quick else 50,
         "val_check_steps": 50 if quick else 500 if gpu else 1000,
@@ -186,10 +191,13 @@ def base_config(args, s: dict, data: Path, out: Path) -> dict:
             "sortish_sampler": True, "log_every_n_steps": 5}
 
 
-def cached_run(args, cfg: dict, after: str = "") -> tuple[Path, float, str] | None:
+def cached_run(args, cfg: dict, after: str = "",
+               reuse: Callable[[Path], bool] | None = None) -> tuple[Path, float, str] | None:
     """One ``raydistill distill`` run, reused when a run of the same settings (and, through
     ``after``, the same teacher) finished before, and resumed from its last checkpoint when one
-    was killed. ``--fresh`` retrains. Returns (best_tfmr, seconds, key)."""
+    was killed. ``--fresh`` retrains. ``reuse(out)``, for a fresh run: lay finished work into
+    ``out`` and say whether the run resumes past it (``first_stage_reuse``). Returns (best_tfmr,
+    seconds, key)."""
     key = _digest(cfg, after)
     # A stopped run resumes when only its step budget changed: raising teacher_steps extends a
     # finished teacher from its last checkpoint (the schedule then decays to the new total).
@@ -215,7 +223,10 @@ def cached_run(args, cfg: dict, after: str = "") -> tuple[Path, float, str] | No
         shutil.rmtree(out, ignore_errors=True)  # a run of other settings: start over
         out.mkdir(parents=True)
         started.write_text(resume_key)
+        resume = bool(reuse and reuse(out))
     best, seconds = train_run(cfg, resume=resume)
+    shared = out / SHARED_SECONDS  # a first stage copied from a sibling row: its time counts
+    seconds += float(shared.read_text()) if shared.is_file() else 0.0
     stamp.write_text(f"{key} {seconds:.1f}")
     return best, seconds, key
 
@@ -307,7 +318,7 @@ def student_config(args, s, method: str, d: int, seed: int, teacher: Path, data:
            "n_val": s["student_n_val"], "learning_rate": s["student_lr"]}
     if args.task == "translation":
         cfg.update(max_steps=s["student_steps"], warmup_steps=s["student_warmup"],
-                   val_check_steps=s["student_steps"])
+                   val_check_steps=min(s["student_val_steps"], s["student_steps"]))
     else:
         cfg.update(max_epochs=s["student_epochs"])
     if method in ("kd", "kd_hard"):  # jobs/configs/kd_summarization.yaml's objective
@@ -336,14 +347,15 @@ def student_config(args, s, method: str, d: int, seed: int, teacher: Path, data:
 def staged_config(args, s, method: str, d: int, seed: int, teacher: Path, data: Path,
                   pl_data: Path, work: Path) -> dict:
     """sft for STAGE_SPLIT of the student steps, then ``STAGED[method]`` from its best student:
-    one `stages:` run of the same total steps, each stage validated at its end (gkd every 100
-    steps, as its one-stage rows)."""
+    one `stages:` run of the same total steps, each stage validated every ``student_val_steps``
+    and at its end (gkd every 100 steps, as its one-stage rows)."""
     second, gkd = STAGED[method]
     base = student_config(args, s, "sft", d, seed, teacher, data, pl_data, work)
     total = s["student_steps"]
     first = max(1, round(STAGE_SPLIT * total))
     then = {"method": second, "name": second, "max_steps": total - first,
-            "val_check_steps": min(100, total - first) if second == "gkd" else total - first}
+            "val_check_steps": min(100 if second == "gkd" else s["student_val_steps"],
+                                   total - first)}
     if second == "kd":  # the kd row's objective
         kd = student_config(args, s, "kd", d, seed, teacher, data, pl_data, work)
         then.update({k: kd[k] for k in ("alpha_ce", "alpha_mlm", "alpha_hid", "temperature",
@@ -355,8 +367,44 @@ def staged_config(args, s, method: str, d: int, seed: int, teacher: Path, data: 
                     gkd={**gkd, "temperature": 1.0, "max_new_tokens": 40})
     base.update(output_dir=str(Path(base["output_dir"]).with_name(
         Path(base["output_dir"]).name.replace("_sft", "_" + method))),
-        stages=[{"name": "sft", "max_steps": first, "val_check_steps": first}, then])
+        stages=[{"name": "sft", "max_steps": first,
+                 "val_check_steps": min(s["student_val_steps"], first)}, then])
     return base
+
+
+FIRST_STAGE_KEY = "bench_first_stage.txt"  # a staged row: the settings of its first stage
+SHARED_SECONDS = "bench_shared_seconds.txt"  # a staged row: its copied first stage's seconds
+
+
+def first_stage_reuse(cfg: dict, work: Path, after: str) -> Callable[[Path], bool]:
+    """The staged rows of one depth and seed begin with the same stage (sft on the references,
+    the same settings and seed). The first row to run trains it; each later one copies that
+    finished stage folder and resumes past it (``--resume`` skips a finished stage), so it
+    trains once per depth and seed. Its training seconds count in every row that uses it."""
+    base = {k: v for k, v in cfg.items() if k not in ("output_dir", "stages")}
+    key = _digest({**base, "first_stage": cfg["stages"][0]}, after)
+    name = f"stage0_{cfg['stages'][0].get('name') or cfg['method']}"
+
+    def reuse(out: Path) -> bool:
+        (out / FIRST_STAGE_KEY).write_text(key)
+        for row in sorted(work.glob("student_*")):
+            done = row / name / "stage_done.json"
+            if row == out or not done.is_file() or not (row / FIRST_STAGE_KEY).is_file() \
+                    or (row / FIRST_STAGE_KEY).read_text() != key:
+                continue
+            shutil.copytree(row / name, out / name)
+            if (row / "teacher_val.json").is_file():
+                shutil.copy2(row / "teacher_val.json", out / "teacher_val.json")
+            seconds = json.loads(done.read_text())["summary"]["train_seconds"]
+            (out / SHARED_SECONDS).write_text(f"{seconds:.1f}")
+            # what run_stages checks on --resume: the same stages
+            (out / "hparams.json").write_text(json.dumps({"stages": cfg["stages"]}))
+            print(f"[quality] {out.name}: its first stage is {row.name}'s (the same settings, "
+                  f"{seconds:.0f} s), copied", flush=True)
+            return True
+        return False
+
+    return reuse
 
 
 def random_student(teacher: Path, d: int, work: Path) -> Path:
@@ -478,7 +526,8 @@ def main() -> None:
         name = f"student 6-{d} ({method})" + (f" seed {seed}" if seed != s["seed"] else "")
         print(f"== {name}", flush=True)
         cfg = student_config(args, s, method, d, seed, teacher, data, pl_data, work)
-        done = cached_run(args, cfg, after=t_key)
+        reuse = first_stage_reuse(cfg, work, t_key) if method in STAGED else None
+        done = cached_run(args, cfg, after=t_key, reuse=reuse)
         if done is None:
             pending.append(name)
             continue
