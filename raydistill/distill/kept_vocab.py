@@ -21,10 +21,14 @@ from raydistill.models.vocab import gather_kept
 
 
 class KeptVocab:
-    """``new_to_old``: the student's id i is the teacher's id ``new_to_old[i]``."""
+    """``new_to_old``: the student's id i is the teacher's id ``new_to_old[i]``. A student whose
+    sides have their own vocabularies (FSMT) also has ``source_new_to_old``, for its input ids;
+    ``new_to_old`` is then its target side's, what the logits and labels are in."""
 
-    def __init__(self, new_to_old: list[int]) -> None:
+    def __init__(self, new_to_old: list[int], source_new_to_old: list[int] | None = None) -> None:
         self.new_to_old = torch.tensor(new_to_old, dtype=torch.long)
+        self.source = (torch.tensor(source_new_to_old, dtype=torch.long)
+                       if source_new_to_old is not None else None)
         self.old_to_new: torch.Tensor | None = None  # built on first use (student_ids)
         self.teacher_size = max(new_to_old) + 1  # the largest kept teacher id, plus one
 
@@ -34,13 +38,22 @@ class KeptVocab:
         return self.new_to_old
 
     def teacher_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, L) student ids -> the teacher's ids (no ignored -100 among them)."""
+        """(B, L) student (target-side) ids -> the teacher's ids (no ignored -100 among them)."""
         return self._on(ids.device)[ids]
+
+    def teacher_source_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, S) student input ids -> the teacher's: through the source map where the sides
+        have their own (FSMT), else as ``teacher_ids``."""
+        if self.source is None:
+            return self.teacher_ids(ids)
+        if self.source.device != ids.device:
+            self.source = self.source.to(ids.device)
+        return self.source[ids]
 
     def teacher_batch(self, batch: dict[str, torch.Tensor], decoder_input_ids: torch.Tensor,
                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The batch and decoder inputs as the teacher reads them (labels stay the student's)."""
-        return ({**batch, "input_ids": self.teacher_ids(batch["input_ids"])},
+        return ({**batch, "input_ids": self.teacher_source_ids(batch["input_ids"])},
                 self.teacher_ids(decoder_input_ids))
 
     def student_ids(self, ids: torch.Tensor) -> torch.Tensor:

@@ -64,13 +64,16 @@ class LossStep:
         d_layer_ids: list[int] | None = None,
         projections: nn.ModuleList | None = None,
         vocab_map: list[int] | None = None,
+        source_vocab_map: list[int] | None = None,
     ) -> None:
         self.cfg = cfg
-        # A trimmed student (vocab_map: its id -> the teacher's): the teachers read the batch in
-        # their ids and their logits are gathered to the kept ids (distill/kept_vocab.py).
-        self.kept = KeptVocab(vocab_map) if vocab_map and teachers else None
+        # A trimmed student (vocab_map: its id -> the teacher's; source_vocab_map: the same for
+        # its input ids, where the sides have their own vocabularies, FSMT): the teachers read
+        # the batch in their ids and their logits are gathered to the kept ids
+        # (distill/kept_vocab.py).
+        self.kept = KeptVocab(vocab_map, source_vocab_map) if vocab_map and teachers else None
         if vocab_map:
-            _check_kept(cfg, teachers, vocab_map)
+            _check_kept(cfg, teachers, vocab_map, source_vocab_map)
         self.teachers = teachers
         self.teacher_timer: DeviceTimer | None = None  # method gkd: the teachers' forward passes
         for t in teachers:
@@ -330,11 +333,18 @@ def _with_dropped(parts: dict[str, Any], dropped: torch.Tensor | None) -> dict[s
     return parts if dropped is None else {**parts, "teacher_dropped_mass": dropped}
 
 
-def _check_kept(cfg: DistillConfig, teachers: list[nn.Module], vocab_map: list[int]) -> None:
+def _check_kept(cfg: DistillConfig, teachers: list[nn.Module], vocab_map: list[int],
+                source_vocab_map: list[int] | None = None) -> None:
     size = min((t.config.vocab_size for t in teachers), default=max(vocab_map) + 1)
     if max(vocab_map) >= size:
         raise ValueError(f"the student's vocab_map names teacher id {max(vocab_map)}, but a "
                          f"teacher has {size} tokens: trim the student from this teacher")
+    if source_vocab_map and teachers:  # FSMT: its source vocabulary is another size
+        size = min(getattr(t.config, "src_vocab_size", t.config.vocab_size) for t in teachers)
+        if max(source_vocab_map) >= size:
+            raise ValueError(f"the student's source vocab_map names teacher id "
+                             f"{max(source_vocab_map)}, but a teacher has {size} source tokens: "
+                             "trim the student from this teacher")
 
 
 def _fp32(results: dict[str, Any], keep_logits: bool = False) -> dict[str, Any]:

@@ -135,15 +135,16 @@ def cached_hidden_layers(tb_config: Any, teacher_counts: tuple[int, int]) -> lis
 def cache_key(teachers: list[str], tokenizer_dir: str, data_dir: str, *, split: str = "train",
               n: int | None = None, max_source_length: int, max_target_length: int,
               hidden_layers: Sequence[int] = (), teacher_dtype: str = "fp32",
-              vocab_map: Sequence[int] | None = None) -> dict[str, Any]:
+              vocab_map: Sequence[int] | None = None,
+              source_vocab_map: Sequence[int] | None = None) -> dict[str, Any]:
     """Everything the cached logits depend on (content hashes, not paths or mtimes), and the
     teacher hidden entries kept beside them (absent when none, as in caches of logits only).
 
     A teacher from the Hub cache (a ``models--org--name/snapshots/<commit>`` folder) adds its id
     and commit, so a cache built at one revision is never reused for another; a teacher run in
     another dtype than fp32 (``teacher_dtype``, as ``teacher_dtype_label`` gives it) adds that.
-    A trimmed student's ``vocab_map`` adds its fingerprint. Keys of local fp32 teachers for
-    untrimmed students are unchanged.
+    A trimmed student's ``vocab_map`` adds its fingerprint (and ``source_vocab_map``'s: FSMT).
+    Keys of local fp32 teachers for untrimmed students are unchanged.
     """
     from raydistill.hub import snapshot_identity
 
@@ -166,6 +167,7 @@ def cache_key(teachers: list[str], tokenizer_dir: str, data_dir: str, *, split: 
         from raydistill.models.vocab import map_fingerprint
 
         key["vocab_map"] = map_fingerprint(vocab_map)
+        key.update({"source_vocab_map": map_fingerprint(source_vocab_map)} if source_vocab_map else {})
     return key
 
 
@@ -198,12 +200,14 @@ class TeacherTopK:
     Input rows: ``id``, ``input_ids``, ``labels`` (tokenized, unpadded). Output rows: ``id``,
     ``topk_values`` and ``topk_indices`` (flat, tgt_len * k), and one ``t_hidden_*`` column
     (flat, len * d) per entry of ``hidden_layers`` (the first teacher's hidden states); with
-    ``vocab_map`` (a trimmed student's rows) the top-k of the kept ids and ``teacher_dropped``.
+    ``vocab_map`` (a trimmed student's rows; ``source_vocab_map``: FSMT's input side) the
+    top-k of the kept ids and ``teacher_dropped``.
     """
 
     def __init__(self, teachers: list[str], top_k: int, dtype: str, pad_token_id: int,
                  device: str = "cpu", hidden_layers: Sequence[int] = (),
-                 teacher_dtype: str = "fp32", vocab_map: Sequence[int] | None = None) -> None:
+                 teacher_dtype: str = "fp32", vocab_map: Sequence[int] | None = None,
+                 source_vocab_map: Sequence[int] | None = None) -> None:
         import ray
         import torch
 
@@ -221,14 +225,14 @@ class TeacherTopK:
         self.top_k, self.dtype, self.pad_token_id = top_k, np.dtype(dtype), pad_token_id
         self.hidden_layers = [int(i) for i in hidden_layers]
         self.encoder_layers = layer_counts(self.teachers[0])[0]
-        self.vocab_map = list(vocab_map) if vocab_map is not None else None
+        self.maps = (vocab_map and list(vocab_map), source_vocab_map and list(source_vocab_map))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from raydistill.data.tokenize import pad_batch
 
         padded = pad_batch(list(batch["input_ids"]), list(batch["labels"]), self.pad_token_id)
         values, indices, hidden, dropped = teacher_outputs_for_batch(
-            self.teachers, padded, self.top_k, self.device, self.hidden_layers, self.vocab_map)
+            self.teachers, padded, self.top_k, self.device, self.hidden_layers, *self.maps)
         rows = example_rows(values, indices, hidden, [len(ids) for ids in batch["input_ids"]],
                             [len(labels) for labels in batch["labels"]], self.encoder_layers,
                             self.dtype, dropped)
@@ -298,13 +302,14 @@ def topk_for_batch(teachers: list[torch.nn.Module], batch: dict[str, torch.Tenso
 def teacher_outputs_for_batch(teachers: list[torch.nn.Module], batch: dict[str, torch.Tensor],
                               top_k: int, device: str = "cpu", hidden_layers: Sequence[int] = (),
                               vocab_map: Sequence[int] | None = None,
+                              source_vocab_map: Sequence[int] | None = None,
                               ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray],
                                          np.ndarray | None]:
     """Top-k of the teachers' mean logits (B, T, k), the first teacher's hidden entries
     ``hidden_layers`` (indices into encoder + decoder hidden states), each (B, L, d) float32,
     and None. With ``vocab_map`` the batch holds a trimmed student's ids: the teachers read it
     in theirs, the top-k are of the logits at the kept ids (indices: the student's ids), and
-    the last item is the (B, T) probability mass outside them."""
+    the last item is the (B, T) probability mass outside them (FSMT: ``source_vocab_map``)."""
     import torch
 
     from raydistill.models.adaptor import seq2seq_forward
@@ -314,7 +319,8 @@ def teacher_outputs_for_batch(teachers: list[torch.nn.Module], batch: dict[str, 
     new_to_old = None if vocab_map is None else torch.tensor(list(vocab_map), device=device)
     if new_to_old is not None:  # the teacher's ids; labels only build the decoder inputs
         labels = batch["labels"]
-        batch = {**batch, "input_ids": new_to_old[batch["input_ids"]],
+        src = torch.tensor(list(source_vocab_map or vocab_map), device=device)  # FSMT: its own
+        batch = {**batch, "input_ids": src[batch["input_ids"]],
                  "labels": labels.where(labels.eq(-100), new_to_old[labels.clamp(min=0)])}
     dec_in = decoder_inputs(teachers[0], batch["labels"])
     with torch.no_grad():
@@ -339,12 +345,13 @@ def teacher_outputs_for_batch(teachers: list[torch.nn.Module], batch: dict[str, 
 def build_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teachers: list[str],
                 pad_token_id: int, top_k: int = DEFAULT_TOP_K, dtype: str = "float16",
                 batch_size: int = 16, num_workers: int = 1, num_cpus: float = 1.0,
-                num_gpus: float = 0.0, vocab_map: Sequence[int] | None = None) -> dict[str, Any]:
+                num_gpus: float = 0.0, vocab_map: Sequence[int] | None = None,
+                source_vocab_map: Sequence[int] | None = None) -> dict[str, Any]:
     """Run the teachers over the tokenized Ray Dataset and write the cache; returns the manifest.
 
     The teacher hidden entries kept are the key's ``hidden_layers`` (none by default), and the
     teachers run in the key's ``teacher_dtype`` (fp32 by default). ``vocab_map``: the rows are
-    a trimmed student's (its fingerprint must be the key's).
+    a trimmed student's (its fingerprint must be the key's; ``source_vocab_map`` too, FSMT).
 
     Parts and manifest go to a temporary folder beside ``cache_dir`` that is renamed into place
     when complete, so a killed build never leaves a cache that looks valid. On a cluster,
@@ -356,8 +363,9 @@ def build_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teache
         raise ConfigError(f"top_k={top_k}: keep at least 1 logit per position (default {DEFAULT_TOP_K})")
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r}: use one of {', '.join(DTYPES)}")
-    if (vocab_map is None) != ("vocab_map" not in key):
-        raise ValueError("build_cache: give vocab_map to both cache_key and build_cache, or neither")
+    if (vocab_map is None, source_vocab_map is None) != ("vocab_map" not in key,
+                                                         "source_vocab_map" not in key):
+        raise ValueError("build_cache: give cache_key and build_cache the same vocab_map(s)")
     cache_dir = Path(cache_dir).resolve()
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", dir=cache_dir.parent))
@@ -376,7 +384,7 @@ def build_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teache
                                        device="cuda" if num_gpus > 0 else "cpu",
                                        hidden_layers=key.get("hidden_layers", []),
                                        teacher_dtype=key.get("teacher_dtype", "fp32"),
-                                       vocab_map=None if vocab_map is None else list(vocab_map)),
+                                       vocab_map=vocab_map, source_vocab_map=source_vocab_map),
             compute=ray.data.ActorPoolStrategy(size=num_workers),
             batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus, num_gpus=num_gpus,
         )
@@ -459,9 +467,9 @@ def cache_logits(teacher: str | list[str], data_dir: str, out: str, *, top_k: in
                 for i, t in enumerate(refs)]
     validate_data_dir(data_dir, (split,))
     tok_dir = tokenizer or teachers[0]
-    from raydistill.models.vocab import read_vocab_map
+    from raydistill.models.vocab import vocab_maps
 
-    vocab_map = read_vocab_map(tok_dir)  # None unless tok_dir is a trimmed student's
+    maps = vocab_maps(tok_dir)  # none unless tok_dir is a trimmed student's
     if hidden_layers:  # negative layer_T counts from the end, as in intermediate_matches
         from transformers import AutoConfig
 
@@ -473,7 +481,7 @@ def cache_logits(teacher: str | list[str], data_dir: str, out: str, *, top_k: in
                     max_source_length=max_source_length, max_target_length=max_target_length,
                     hidden_layers=hidden_layers,
                     teacher_dtype=teacher_dtype_label(teacher_dtype, num_gpus > 0),
-                    vocab_map=vocab_map)
+                    **maps)
     if not force and is_valid(out, key, top_k):
         print(f"{out} already holds these logits (same teacher, data, tokenization and k)")
         return read_manifest(out)  # type: ignore[return-value]
@@ -483,7 +491,7 @@ def cache_logits(teacher: str | list[str], data_dir: str, out: str, *, top_k: in
                          max_target_length)
     return build_cache(ds, out, key, teachers=teachers, pad_token_id=pad_id, top_k=top_k,
                        dtype=dtype, batch_size=batch_size, num_workers=num_workers,
-                       num_gpus=num_gpus, vocab_map=vocab_map)
+                       num_gpus=num_gpus, **maps)
 
 
 __all__ = ["DEFAULT_TOP_K", "DTYPES", "TeacherTopK", "build_cache", "cache_key", "cache_logits",

@@ -397,16 +397,32 @@ def map_fingerprint(new_to_old: list[int]) -> str:
 
 
 def read_vocab_map(model_dir: str | os.PathLike) -> list[int] | None:
-    """``new_to_old`` of a trimmed model's folder; None for a model that was not trimmed."""
+    """``new_to_old`` of a trimmed model's folder (FSMT: its target side's, what the losses
+    gather); None for a model that was not trimmed."""
     path = Path(model_dir) / VOCAB_MAP_FILE
     return json.loads(path.read_text())["new_to_old"] if path.is_file() else None
 
 
+def read_source_map(model_dir: str | os.PathLike) -> list[int] | None:
+    """The source side's ``new_to_old`` of a trimmed model whose sides have their own
+    vocabularies (FSMT: the student's input ids -> the teacher's); None for one shared
+    vocabulary (``read_vocab_map`` serves both sides) or a model that was not trimmed."""
+    path = Path(model_dir) / VOCAB_MAP_FILE
+    return json.loads(path.read_text()).get("source_new_to_old") if path.is_file() else None
+
+
+def vocab_maps(model_dir: str | os.PathLike) -> dict[str, list[int]]:
+    """A trimmed model's maps as a run passes them on: ``vocab_map`` and, where its sides have
+    their own vocabularies, ``source_vocab_map``; empty for a model that was not trimmed."""
+    maps = {"vocab_map": read_vocab_map(model_dir), "source_vocab_map": read_source_map(model_dir)}
+    return {k: v for k, v in maps.items() if v is not None}
+
+
 def keep_vocab_map(model_dir: str | os.PathLike, copied_from: str | os.PathLike | None = None,
-                   ) -> list[int] | None:
-    """``read_vocab_map(model_dir)``, after copying ``vocab_map.json`` over from the folder the
+                   ) -> dict[str, list[int]]:
+    """``vocab_maps(model_dir)``, after copying ``vocab_map.json`` over from the folder the
     model was copied from (a saved trimmed student), if it has one."""
     src = Path(copied_from) / VOCAB_MAP_FILE if copied_from else None
     if src is not None and src.is_file():
         shutil.copy(src, Path(model_dir) / VOCAB_MAP_FILE)
-    return read_vocab_map(model_dir)
+    return vocab_maps(model_dir)

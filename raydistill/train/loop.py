@@ -182,7 +182,8 @@ def setup(config: dict[str, Any]) -> Worker:
     needs = run_needs(cfg)
     student, teachers, projections = _models(cfg, run, needs, device)
     loss_step = LossStep(cfg, teachers, student, run.get("e_layer_ids"), run.get("d_layer_ids"),
-                         projections, vocab_map=run.get("vocab_map"))
+                         projections, vocab_map=run.get("vocab_map"),
+                         source_vocab_map=run.get("source_vocab_map"))
     model = wrap_student(student, cfg, device)  # DDP, or FSDP2 shards (train/parallel.py)
     inner = getattr(model, "module", model)  # a sharded student is its own module
 

@@ -128,9 +128,9 @@ def prepare_student(cfg: DistillConfig, out: Path, resume: bool,
                                        trim_vocab=cfg.trim_vocab, keep_vocab=cfg.keep_vocab)
     if not any(tmp.glob("tokenizer*")) and cfg.teacher_paths:
         _save_tokenizer(cfg.teacher_paths[0], tmp)
-    vocab_map = keep_vocab_map(tmp, cfg.student)  # a trimmed student's new id -> teacher id
+    maps = keep_vocab_map(tmp, cfg.student)  # a trimmed student's new id -> teacher id (FSMT: 2)
     replace_dir_atomic(tmp, student_dir)
-    layers = {"e_layer_ids": e_ids, "d_layer_ids": d_ids, **({"vocab_map": vocab_map} if vocab_map else {})}
+    layers = {"e_layer_ids": e_ids, "d_layer_ids": d_ids, **maps}
     write_json_atomic(layers_file, layers)
     return layers
 
@@ -435,19 +435,19 @@ def prepare_logit_cache(cfg: DistillConfig, student_dir: str, train_ds,
     from raydistill.models.teacher_cache import cache_key, cached_hidden_layers, ensure_cache
     from raydistill.distill.textbrewer import DistillationConfig
     from raydistill.models.layers import layer_counts, teacher_dtype_label
-    from raydistill.models.vocab import read_vocab_map
+    from raydistill.models.vocab import vocab_maps
 
     hidden = cached_hidden_layers(DistillationConfig.from_dict(cfg.distillation or {}),
                                   layer_counts(AutoConfig.from_pretrained(cfg.teacher_paths[0])))
-    vocab_map = read_vocab_map(student_dir)  # a trimmed student's (None: not trimmed)
+    maps = vocab_maps(student_dir)  # a trimmed student's (none: not trimmed)
     key = cache_key(cfg.teacher_paths, student_dir, cfg.data_dir, split="train", n=cfg.n_train,
                     max_source_length=cfg.max_source_length, hidden_layers=hidden,
-                    max_target_length=cfg.max_target_length, vocab_map=vocab_map,
+                    max_target_length=cfg.max_target_length, **maps,
                     teacher_dtype=teacher_dtype_label(cfg.teacher_dtype, cfg.use_gpu))
     pad_id = AutoTokenizer.from_pretrained(student_dir).pad_token_id
     actors, free_gpus = cache_actors(cfg), ray.available_resources().get("GPU", 0.0)
     ensure_cache(train_ds, cache_dir, key, teachers=cfg.teacher_paths, pad_token_id=pad_id,
-                 top_k=cfg.logit_cache_top_k, batch_size=cfg.eval_batch_size, vocab_map=vocab_map,
+                 top_k=cfg.logit_cache_top_k, batch_size=cfg.eval_batch_size, **maps,
                  num_workers=actors, num_cpus=cfg.cpus_per_worker,
                  num_gpus=actor_gpus(cfg.use_gpu, actors, free_gpus))  # teachers share GPUs
     return Path(cache_dir)

@@ -212,7 +212,7 @@ def sample_teacher_targets(teacher: torch.nn.Module, batch: dict[str, torch.Tens
     are -inf before temperature, top-k and top-p), and the labels come back in the student's."""
     if kept is None:
         return sample_targets(teacher, batch, g)
-    t_batch = {**batch, "input_ids": kept.teacher_ids(batch["input_ids"])}
+    t_batch = {**batch, "input_ids": kept.teacher_source_ids(batch["input_ids"])}
     labels = sample_targets(teacher, t_batch, g, LogitsProcessorList([kept.logits_processor()]))
     return kept.student_ids(labels)
 
