@@ -34,6 +34,9 @@ def _make_student(args: argparse.Namespace) -> int:
     if args.trim_vocab:
         print(f"vocabulary: {student.config.vocab_size} of {student.config.original_vocab_size} "
               f"tokens kept (map in {Path(args.save_path) / 'vocab_map.json'})"
+              + (f"; source vocabulary: {student.config.src_vocab_size} of "
+                 f"{student.config.original_src_vocab_size}"
+                 if hasattr(student.config, "original_src_vocab_size") else "")
               + (f"; --keep-vocab {args.keep_vocab} bounds the data tokens chosen by frequency, "
                  "the rest are special tokens, characters and merge intermediates"
                  if args.keep_vocab else ""))
@@ -114,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "vocabulary the teacher's tokenizer gives this data folder's train split "
                    "(plus special tokens); the trimmed tokenizer is saved with the student")
     p.add_argument("--keep-vocab", type=int, default=None, metavar="N", help="with "
-                   "--trim-vocab: of the train split's tokens, only the N most frequent; the "
+                   "--trim-vocab: of the train split's tokens, only the N most frequent (FSMT: "
+                   "on each side); the "
                    "kept vocabulary also holds the special tokens, the single-character pieces "
                    "of the split's characters and, for BPE, the merge intermediates of the kept "
                    "tokens (and the 256 bytes of a byte-level BPE), so it is larger than N")

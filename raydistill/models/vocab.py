@@ -26,6 +26,8 @@ What happens to text outside the kept set, by tokenizer kind:
   fallback).
 - Marian (SentencePiece models + ``vocab.json``): segmentation is the SentencePiece models'
   own, unchanged; a piece outside the kept set becomes ``<unk>``.
+- FSMT (a source and a target vocabulary, one ``merges.txt``): each side trimmed apart, with a
+  map each (models/vocab_fsmt.py).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from transformers import PreTrainedModel
 from raydistill.errors import ModelError
 
 VOCAB_MAP_FILE = "vocab_map.json"
-SUPPORTED = ("bart", "mbart", "marian", "pegasus", "t5", "mt5")
+SUPPORTED = ("bart", "mbart", "marian", "pegasus", "t5", "mt5", "fsmt")
 # state-dict keys whose rows are token ids (final_logits_bias: its columns)
 ROW_KEYS = ("shared.weight", "embed_tokens.weight", "lm_head.weight")
 ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
@@ -150,26 +152,22 @@ def _bpe_closure(tokenizer, keep: set[int]) -> set[int]:
 
 # --- the model ------------------------------------------------------------------------------
 
-def trim_model(model: PreTrainedModel, new_to_old: list[int]) -> PreTrainedModel:
+def trim_model(model: PreTrainedModel, new_to_old: list[int],
+               source_new_to_old: list[int] | None = None) -> PreTrainedModel:
     """A copy of ``model`` with only the token rows ``new_to_old`` (in that order) in its
-    embeddings, output layer and ``final_logits_bias``, and its config's ids remapped."""
+    embeddings, output layer and ``final_logits_bias``, and its config's ids remapped. FSMT
+    (two vocabularies) also needs ``source_new_to_old``, its encoder's rows (vocab_fsmt.py)."""
     check_supported(model)
-    size = model.get_output_embeddings().weight.shape[0]
-    index = torch.tensor(new_to_old, dtype=torch.long)
-    if len(set(new_to_old)) != len(new_to_old) or index.min() < 0 or index.max() >= size:
-        raise ModelError(f"vocabulary map must list distinct ids in 0..{size - 1}")
-    state = model.state_dict()
-    for key, value in state.items():
-        if key.endswith(ROW_KEYS) and value.shape[0] == size:
-            state[key] = value.index_select(0, index.to(value.device))
-        elif key.endswith("final_logits_bias"):
-            state[key] = value.index_select(-1, index.to(value.device))
-    config = copy.deepcopy(model.config)
+    if model.config.model_type == "fsmt":
+        from raydistill.models.vocab_fsmt import trim_fsmt_weights
+
+        if source_new_to_old is None:
+            raise ModelError("FSMT has a source and a target vocabulary: give source_new_to_old "
+                             "too")
+        state, config = trim_fsmt_weights(model, source_new_to_old, new_to_old)
+    else:
+        state, config = _trim_weights(model, new_to_old)
     old_to_new = {o: n for n, o in enumerate(new_to_old)}
-    config.vocab_size = len(new_to_old)
-    if getattr(config, "decoder_vocab_size", None) is not None:  # Marian
-        config.decoder_vocab_size = len(new_to_old)
-    config.original_vocab_size = size
     remap_ids(config, old_to_new)
     trimmed = type(model)._from_config(config).to(device=model.device, dtype=model.dtype)
     info = trimmed.load_state_dict(state, strict=False)
@@ -182,13 +180,29 @@ def trim_model(model: PreTrainedModel, new_to_old: list[int]) -> PreTrainedModel
     return trimmed.train(model.training)
 
 
+def _trim_weights(model: PreTrainedModel, new_to_old: list[int]) -> tuple[dict, object]:
+    """(state dict, config) of ``model`` with only the token rows ``new_to_old``; the config's
+    ids not yet remapped."""
+    size = model.get_output_embeddings().weight.shape[0]
+    index = torch.tensor(new_to_old, dtype=torch.long)
+    if len(set(new_to_old)) != len(new_to_old) or index.min() < 0 or index.max() >= size:
+        raise ModelError(f"vocabulary map must list distinct ids in 0..{size - 1}")
+    state = model.state_dict()
+    for key, value in state.items():
+        if key.endswith(ROW_KEYS) and value.shape[0] == size:
+            state[key] = value.index_select(0, index.to(value.device))
+        elif key.endswith("final_logits_bias"):
+            state[key] = value.index_select(-1, index.to(value.device))
+    config = copy.deepcopy(model.config)
+    config.vocab_size = len(new_to_old)
+    if getattr(config, "decoder_vocab_size", None) is not None:  # Marian
+        config.decoder_vocab_size = len(new_to_old)
+    config.original_vocab_size = size
+    return state, config
+
+
 def check_supported(model: PreTrainedModel) -> None:
     kind = model.config.model_type
-    if kind == "fsmt":  # transformers' FSMTTokenizer has no target mode (checked on 5.23)
-        raise ModelError("vocabulary trimming cannot trim fsmt: FSMTTokenizer encodes targets "
-                         "with the source vocabulary (vocab-src.json), so the target tokens to "
-                         "keep cannot be counted as training tokenizes them; make the student "
-                         "without --trim-vocab")
     if kind not in SUPPORTED:
         raise ModelError(f"vocabulary trimming supports {', '.join(SUPPORTED)}; not {kind} "
                          "(BERT2BERT is not done yet): make the "
@@ -334,32 +348,49 @@ def trim_vocab(model: PreTrainedModel, tokenizer, data_dir: str | os.PathLike,
     Returns (trimmed model, trimmed tokenizer, new_to_old). With ``save_path``, writes the model
     (safetensors), the tokenizer and ``vocab_map.json`` (``new_to_old``, the original size)
     there. Without ``keep_vocab``, the first train lines are re-tokenized as a guard: they must
-    give the same tokens under the new ids.
+    give the same tokens under the new ids. FSMT's two vocabularies are trimmed apart
+    (vocab_fsmt.py): ``new_to_old`` is then the target side's, and ``vocab_map.json`` also holds
+    ``source_new_to_old`` and ``original_src_vocab_size``.
     """
+    from raydistill.models import vocab_fsmt
+
     check_supported(model)
-    new_to_old = kept_token_ids(tokenizer, data_dir, keep_vocab, config_token_ids(model))
-    trimmed = trim_model(model, new_to_old)
+    fsmt = model.config.model_type == "fsmt"
+    if fsmt:
+        src_map, new_to_old = vocab_fsmt.fsmt_kept_ids(model.config, tokenizer, data_dir,
+                                                       keep_vocab, config_token_ids(model))
+    else:
+        src_map = None
+        new_to_old = kept_token_ids(tokenizer, data_dir, keep_vocab, config_token_ids(model))
+    trimmed = trim_model(model, new_to_old, src_map)
     with tempfile.TemporaryDirectory() as tmp:
-        new_tokenizer = trim_tokenizer(tokenizer, new_to_old, save_path or tmp)
+        new_tokenizer = (vocab_fsmt.trim_fsmt_tokenizer(tokenizer, src_map, new_to_old,
+                                                        save_path or tmp) if fsmt
+                         else trim_tokenizer(tokenizer, new_to_old, save_path or tmp))
     if keep_vocab is None:
-        check_round_trip(tokenizer, new_tokenizer, new_to_old, data_dir, CHECK_LINES)
+        check_round_trip(tokenizer, new_tokenizer, new_to_old, data_dir, CHECK_LINES, src_map)
     if save_path is not None:
         trimmed.save_pretrained(save_path)
+        source = {"original_src_vocab_size": model.config.src_vocab_size,
+                  "source_new_to_old": src_map} if fsmt else {}
         write_vocab_map(save_path, new_to_old, model.get_output_embeddings().weight.shape[0],
-                        data_dir=str(data_dir), keep_vocab=keep_vocab)
+                        data_dir=str(data_dir), keep_vocab=keep_vocab, **source)
     return trimmed, new_tokenizer, new_to_old
 
 
 def check_round_trip(full, trimmed, new_to_old: list[int], data_dir: str | os.PathLike,
-                     n: int | None = None) -> None:
+                     n: int | None = None, source_new_to_old: list[int] | None = None) -> None:
     """Raise ModelError unless ``trimmed`` tokenizes the train split (its first ``n`` lines)
-    to ``full``'s tokens under the new ids."""
+    to ``full``'s tokens under the new ids (the sources under ``source_new_to_old`` where the
+    sides have their own maps: FSMT)."""
     from raydistill.data.files import read_split
+    from raydistill.data.tokenize import with_target_side
 
     data = read_split(data_dir, "train", n)
-    old_to_new = {o: n for n, o in enumerate(new_to_old)}
-    for side, key, lines in (("source", "text", data.sources),
-                             ("target", "text_target", data.targets)):
+    full, trimmed = with_target_side(full), with_target_side(trimmed)
+    for side, key, lines, ids in (("source", "text", data.sources, source_new_to_old),
+                                  ("target", "text_target", data.targets, new_to_old)):
+        old_to_new = {o: n for n, o in enumerate(new_to_old if ids is None else ids)}
         want = full(**{key: lines})["input_ids"]
         got = trimmed(**{key: lines})["input_ids"]
         for line, (w, g) in enumerate(zip(want, got)):

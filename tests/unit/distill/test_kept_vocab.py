@@ -260,3 +260,131 @@ def test_seq_kd_samples_equal_a_teacher_restricted_by_hand(setup, sampling):
     assert targets.kept is step.kept
     loss, parts = step(student, {**src, "labels": got}, 0, 1)  # the loss reads them as labels
     assert torch.isfinite(loss) and "teacher_dropped_mass" in parts
+
+
+# ---- FSMT: a source map and a target map ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fsmt_setup():
+    """(FSMT teacher with 300 source and 260 target ids, the same teacher trimmed, a trimmed 1-1
+    student, source map, target map, a batch in the student's ids)."""
+    from transformers import FSMTConfig, FSMTForConditionalGeneration
+
+    torch.manual_seed(0)
+    cfg = FSMTConfig(langs=["en", "de"], src_vocab_size=300, tgt_vocab_size=260, d_model=32,
+                     encoder_layers=2, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                     encoder_attention_heads=4, decoder_attention_heads=4,
+                     max_position_embeddings=64, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                     decoder_start_token_id=2, forced_eos_token_id=2, tie_word_embeddings=False)
+    teacher = FSMTForConditionalGeneration._from_config(cfg).double().eval()
+    src_map = sorted(set(range(4)) | set(range(0, 300, 3)))
+    tgt_map = sorted(set(range(4)) | set(range(0, 260, 5)))
+    student = trim_model(make_student(teacher, e=1, d=1)[0], tgt_map, src_map).eval()
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(4, len(tgt_map), (2, 6), generator=g)
+    labels[1, 4:] = -100
+    batch = {"input_ids": torch.randint(4, len(src_map), (2, 7), generator=g),
+             "attention_mask": torch.ones(2, 7, dtype=torch.long), "labels": labels}
+    batch["input_ids"][0, 5:] = 1  # padded with the pad id (1 on both sides)
+    batch["attention_mask"][0, 5:] = 0
+    return (teacher, trim_model(teacher, tgt_map, src_map).eval(), student, src_map, tgt_map,
+            batch)
+
+
+@pytest.fixture
+def fsmt64(monkeypatch):
+    """FSMT's causal mask in float64: transformers fills it through float32
+    (``fill_with_neg_inf``, for fp16), which overflows with float64's minimum."""
+    from transformers.models.fsmt import modeling_fsmt
+
+    monkeypatch.setattr(modeling_fsmt, "fill_with_neg_inf",
+                        lambda t: t.fill_(torch.finfo(t.dtype).min))
+
+
+def _naive_fsmt_teacher(teacher, src_map, tgt_map, batch, student):
+    """The full FSMT teacher on the batch mapped by hand: inputs through the source map, decoder
+    inputs through the target map; its logits at the kept target ids and the dropped mass."""
+    with torch.no_grad():
+        full = teacher(input_ids=torch.tensor(src_map)[batch["input_ids"]],
+                       attention_mask=batch["attention_mask"],
+                       decoder_input_ids=torch.tensor(tgt_map)[
+                           decoder_inputs(student, batch["labels"])],
+                       use_cache=False).logits  # FSMT's causal mask only without the cache
+    return full[..., tgt_map], 1 - full.softmax(-1)[..., tgt_map].sum(-1)
+
+
+@pytest.mark.parametrize("objective", [
+    dict(method="kd", alpha_ce=0.8, alpha_mlm=0.2, alpha_hid=1.0),
+    dict(method="kd", distillation=TB),
+    dict(method="gkd", gkd={"beta": 0.5, "temperature": 1.5}),
+], ids=["kd", "textbrewer", "gkd"])
+def test_fsmt_losses_equal_the_teacher_on_the_kept_ids(fsmt_setup, fsmt64, objective):
+    """As for BART above: the oracle is the teacher trimmed on both sides, reading the student's
+    ids directly; the dropped mass, the full teacher reading the batch mapped by hand (sources
+    through the source map: the target map there would give another teacher input)."""
+    teacher, teacher_kept, student, src_map, tgt_map, batch = fsmt_setup
+    cfg = DistillConfig(**objective, **BASE)
+    got, parts = LossStep(cfg, [teacher], student, vocab_map=tgt_map,
+                          source_vocab_map=src_map)(student, batch, 3, 10)
+    want, _ = LossStep(cfg, [teacher_kept], student)(student, batch, 3, 10)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    _, dropped = _naive_fsmt_teacher(teacher, src_map, tgt_map, batch, student)
+    torch.testing.assert_close(parts["teacher_dropped_mass"].double(),
+                               dropped[batch["labels"].ne(-100)].mean(), rtol=1e-6, atol=0)
+
+
+def test_fsmt_kd_loss_equals_the_full_logits_gathered_and_renormalised(fsmt_setup, fsmt64):
+    """kd's soft loss written out: KL(teacher || student) at temperature T, the teacher's
+    distribution the full logits at the kept target ids, renormalised (a softmax over them)."""
+    teacher, _, student, src_map, tgt_map, batch = fsmt_setup
+    T = 2.0
+    cfg = DistillConfig(method="kd", alpha_ce=1.0, alpha_mlm=0.0, alpha_hid=0.0, temperature=T,
+                        **BASE)
+    got, _ = LossStep(cfg, [teacher], student, vocab_map=tgt_map,
+                      source_vocab_map=src_map)(student, batch, 3, 10)
+    t_logits, _ = _naive_fsmt_teacher(teacher, src_map, tgt_map, batch, student)
+    with torch.no_grad():
+        s_logits = student(**{k: batch[k] for k in ("input_ids", "attention_mask")},
+                           decoder_input_ids=decoder_inputs(student, batch["labels"]),
+                           use_cache=False).logits
+    mask = batch["labels"].ne(-100)
+    p_t = (t_logits[mask] / T).softmax(-1)
+    kl = (p_t * (p_t.log() - (s_logits[mask] / T).log_softmax(-1))).sum(-1).mean() * T ** 2
+    torch.testing.assert_close(got.double(), kl, rtol=1e-10, atol=1e-12)
+
+
+def test_fsmt_cache_rows_and_seq_kd_read_the_sources_through_the_source_map(fsmt_setup, fsmt64):
+    from raydistill.models.teacher_cache import teacher_outputs_for_batch
+    from raydistill.config import GKDSettings
+    from raydistill.train.targets import sample_targets, sample_teacher_targets
+
+    teacher, _, student, src_map, tgt_map, batch = fsmt_setup
+    n = len(tgt_map)
+    values, indices, _, dropped = teacher_outputs_for_batch(
+        [teacher], batch, n, vocab_map=tgt_map, source_vocab_map=src_map)
+    want_logits, want_dropped = _naive_fsmt_teacher(teacher, src_map, tgt_map, batch, student)
+    assert (indices == np.arange(n)).all()
+    np.testing.assert_allclose(values, (want_logits - want_logits.amax(-1, keepdim=True)).numpy(),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dropped, want_dropped.numpy(), rtol=1e-6, atol=0)
+
+    g = GKDSettings(seq_kd=True, max_new_tokens=8)
+    src = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    torch.manual_seed(11)
+    got = sample_teacher_targets(teacher, src, g, KeptVocab(tgt_map, src_map))
+    # the oracle: the full teacher with -inf outside the kept ids (a hook on its output layer),
+    # sampled with the same seed from the sources mapped by hand, mapped back by a dict
+    mask = torch.full((260,), float("-inf"), dtype=torch.float64)
+    mask[tgt_map] = 0.0
+    hook = teacher.model.decoder.output_projection.register_forward_hook(
+        lambda m, i, out: out + mask)
+    try:
+        torch.manual_seed(11)
+        sample = sample_targets(teacher, {**src, "input_ids": torch.tensor(src_map)[
+            src["input_ids"]]}, g)
+    finally:
+        hook.remove()
+    old_to_new = {o: i for i, o in enumerate(tgt_map)}
+    want = torch.tensor([[-100 if t == -100 else old_to_new[t] for t in row]
+                         for row in sample.tolist()])
+    assert got.tolist() == want.tolist() and got.size(1) > 2
