@@ -86,6 +86,41 @@ def train_marian_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size
     return tok
 
 
+def train_fsmt_tokenizer(sources: Iterable[str], targets: Iterable[str], out_dir: str | Path,
+                         vocab_size: int = 260, langs: tuple[str, str] = ("en", "de")):
+    """Learn BPE merges (subword-nmt's form: ``</w>`` ends a word) on Moses-tokenized ``sources``
+    (``langs[0]``) and ``targets`` (``langs[1]``) and return an ``FSMTTokenizer`` over them,
+    saved in ``out_dir``. Both vocabularies hold every piece, in another order on each side
+    (the same piece has other ids in source and target, as in fairseq's WMT19 dictionaries)."""
+    from sacremoses import MosesTokenizer
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import FSMTTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    corpus = [" ".join(MosesTokenizer(lang=lang).tokenize(t, aggressive_dash_splits=True,
+                                                          escape=True))
+              for lang, texts in zip(langs, (sources, targets)) for t in texts]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>", end_of_word_suffix="</w>"))
+    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, end_of_word_suffix="</w>",
+        show_progress=False))
+    model = json.loads(bpe.to_str())["model"]
+    pieces = [t for t in sorted(model["vocab"], key=model["vocab"].get) if t not in specials]
+    files = {"vocab-src.json": specials + pieces, "vocab-tgt.json": specials + pieces[::-1]}
+    for name, tokens in files.items():
+        (out_dir / name).write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
+    (out_dir / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n")
+    tok = FSMTTokenizer(langs=list(langs), src_vocab_file=str(out_dir / "vocab-src.json"),
+                        tgt_vocab_file=str(out_dir / "vocab-tgt.json"),
+                        merges_file=str(out_dir / "merges.txt"))
+    tok.save_pretrained(out_dir)
+    return tok
+
+
 def new_model(
     arch: str,
     vocab_size: int,

@@ -100,3 +100,45 @@ def test_cached_teacher_logits_for_a_trimmed_student_are_keyed_by_its_map(ray_se
     assert manifest["key"]["vocab_map"] == map_fingerprint(kept)
     step_lines = [ln for ln in capfd.readouterr().out.splitlines() if "teacher_dropped_mass" in ln]
     assert step_lines
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("cached", [False, True], ids=["live", "cached"])
+def test_kd_into_a_trimmed_fsmt_student(ray_session, tmp_path, capfd, cached):
+    """FSMT: each side trimmed apart; the run carries both maps (student_layers.json), the
+    teacher reads the inputs through the source map (live, and when building the Parquet cache,
+    keyed by both maps) and its logits are gathered through the target map."""
+    from raydistill.models.scratch import train_fsmt_tokenizer
+    from raydistill.models.vocab import map_fingerprint, read_source_map
+
+    pytest.importorskip("sacremoses")
+    pairs = [(f"the {w} sat on the mat {i} .", f"die {w} sass auf der Matte {i} .")
+             for i, w in enumerate(["cat", "dog", "bird", "fox"] * 2)]
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "val", "test"):
+        (data / f"{split}.source").write_text("".join(s + "\n" for s, _ in pairs))
+        (data / f"{split}.target").write_text("".join(t + "\n" for _, t in pairs))
+    extra = ["zebras graze acacia leaves while giraffes browse"] * 5
+    tok = train_fsmt_tokenizer([s for s, _ in pairs] + extra, [t for _, t in pairs] + extra,
+                               tmp_path / "tok", vocab_size=200)
+    teacher = save_model_and_tokenizer(new_model("fsmt", len(tok.encoder)), tok,
+                                       tmp_path / "teacher")
+    out = tmp_path / "run"
+    cfg = DistillConfig(
+        method="kd", teacher=str(teacher), trim_vocab=str(data), student_encoder_layers=1,
+        student_decoder_layers=1, data_dir=str(data), output_dir=str(out), num_workers=0,
+        cpus_per_worker=1, train_batch_size=4, max_steps=2, val_check_steps=2, eval_beams=1,
+        log_every_n_steps=1, do_predict=False, val_max_target_length=6, seed=0,
+        **({"distillation": {"is_caching_logits": True, "temperature": 2.0,
+                             "hard_label_weight": 0.5}} if cached else {}))
+    assert run_distill(cfg)["final_step"] == 2
+    layers = json.loads((out / "student_layers.json").read_text())
+    assert layers["source_vocab_map"] == read_source_map(out / "student") != layers["vocab_map"]
+    assert len(layers["vocab_map"]) < len(tok.decoder)
+    assert any("teacher_dropped_mass" in ln for ln in capfd.readouterr().out.splitlines())
+    if cached:
+        from raydistill.models.teacher_cache import read_manifest
+
+        key = read_manifest(out / "logit_cache")["key"]
+        assert key["source_vocab_map"] == map_fingerprint(layers["source_vocab_map"])

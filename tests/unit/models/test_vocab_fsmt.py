@@ -25,7 +25,6 @@ from raydistill.models.vocab_fsmt import fsmt_kept_ids, trim_fsmt_tokenizer
 
 pytest.importorskip("sacremoses")
 
-SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 TRAIN = [
     ("the cat sat on the mat.", "die Katze sass auf der Matte."),
     ("a dog ran in the park.", "ein Hund lief im Park."),
@@ -52,34 +51,13 @@ def data_dir(tmp_path):
 
 @pytest.fixture
 def fsmt_dir(tmp_path):
-    """A tiny FSMT tokenizer (en -> de) as data/test_tokenize.py's ``_fsmt_folder`` writes one,
-    with merges learnt from Moses-tokenized text (words take several pieces) and one token set
-    ordered differently on each side (the same piece has other ids in source and target)."""
-    from sacremoses import MosesTokenizer
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import FSMTTokenizer
+    """A tiny FSMT tokenizer (en -> de) with merges learnt from Moses-tokenized text (words take
+    several pieces) and one token set ordered differently on each side (other ids per side)."""
+    from raydistill.models.scratch import train_fsmt_tokenizer
 
-    moses = {lang: MosesTokenizer(lang=lang) for lang in ("en", "de")}
-    lines = [(s, "en") for s, _ in TRAIN] + [(t, "de") for _, t in TRAIN] + \
-        [(s, "de" if s[0].isupper() else "en") for s in OTHER]
-    corpus = [" ".join(moses[lang].tokenize(s, aggressive_dash_splits=True, escape=True))
-              for s, lang in lines] * 3
-    bpe = Tokenizer(models.BPE(unk_token="<unk>", end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=260, special_tokens=SPECIALS, end_of_word_suffix="</w>", show_progress=False))
-    model = json.loads(bpe.to_str())["model"]
-    pieces = [t for t in sorted(model["vocab"], key=model["vocab"].get) if t not in SPECIALS]
-    src = {t: i for i, t in enumerate(SPECIALS + pieces)}
-    tgt = {t: i for i, t in enumerate(SPECIALS + pieces[::-1])}
-    (tmp_path / "vocab-src.json").write_text(json.dumps(src))
-    (tmp_path / "vocab-tgt.json").write_text(json.dumps(tgt))
-    merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
-    (tmp_path / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n")
-    tok = FSMTTokenizer(langs=["en", "de"], src_vocab_file=str(tmp_path / "vocab-src.json"),
-                        tgt_vocab_file=str(tmp_path / "vocab-tgt.json"),
-                        merges_file=str(tmp_path / "merges.txt"))
-    tok.save_pretrained(tmp_path / "fsmt")
+    sources = [s for s, _ in TRAIN] + [s for s in OTHER if not s[0].isupper()]
+    targets = [t for _, t in TRAIN] + [s for s in OTHER if s[0].isupper()]
+    train_fsmt_tokenizer(sources * 3, targets * 3, tmp_path / "fsmt")
     return tmp_path / "fsmt"
 
 
