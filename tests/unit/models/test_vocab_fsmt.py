@@ -159,6 +159,13 @@ def test_tied_embeddings_need_one_map():
         trimmed.model.decoder.embed_tokens.weight.data_ptr()
 
 
+def test_tied_embeddings_with_two_different_vocabularies_are_refused(fsmt_dir, data_dir):
+    tok = AutoTokenizer.from_pretrained(fsmt_dir)  # one token set, other ids on each side
+    tied = fsmt_model(len(tok.encoder), len(tok.decoder), tie_word_embeddings=True)
+    with pytest.raises(ModelError, match="two vocabularies differ"):
+        fsmt_kept_ids(tied.config, tok, data_dir)
+
+
 @pytest.mark.parametrize("beams", [1, 3])
 def test_generation_equals_full_model_restricted_to_kept_ids(beams):
     full = fsmt_model()
