@@ -132,10 +132,25 @@ def vocab_size(path: str) -> int:
     return int(cfg.get("tgt_vocab_size") or cfg.get("decoder_vocab_size") or cfg["vocab_size"])
 
 
+def compared_vocab_size(path: str) -> int:
+    """The vocabulary in which a model's logits meet its teacher's: its own, or for a trimmed
+    student (``vocab_map.json`` beside its weights, from ``make-student --trim-vocab`` or an
+    earlier stage) the size of the teacher it was trimmed from, whose logits are gathered to
+    its kept ids (the map's ``original_vocab_size``)."""
+    kept = Path(path) / "vocab_map.json"
+    if kept.is_file():
+        return int(json.loads(kept.read_text())["original_vocab_size"])
+    return vocab_size(path)
+
+
 def check_vocabularies(cfg: DistillConfig) -> None:
-    """Teachers and student must share one vocabulary: KD compares logits token by token."""
-    sizes = {p: vocab_size(p) for p in cfg.teacher_paths + ([cfg.student] if cfg.student else [])}
+    """Teachers and student must share one vocabulary: KD compares logits token by token. A
+    trimmed student counts as the vocabulary it was trimmed from."""
+    sizes = {p: vocab_size(p) for p in cfg.teacher_paths}
+    if cfg.student:
+        sizes[cfg.student] = compared_vocab_size(cfg.student)
     if len(set(sizes.values())) > 1:
         shown = ", ".join(f"{p}: {v}" for p, v in sizes.items())
         raise ModelError(f"teacher and student vocabularies differ ({shown}); KD compares logits "
-                         "token by token, so all models must share one tokenizer")
+                         "token by token, so all models must share one tokenizer (or the "
+                         "student be trimmed from the teacher: make-student --trim-vocab)")

@@ -142,3 +142,20 @@ def test_kd_into_a_trimmed_fsmt_student(ray_session, tmp_path, capfd, cached):
 
         key = read_manifest(out / "logit_cache")["key"]
         assert key["source_vocab_map"] == map_fingerprint(layers["source_vocab_map"])
+
+
+@pytest.mark.timeout(400)
+def test_kd_from_a_student_trimmed_by_make_student(ray_session, tmp_path):
+    """make-student --trim-vocab, then a distill run with ``student:`` that folder and the
+    teacher (the README's workflow, and a staged run's later stages): the preflight vocabulary
+    check compared the trimmed size with the teacher's and refused every such run."""
+    from raydistill.models.student import make_student
+
+    cfg = trimmed_kd_config(tmp_path, "from_saved")
+    saved = tmp_path / "trimmed_student"
+    make_student(cfg.teacher, e=1, d=1, save_path=saved, trim_vocab=cfg.trim_vocab)
+    assert json.loads((saved / "config.json").read_text())["vocab_size"] < \
+        json.loads((Path(cfg.teacher) / "config.json").read_text())["vocab_size"]
+    cfg = dataclasses.replace(cfg, student=str(saved), trim_vocab=None,
+                              student_encoder_layers=None, student_decoder_layers=None)
+    assert run_distill(cfg)["final_step"] == 2

@@ -28,3 +28,30 @@ def test_a_config_json_missing_a_size_falls_back_to_the_config_class(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(raw))
     assert json_shape(raw) is None
     assert model_shape(str(tmp_path)) == Shape(3, 2, 512, 512)
+
+
+def _folder(path, vocab_size: int, original: int | None = None):
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": "bart", "vocab_size": vocab_size}))
+    if original is not None:  # a trimmed student: its map and the size it was trimmed from
+        (path / "vocab_map.json").write_text(json.dumps(
+            {"original_vocab_size": original, "new_to_old": list(range(vocab_size))}))
+    return str(path)
+
+
+def test_a_trimmed_student_meets_its_teacher_in_the_teachers_vocabulary(tmp_path):
+    from raydistill.config import DistillConfig
+    from raydistill.errors import ModelError
+    from raydistill.train.preflight import check_vocabularies
+
+    teacher = _folder(tmp_path / "teacher", 500)
+
+    def check(student):
+        check_vocabularies(DistillConfig(method="kd", teacher=teacher, student=student,
+                                         data_dir=str(tmp_path), output_dir=str(tmp_path / "o")))
+
+    check(_folder(tmp_path / "trimmed", 120, original=500))  # passes
+    check(_folder(tmp_path / "same", 500))
+    for name, size, original in (("other", 120, None), ("from_another", 120, 800)):
+        with pytest.raises(ModelError, match="vocabularies differ"):
+            check(_folder(tmp_path / name, size, original))
