@@ -23,7 +23,8 @@ Translation (default; ``--data-dir`` defaults to ``../shared/data/en_de``):
    KD + a hidden-state match); staged recipes (``stages:``): ``sft_kd``, ``sft_pl`` and
    ``sft_gkd_l<lmbda>_b<beta>`` (sft for 3/4 of the steps, then the teacher from that student,
    the same total steps); ``sft_scratch`` (the 6-3 architecture from random weights: what
-   make_student's copied layers are worth). The 6-3 sft, kd and kd_hard runs are repeated with
+   make_student's copied layers are worth); ``sft_trim`` (the 6-3 sft student with the
+   vocabulary its train split uses, ``trim_vocab``). The 6-3 sft, kd and kd_hard runs are repeated with
    ``--seeds`` seeds. ``--methods`` / ``--depths`` run part of the table.
 3. The students' own validations against their training time: ``--plot`` (a panel per depth).
 4. Every model is scored by ``evaluate`` on the test split (sacreBLEU, chrF; beam 4) and timed
@@ -82,7 +83,10 @@ STAGED = {"sft_kd": ("kd", {}), "sft_pl": ("pl", {}),
 STAGE_SPLIT = 0.75
 # make_student's copied layers against none: the 6-3 architecture from random weights (sft).
 SCRATCH = "sft_scratch"
-METHODS["translation"] += (*STAGED, SCRATCH)
+# A 6-3 sft student trimmed to the vocabulary its train split uses (trim_vocab, issue 31): its
+# BLEU against the untrimmed sft seeds' spread.
+TRIMMED = "sft_trim"
+METHODS["translation"] += (*STAGED, SCRATCH, TRIMMED)
 DEFAULT_DATA = {"translation": "en_de", "summarization": "scitldr"}
 METRIC = {"translation": "bleu", "summarization": "rouge2"}
 
@@ -309,6 +313,10 @@ def student_config(args, s, method: str, d: int, seed: int, teacher: Path, data:
         return {**cfg, "output_dir": cfg["output_dir"].replace("_sft", "_" + SCRATCH),
                 "student": str(random_student(teacher, d, work)),
                 "student_encoder_layers": None, "student_decoder_layers": None}
+    if method == TRIMMED:
+        cfg = student_config(args, s, "sft", d, seed, teacher, data, pl_data, work)
+        return {**cfg, "output_dir": cfg["output_dir"].replace("_sft", "_" + TRIMMED),
+                "trim_vocab": str(data)}
     suffix = f"_seed{seed}" if seed != s["seed"] else ""
     out = work / f"student_6_{d}_{method}{suffix}"
     cfg = {**base_config(args, s, pl_data if method == "pl" else data, out),
@@ -517,7 +525,7 @@ def main() -> None:
     runs += [(DEPTHS[0], m, s["seed"] + k) for k in range(1, s["seeds"]) for m in SEEDED]
     # The gkd runs last (the slowest), the beta said best for translation first at both depths.
     runs += [(d, m, s["seed"]) for m in METHODS[args.task] if m in GKD_BETAS for d in DEPTHS]
-    runs = [r for r in runs if r[1] != SCRATCH or r[0] == DEPTHS[0]]  # the scratch row: 6-3
+    runs = [r for r in runs if r[1] not in (SCRATCH, TRIMMED) or r[0] == DEPTHS[0]]  # 6-3 only
     runs = selected(args, runs)
     pending: list[str] = []  # --score-only: runs not trained yet
     for d, method, seed in runs:
