@@ -568,15 +568,23 @@ def main() -> None:
 
 def equal_time_runs(args, s, models: dict, teacher: Path, t_key: str, data: Path,
                     pl_data: Path, work: Path) -> None:
-    """sft at the wall-clock time of the slower of the gkd runs at each depth (on-policy steps
-    cost more: sampling, then two forward passes), so the methods also compare at equal time.
-    The step count is measured once and kept (``equal_time_steps.json``) so a rerun reuses it."""
+    """sft at the wall-clock time of the slowest on-policy row at each depth (the one-stage gkd
+    rows and the staged sft -> gkd rows: sampling, then two forward passes, cost the most per
+    step), so the methods also compare with the longest sft at equal time. Measured once every
+    staged gkd row of that depth has trained, and kept (``equal_time_steps.json``) so a rerun
+    reuses it."""
     path = work / "equal_time_steps.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
+    staged_gkd = {m for m, (second, _) in STAGED.items() if second == "gkd"}
     for d in DEPTHS:
-        gkd = [m["train_seconds"] for m in models.values()
-               if m.get("depth") == d and m["method"] in GKD_BETAS and m["seed"] == s["seed"]]
+        rows = {m["method"]: m["train_seconds"] for m in models.values()
+                if m.get("depth") == d and m["seed"] == s["seed"]}
+        gkd = [secs for method, secs in rows.items() if method in GKD_BETAS or method in staged_gkd]
         sft = models.get(f"student 6-{d} (sft)")
+        if str(d) not in saved and not staged_gkd <= set(rows):
+            print(f"[quality] 6-{d}: the equal-time sft waits for every sft -> gkd row",
+                  flush=True)
+            continue
         if not gkd or not sft:
             continue
         steps = saved.get(str(d)) or max(s["student_steps"],
