@@ -1,7 +1,8 @@
 """One training process of tests/unit/train/test_parallel.py (not a test module itself).
 
 Started like torchrun starts one: ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT`` in
-the environment (gloo on the CPU), and ``python fsdp_worker.py SPEC.json``. For each job of the
+the environment, and ``python fsdp_worker.py SPEC.json``: gloo on the CPU, or nccl on the GPU of
+its rank where the spec says ``"device": "cuda"`` (tests/gpu/test_fsdp_cuda.py). For each job of the
 spec it builds the worker loop's ``Worker`` by hand (the student DDP-wrapped or sharded by
 train/parallel.py, the teacher replicated or sharded) and runs the product's ``run_epoch``:
 its micro-batches, accumulation, clipping, validation through the (sharded) student and
@@ -52,7 +53,7 @@ class Shard:
             yield collate_fn(part)
 
 
-def build(job: dict, rank: int, world: int):
+def build(job: dict, rank: int, world: int, device: torch.device):
     from transformers import AutoTokenizer
 
     from raydistill.config import DistillConfig
@@ -63,7 +64,6 @@ def build(job: dict, rank: int, world: int):
     from raydistill.train.targets import make_targets
 
     cfg = DistillConfig.from_dict({**job["config"], "num_workers": world})
-    device = torch.device("cpu")
     torch.manual_seed(cfg.seed + rank)
     run = {"student_init": job["student"], "tokenizer": job["student"], "total_steps":
            job["total_steps"], "batches_per_epoch": job["batches"], "output_dir": job["out"]}
@@ -72,6 +72,9 @@ def build(job: dict, rank: int, world: int):
     loss_step = LossStep(cfg, teachers, student, job.get("e_ids"), job.get("d_ids"), projections)
     if cfg.parallel == "fsdp":
         model = parallel.wrap_student(student, cfg, device)
+    elif device.type == "cuda":  # what Ray Train's prepare_model does on a GPU
+        model = torch.nn.parallel.DistributedDataParallel(
+            student.to(device), device_ids=[device], find_unused_parameters=cfg.freeze_encoder)
     else:  # what Ray Train's prepare_model does on the CPU
         model = torch.nn.parallel.DistributedDataParallel(
             student, find_unused_parameters=cfg.freeze_encoder)
@@ -79,6 +82,7 @@ def build(job: dict, rank: int, world: int):
     model.train()  # as setup() leaves it (from_pretrained gives eval mode)
     optimizer, scheduler = build_optimizer(cfg, inner, job["total_steps"], projections,
                                            loss_step.tb_config)
+    amp_dtype, scaler = loop._autocast(cfg, device)  # bf16 autocast for ddp on a GPU; else none
     state = {"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": None,
              "history": []}
     tokenizer = AutoTokenizer.from_pretrained(job["student"])
@@ -89,7 +93,7 @@ def build(job: dict, rank: int, world: int):
         cfg=cfg, run=run, rank=rank, world=world, device=device, model=model, inner=inner,
         tokenizer=tokenizer, loss_step=loss_step,
         targets=make_targets(cfg, needs, loss_step, device, state), projections=projections,
-        optimizer=optimizer, scheduler=scheduler, scaler=None, amp_dtype=None, state=state,
+        optimizer=optimizer, scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype, state=state,
         resumed=False, train_shard=Shard(mine), val_rows=val,
         collate=make_collate_fn(tokenizer.pad_token_id), feed=None, logger=None,
         last_val_step=-1)
@@ -109,7 +113,7 @@ def whole_state(model) -> dict[str, torch.Tensor]:
 ORIGINAL: dict = {}  # the loop's functions, before the first job wraps them
 
 
-def run_job(job: dict, rank: int, world: int) -> dict:
+def run_job(job: dict, rank: int, world: int, device: torch.device) -> dict:
     from raydistill.train import loop
 
     from raydistill.train import targets
@@ -149,7 +153,8 @@ def run_job(job: dict, rank: int, world: int) -> dict:
     loop.ray.train.report, loop._optimizer_step, loop.generate_local = \
         report, record_step, record_generation
     targets.sample_targets = record_sample
-    w = build(job, rank, world)
+    w = build(job, rank, world, device)
+    record_dtypes(w, seen)
     if job.get("resume"):  # a new worker started from a checkpoint folder, as setup() does
         w.state = load_training_state(job["resume"], student=w.inner, optimizer=w.optimizer,
                                       scheduler=w.scheduler, projections=w.projections,
@@ -160,6 +165,7 @@ def run_job(job: dict, rank: int, world: int) -> dict:
         loop.run_epoch(w)
         loop.end_epoch(w)
     save_whole(w.model, out / "final.safetensors", rank)
+    seen["moments"] = sorted({str(s["exp_avg"].dtype) for s in w.optimizer.state.values()})
     if w.projections is not None:  # TextBrewer projections: whole on every rank, and equal
         mine = {k: v.detach().clone() for k, v in w.projections.state_dict().items()}
         everyone = [None] * world
@@ -174,23 +180,50 @@ def run_job(job: dict, rank: int, world: int) -> dict:
     return seen
 
 
+def record_dtypes(w, seen: dict) -> None:
+    """The dtypes a run trains in: its master weights (the optimizer's parameters: a sharded
+    student's are its DTensor shards), and the weights the first encoder layer computes with
+    (read by a hook that runs after FSDP2's own pre-forward hook, which gathers them)."""
+    from torch.distributed.tensor import DTensor
+
+    params = [p for g in w.optimizer.param_groups for p in g["params"]]
+    seen["masters"] = sorted({str(p.dtype) for p in params})
+    seen["masters_sharded"] = all(isinstance(p, DTensor) for p in params)
+    seen["gathered"] = []
+    layer = next(m[0] for name, m in w.inner.get_encoder().named_modules()
+                 if name.rsplit(".", 1)[-1] in ("layers", "block"))
+
+    def pre(module, args):
+        dtype = str(next(module.parameters()).dtype)
+        if dtype not in seen["gathered"]:
+            seen["gathered"].append(dtype)
+
+    layer.register_forward_pre_hook(pre)
+
+
 def save_whole(model, path: Path, rank: int) -> None:
     from safetensors.torch import save_file
 
     weights = whole_state(model)  # every rank takes part in the gather
     if rank == 0:  # clones: tied weights are one tensor under several names
-        save_file({k: v.detach().clone().contiguous() for k, v in weights.items()}, str(path))
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in weights.items()},
+                  str(path))
 
 
 def main() -> None:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
     spec = json.loads(Path(sys.argv[1]).read_text())
+    device = torch.device(spec.get("device", "cpu"))
+    if device.type == "cuda":  # this rank's own GPU, before nccl starts on it
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank,
+                            world_size=world)
+    torch.set_num_threads(1)
     results = {}
     for job in spec["jobs"]:
         Path(job["out"]).mkdir(parents=True, exist_ok=True)
-        results[job["name"]] = run_job(job, rank, world)
+        results[job["name"]] = run_job(job, rank, world, device)
     if rank == 0:
         Path(spec["results"]).write_text(json.dumps(results))
     dist.destroy_process_group()
