@@ -99,8 +99,9 @@ stage_probes() {
   "$PY" bench/gpu_check.py probes --out "$OUT" $([ $REHEARSAL = 1 ] || echo --require-cuda)
 }
 stage_tests() {
-  # tests/gpu skip without CUDA: the rehearsal checks that they collect and skip cleanly.
-  "$PY" -m pytest -q -ra -p no:cacheprovider tests/gpu --junitxml="$OUT/figures/tests_gpu.xml"
+  # tests/gpu skip without CUDA: the rehearsal checks that they collect and skip cleanly, and
+  # runs their CPU variants (GPU_CHECK_REHEARSAL=1: tests/gpu/test_fsdp_cuda.py's).
+  GPU_CHECK_REHEARSAL=$REHEARSAL "$PY" -m pytest -q -ra -p no:cacheprovider tests/gpu --junitxml="$OUT/figures/tests_gpu.xml"
 }
 stage_kd_memory() {
   if [ $REHEARSAL = 1 ]; then
