@@ -28,4 +28,8 @@ def test_the_allocator_peak_is_the_most_a_step_held_at_once_not_its_sum():
         del c
 
     peak = memory_scaling.allocator_peak(step)
-    assert 32 * MB <= peak < 33 * MB
+    # The allocator's total is the process's: in the whole suite another thread (the session's
+    # Ray, a prefetch thread) may hold a little more during the step (CI saw exactly 33 MiB).
+    # The bound still tells the peak from the sum (52 MB), from counting the tensor alive
+    # before (16 + 32 = 48 MB) and from the later, lower peak (20 MB).
+    assert 32 * MB <= peak < 40 * MB
