@@ -229,10 +229,27 @@ def cached_run(args, cfg: dict, after: str = "",
         started.write_text(resume_key)
         resume = bool(reuse and reuse(out))
     best, seconds = train_run(cfg, resume=resume)
-    shared = out / SHARED_SECONDS  # a first stage copied from a sibling row: its time counts
-    seconds += float(shared.read_text()) if shared.is_file() else 0.0
+    recorded = training_seconds(out, cfg.get("val_metric") or METRIC[args.task])
+    if recorded is not None:
+        seconds = recorded
+    else:  # a run without the loop's clock: this call's wall time, a copied stage's added
+        shared = out / SHARED_SECONDS
+        seconds += float(shared.read_text()) if shared.is_file() else 0.0
     stamp.write_text(f"{key} {seconds:.1f}")
     return best, seconds, key
+
+
+def training_seconds(out: Path, metric: str) -> float | None:
+    """A finished run's seconds of training by the loop's own clock (``elapsed_s`` at its last
+    validation; a staged run's stages added up, a copied first stage included): it counts the
+    segments before a resume, which a resumed call's wall time does not (start-ups are not in
+    it). None when a validation lacks the clock (a run of an older raydistill)."""
+    files = [out / "metrics.json", *sorted(out.glob("stage*/metrics.json"))]
+    vals = [h for f in files if f.is_file() for h in json.loads(f.read_text()).get("val", [])]
+    if not vals or any("elapsed_s" not in h for h in vals):
+        return None
+    points = run_curve(out, metric)
+    return round(points[-1][0], 1) if points else None
 
 
 def _digest(cfg: dict, after: str) -> str:

@@ -65,16 +65,18 @@ def _stage_dir(run_dir: Path, stage: dict[str, Any]) -> Path:
 def run_curve(run_dir: Path, metric: str) -> list[tuple[float, int, float]]:
     """(seconds of training, step, val score) at each validation of the run in ``run_dir``.
 
-    A staged run's stages follow each other on both axes. A validation without ``elapsed_s``
-    sits at ``step / final_step`` of the run's training seconds (steps cost about the same).
+    A staged run's stages follow each other on both axes. ``elapsed_s`` (recorded by the
+    training loop) is the run's seconds of training, across resumes; a validation without it
+    (an older run) sits at ``step / final_step`` of the run's training seconds.
     """
     summary = _json(run_dir / "metrics.json") or {}
     if "stages" in summary:
         points, offset, steps = [], 0.0, 0
         for stage in summary["stages"]:
-            for t, step, score in run_curve(_stage_dir(run_dir, stage), metric):
-                points.append((offset + t, steps + step, score))
-            offset += stage.get("train_seconds") or 0.0
+            stage_points = run_curve(_stage_dir(run_dir, stage), metric)
+            points += [(offset + t, steps + step, score) for t, step, score in stage_points]
+            # its last validation is its end: the clock its points were read on
+            offset += stage_points[-1][0] if stage_points else stage.get("train_seconds") or 0.0
             steps += stage.get("final_step") or 0
         return points
     final = max(summary.get("final_step") or 1, 1)

@@ -193,6 +193,9 @@ def test_in_process_run_keeps_its_checkpoints_and_resumes_after_a_crash(
     summary = run_distill(cfg, resume=True)
     assert summary["resumed_from"] == [4] and summary["final_step"] == 6
     assert [h["step"] for h in summary["val"]] == [2, 4, 6]
+    # the loop's clock goes on from the checkpoint's: seconds of training across the resume
+    elapsed = [h["elapsed_s"] for h in summary["val"]]
+    assert 0 < elapsed[0] < elapsed[1] < elapsed[2]
     assert (out / "best_tfmr" / "model.safetensors").is_file()
     kept = list(run_dir.glob("checkpoint_*"))
     assert 1 <= len(kept) <= 2 and not list(run_dir.glob("tmp*"))

@@ -291,3 +291,26 @@ def test_the_page_opens_in_headless_chromium_without_console_errors(runs, tmp_pa
     assert "teacher says lamp 9 ." in dom.stdout and "sweep" in dom.stdout
     if os.environ.get("RAYDISTILL_REPORT_SCREENSHOT"):  # to look at it by hand
         shutil.copy(shot, os.environ["RAYDISTILL_REPORT_SCREENSHOT"])
+
+
+def test_a_staged_runs_clock_is_its_loops_own_across_stages_and_resumes(tmp_path):
+    """With ``elapsed_s`` (the loop's seconds of training, counted across a resume), a stage's
+    points sit at their own clock and the next stage starts at the last one's end: not at its
+    train_seconds (one call's wall time: the segment after a resume, start-up included)."""
+    from raydistill.report import run_curve
+
+    run = tmp_path / "run"
+    # stage 0 resumed at step 10: its call's wall time (50 s) is neither its training (35 s)
+    _write(run / "stage0_sft", "metrics.json",
+           {"val": _val([10, 20], [5.0, 8.0], seconds=[20.0, 35.0]), "final_step": 20,
+            "train_seconds": 50.0, "resumed_from": [10]})
+    _write(run / "stage1_kd", "metrics.json",
+           {"val": _val([5, 10], [9.0, 11.0], seconds=[4.0, 9.5]), "final_step": 10,
+            "train_seconds": 30.0})
+    _write(run, "metrics.json", {"stages": [
+        {"name": "stage0_sft", "dir": str(run / "stage0_sft"), "final_step": 20,
+         "train_seconds": 50.0},
+        {"name": "stage1_kd", "dir": str(run / "stage1_kd"), "final_step": 10,
+         "train_seconds": 30.0}]})
+    assert run_curve(run, "rouge2") == [(20.0, 10, 5.0), (35.0, 20, 8.0), (39.0, 25, 9.0),
+                                        (44.5, 30, 11.0)]
