@@ -155,6 +155,10 @@ class Worker:
     # Seconds of training the checkpoint this loop resumed from had behind it (its
     # ``elapsed_s``): a validation's ``elapsed_s`` counts the run's training across resumes.
     elapsed_before: float = 0.0
+    # The same for this process's CPU seconds (all its threads): the cost of the training on a
+    # machine shared with other work, where wall-clock time measures the load as well.
+    cpu_before: float = 0.0
+    cpu_started: float = field(default_factory=time.process_time)
     setup_seconds: float = 0.0  # models, optimizer, restore and data handles
     # When a Train worker's process started, for the first step's line; None in the driver's
     # process (num_workers: 0). (This loop started setup_seconds before ``started``.)
@@ -226,7 +230,7 @@ def setup(config: dict[str, Any]) -> Worker:
                   last_val_step=state["global_step"] if checkpoint is not None else -1,
                   done=state["global_step"] >= run["total_steps"],
                   first_step=state["global_step"], setup_seconds=time.time() - t_setup,
-                  elapsed_before=state.get("elapsed_s", 0.0),
+                  elapsed_before=state.get("elapsed_s", 0.0), cpu_before=state.get("cpu_s", 0.0),
                   process_started=process_start_time() if cfg.num_workers else None)
 
 
@@ -399,8 +403,9 @@ def validate_and_report(w: Worker, final: bool = False) -> None:
     # The run's seconds of training so far: this loop's, after those before its checkpoint
     # (work lost after a checkpoint and start-ups not counted): the learning curves' clock.
     state["elapsed_s"] = round(w.elapsed_before + time.time() - w.started, 2)
+    state["cpu_s"] = round(w.cpu_before + time.process_time() - w.cpu_started, 2)
     metrics.update(step=state["global_step"], epoch=state["epoch"], final=final,
-                   train_loss=train_loss, elapsed_s=state["elapsed_s"])
+                   train_loss=train_loss, elapsed_s=state["elapsed_s"], cpu_s=state["cpu_s"])
     if w.device.type == "cuda":  # this worker's peak so far: training, teacher and validation
         metrics["gpu_peak_mem_gib"] = torch.cuda.max_memory_allocated(w.device) / 2**30
     metrics.update(w.targets.metrics())

@@ -196,6 +196,8 @@ def test_in_process_run_keeps_its_checkpoints_and_resumes_after_a_crash(
     # the loop's clock goes on from the checkpoint's: seconds of training across the resume
     elapsed = [h["elapsed_s"] for h in summary["val"]]
     assert 0 < elapsed[0] < elapsed[1] < elapsed[2]
+    cpu = [h["cpu_s"] for h in summary["val"]]  # and the process's CPU seconds likewise
+    assert 0 < cpu[0] < cpu[1] < cpu[2]
     assert (out / "best_tfmr" / "model.safetensors").is_file()
     kept = list(run_dir.glob("checkpoint_*"))
     assert 1 <= len(kept) <= 2 and not list(run_dir.glob("tmp*"))
