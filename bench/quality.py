@@ -252,6 +252,20 @@ def training_seconds(out: Path, metric: str) -> float | None:
     return round(points[-1][0], 1) if points else None
 
 
+def training_cpu_seconds(out: Path) -> float | None:
+    """A finished run's training process CPU seconds (``cpu_s`` at its last validation, each
+    stage's added up): its cost on a machine shared with other work, where wall-clock time
+    also measures the load. None when a validation lacks it (a run of an older raydistill)."""
+    stages = sorted(out.glob("stage*/metrics.json")) or [out / "metrics.json"]
+    total = 0.0
+    for f in stages:
+        vals = json.loads(f.read_text()).get("val", []) if f.is_file() else []
+        if not vals or "cpu_s" not in vals[-1]:
+            return None
+        total += vals[-1]["cpu_s"]
+    return round(total, 1)
+
+
 def _digest(cfg: dict, after: str) -> str:
     return hashlib.sha256((json.dumps(cfg, sort_keys=True) + after).encode()).hexdigest()[:16]
 
@@ -658,14 +672,18 @@ def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
         encoding="utf-8").splitlines() for n, m in models.items()}
     for n, m in models.items():
         m["distinct_outputs"] = len(set(generations[n])) / max(len(generations[n]), 1)
+        m["train_cpu_seconds"] = training_cpu_seconds(Path(m["dir"]).parent)
+    cpu = {n: "-" if m["train_cpu_seconds"] is None else f"{m['train_cpu_seconds']:.0f}"
+           for n, m in models.items()}
     if args.task == "translation":
         header = ["model", "# params (M)", "BLEU", "chrF", "batch-1 ms", "speedup",
-                  "batch-32 ex/s", "speedup (b32)", "output words", "distinct", "train s"]
+                  "batch-32 ex/s", "speedup (b32)", "output words", "distinct", "train s",
+                  "train CPU s"]
         rows = [[n, f"{m['parameters'] / 1e6:.2f}", f"{m['scores']['bleu']:.2f}",
                  f"{m['scores']['chrf']:.2f}", f"{m['ms_per_example']:.1f}",
                  f"{m['speedup']:.2f}", f"{m['examples_per_s']:.1f}",
                  f"{m['throughput_speedup']:.2f}", f"{m['mean_gen_words']:.1f}",
-                 f"{100 * m['distinct_outputs']:.0f}%", f"{m['train_seconds']:.0f}"]
+                 f"{100 * m['distinct_outputs']:.0f}%", f"{m['train_seconds']:.0f}", cpu[n]]
                 for n, m in models.items()]
         if args.ct2_latency:
             header += [f"ct2 {args.ct2_latency} batch-1 ms", "speedup (ct2)"]
@@ -673,12 +691,12 @@ def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
                 row += [f"{m['ct2_ms']:.1f}", f"{m['ct2_speedup']:.2f}"]
     else:
         header = ["model", "# params (M)", "speedup", "ROUGE-1", "ROUGE-2", "ROUGE-L",
-                  "ms/example", "output words", "distinct", "train s"]
+                  "ms/example", "output words", "distinct", "train s", "train CPU s"]
         rows = [[n, f"{m['parameters'] / 1e6:.1f}", f"{m['speedup']:.2f}",
                  f"{m['scores']['rouge1']:.2f}", f"{m['scores']['rouge2']:.2f}",
                  f"{m['scores']['rougeL']:.2f}", f"{m['ms_per_example']:.0f}",
                  f"{m['mean_gen_words']:.1f}", f"{100 * m['distinct_outputs']:.0f}%",
-                 f"{m['train_seconds']:.0f}"] for n, m in models.items()]
+                 f"{m['train_seconds']:.0f}", cpu[n]] for n, m in models.items()]
     mode = "QUICK MODE (small caps; not comparable to published figures)" if args.quick \
         else f"{args.device} mode"
     print(f"\n{data_name} test, {mode}: n_test {t.get('n_test')}, beams {s['num_beams']}, "

@@ -61,3 +61,35 @@ def test_a_first_stage_of_other_settings_or_another_teacher_is_not_copied(tmp_pa
         row.mkdir()
         assert q.first_stage_reuse(cfg_of(row), tmp_path, teacher)(row) is False
         assert not (row / "stage0_sft").exists() and not (row / q.SHARED_SECONDS).exists()
+
+
+def test_a_rows_clocks_count_every_stage_and_are_absent_for_older_runs(tmp_path):
+    q = load_quality()
+
+    def write(folder: Path, val: list[dict], final: int, wall: float) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.json").write_text(json.dumps(
+            {"val": val, "final_step": final, "train_seconds": wall}))
+
+    one = tmp_path / "one"  # resumed once: its last call's wall time (15 s) is not its clock
+    write(one, [{"step": 5, "bleu": 1.0, "elapsed_s": 10.0, "cpu_s": 18.0},
+                {"step": 10, "bleu": 2.0, "elapsed_s": 21.5, "cpu_s": 40.0}], 10, 15.0)
+    assert q.training_seconds(one, "bleu") == 21.5 and q.training_cpu_seconds(one) == 40.0
+
+    staged = tmp_path / "staged"
+    write(staged / "stage0_sft", [{"step": 30, "bleu": 3.0, "elapsed_s": 30.0, "cpu_s": 55.0}],
+          30, 50.0)
+    write(staged / "stage1_kd", [{"step": 10, "bleu": 4.0, "elapsed_s": 12.0, "cpu_s": 20.0}],
+          10, 40.0)
+    (staged / "metrics.json").write_text(json.dumps({
+        "stages": [{"name": "stage0_sft", "dir": str(staged / "stage0_sft"), "final_step": 30,
+                    "train_seconds": 50.0},
+                   {"name": "stage1_kd", "dir": str(staged / "stage1_kd"), "final_step": 10,
+                    "train_seconds": 40.0}],
+        "val": [{"step": 10, "bleu": 4.0, "elapsed_s": 12.0, "cpu_s": 20.0}]}))
+    assert q.training_seconds(staged, "bleu") == 42.0
+    assert q.training_cpu_seconds(staged) == 75.0
+
+    old = tmp_path / "old"  # validations without the clocks: None, the caller's wall time then
+    write(old, [{"step": 10, "bleu": 2.0}], 10, 15.0)
+    assert q.training_seconds(old, "bleu") is None and q.training_cpu_seconds(old) is None
