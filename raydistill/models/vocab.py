@@ -44,6 +44,7 @@ import torch
 from transformers import PreTrainedModel
 
 from raydistill.errors import ModelError
+from raydistill.models.merges import merge_parts
 
 VOCAB_MAP_FILE = "vocab_map.json"
 SUPPORTED = ("bart", "mbart", "marian", "pegasus", "t5", "mt5", "fsmt")
@@ -134,19 +135,11 @@ def _bpe_closure(tokenizer, keep: set[int]) -> set[int]:
     for a, b in _merge_pairs(model):
         made_by.setdefault(a + (b[len(prefix):] if prefix and b.startswith(prefix) else b),
                            []).append((a, b))
-    id_to_token = {i: t for t, i in vocab.items()}
-    todo = [id_to_token[i] for i in keep if i in id_to_token]
-    seen = set(todo)
+    seen = merge_parts(vocab, keep, made_by)
     if _is_byte_level(tok_json):
         from tokenizers import pre_tokenizers
 
         seen |= {c for c in pre_tokenizers.ByteLevel.alphabet() if c in vocab}
-    while todo:
-        for pair in made_by.get(todo.pop(), ()):
-            for part in pair:
-                if part not in seen and part in vocab:
-                    seen.add(part)
-                    todo.append(part)
     return {vocab[t] for t in seen}
 
 

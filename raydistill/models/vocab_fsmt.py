@@ -34,6 +34,7 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
 from raydistill.errors import ModelError
+from raydistill.models.merges import merge_parts
 
 WORD_END = "</w>"
 SRC_KEYS = ("encoder.embed_tokens.weight",)
@@ -75,15 +76,8 @@ def _closure(vocab: dict[str, int], keep: set[int], merges: list[tuple[str, str]
     made_by: dict[str, list[tuple[str, str]]] = {}
     for a, b in merges:
         made_by.setdefault(a + b, []).append((a, b))
+    seen = merge_parts(vocab, keep, made_by)
     id_to_token = {i: t for t, i in vocab.items()}
-    todo = [id_to_token[i] for i in keep if i in id_to_token]
-    seen = set(todo)
-    while todo:
-        for pair in made_by.get(todo.pop(), ()):
-            for part in pair:
-                if part not in seen and part in vocab:
-                    seen.add(part)
-                    todo.append(part)
     words = {id_to_token[i] for i in data if i in id_to_token} - specials
     chars = {c for t in words for c in (t[:-len(WORD_END)] if t.endswith(WORD_END) else t)}
     return seen | {p for c in chars for p in (c, c + WORD_END) if p in vocab}
