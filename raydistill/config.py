@@ -114,8 +114,8 @@ class DistillConfig:
     label_smoothing: float = 0.0  # on the hard-label loss
     dropout: float | None = None  # None: the model's own
     attention_dropout: float | None = None  # None: the model's own
-    encoder_layerdrop: float | None = None  # None: the model's own
-    decoder_layerdrop: float | None = None  # None: the model's own
+    encoder_layerdrop: float | None = None  # None: the model's own; same layers on every worker
+    decoder_layerdrop: float | None = None  # None: the model's own; same layers on every worker
 
     # SummarizationDistiller objective (method: kd without a `distillation:` section).
     alpha_ce: float = 0.8  # the KD term's weight (x T^2)

@@ -112,25 +112,14 @@ def check_gpu_request(cfg: DistillConfig) -> None:
 
 
 def check_sharding(cfg) -> None:
-    """What ``parallel: fsdp`` / ``teacher_parallel: fsdp`` do not support, one line each,
-    before Ray starts a worker (preflight) and for each sweep trial (build_trainer)."""
+    """What ``parallel: fsdp`` / ``teacher_parallel: fsdp`` do not support, in one line, before
+    Ray starts a worker (preflight) and for each sweep trial (build_trainer). (Layerdrop and
+    fp16 are supported: train/layerdrop.py, ``parallel.grad_scaler``.)"""
     student, teacher = cfg.parallel == "fsdp", cfg.teacher_parallel == "fsdp"
-    if not (student or teacher):
-        return
-    for bad, why in (
-        (cfg.num_workers == 0, "shards over Ray Train workers: set num_workers >= 1"),
-        # transformers draws each layer's drop from the global RNG, which differs per worker
-        # (dropout must), inside the layer loop: one worker would skip a layer that another
-        # gathers (docs/fsdp.md says why this is not steered).
-        (student and bool(cfg.encoder_layerdrop or cfg.decoder_layerdrop),
-         "would skip different layers on each worker: set encoder_layerdrop and "
-         "decoder_layerdrop to 0"),
-        (student and cfg.precision == "fp16", "trains in bf16 or fp32: set precision: bf16"),
-    ):
-        if bad:
-            key = "parallel" if student else "teacher_parallel"
-            raise ConfigError(f"{key}: fsdp {why}; or use parallel: ddp and "
-                              "teacher_parallel: replicate")
+    if (student or teacher) and cfg.num_workers == 0:
+        key = "parallel" if student else "teacher_parallel"
+        raise ConfigError(f"{key}: fsdp shards over Ray Train workers: set num_workers >= 1; "
+                          "or use parallel: ddp and teacher_parallel: replicate")
 
 
 def cuda_rng_device() -> int | None:

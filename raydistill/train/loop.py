@@ -39,12 +39,15 @@ from raydistill.train.checkpoint import (
     save_training_state,
 )
 from raydistill.train.device import train_device
+from raydistill.train import layerdrop
 from raydistill.train.optim import build_optimizer, lr_factor  # noqa: F401 (lr_factor: re-export)
 from raydistill.train.parallel import (
     clip_grad_norm,
     gathered_root,
+    grad_scaler,
     grad_sync,
     is_sharded,
+    student_dtype,
     wrap_student,
     wrap_teacher,
 )
@@ -74,9 +77,13 @@ def _gather(obj: Any, world: int) -> list[Any]:
 
 
 def _autocast(cfg: DistillConfig, device: torch.device):
-    """bf16 where the GPU has it, else fp16 (with a GradScaler); plain fp32 on CPU. A sharded
-    student computes in its MixedPrecisionPolicy's dtype instead (train/parallel.py)."""
-    if device.type != "cuda" or cfg.precision == "fp32" or cfg.parallel == "fsdp":
+    """(autocast dtype, GradScaler): bf16 where the GPU has it, else fp16 (with a GradScaler);
+    plain fp32 on CPU. A sharded student computes in its MixedPrecisionPolicy's dtype instead,
+    with a ShardedGradScaler for fp16 (train/parallel.py)."""
+    if cfg.parallel == "fsdp":
+        fp16 = student_dtype(cfg.precision, device) == torch.float16
+        return None, grad_scaler(device) if fp16 else None
+    if device.type != "cuda" or cfg.precision == "fp32":
         return None, None
     if cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16, None
@@ -242,6 +249,7 @@ def _models(cfg: DistillConfig, run: dict[str, Any], needs, device):
     attn = {"attn_implementation": "eager"} if needs.attentions else {}
     student = load_seq2seq(run["student_init"], **attn, **_student_overrides(cfg))
     _freeze(student, cfg)
+    layerdrop.install(student, cfg.seed)  # every worker skips the same layers
     sharded = cfg.teacher_parallel == "fsdp"  # loaded on the CPU, each worker keeps its shard
     teachers = [wrap_teacher(load_teacher(p, cfg.teacher_dtype, device, place=not sharded,
                                           **attn), cfg, device)
@@ -315,6 +323,7 @@ def _forward_backward(w: Worker, host: HostBatch, sync: bool = True) -> None:
     no DDP all-reduce (the gradients add up locally; the step's last micro-batch reduces them)."""
     t0, step = time.perf_counter(), w.state["global_step"]
     moved = to_device(host.tensors, w.device)
+    layerdrop.begin(w.inner, step)
     batch = w.targets.batch(moved, w.inner, step)
     if batch["labels"] is not moved["labels"]:  # sampled targets (gkd): tokens/s counts those
         w.tally.add_tokens(batch["labels"].ne(-100).sum() - host.target_tokens)

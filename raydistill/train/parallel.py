@@ -6,8 +6,8 @@
   root (embeddings, tied output layer, final norms), as torchtune's ``shard_model`` does. Each
   worker keeps 1/N of the weights, gradients and AdamW state; a layer's weights are gathered
   for its forward and backward and freed after (``reshard_after_forward``). On a GPU the
-  gathered weights are bf16 and gradients are reduced in fp32 (``MixedPrecisionPolicy``); on
-  the CPU everything stays fp32.
+  gathered weights are bf16 (fp16 on GPUs without bf16, with ``grad_scaler``) and gradients
+  are reduced in fp32 (``MixedPrecisionPolicy``); on the CPU everything stays fp32.
 - ``teacher_parallel: fsdp``: a frozen teacher sharded the same way, forward only.
 
 Checkpoints of a sharded student go through ``torch.distributed.checkpoint``: each rank writes
@@ -56,34 +56,56 @@ def _mesh(device: torch.device):
     return init_device_mesh(device.type, (dist.get_world_size(),))
 
 
-def _policy(device: torch.device, bf16: bool):
+def _policy(device: torch.device, dtype: torch.dtype | None):
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
-    if device.type == "cuda" and bf16:  # bf16 weights gathered, fp32 gradients reduced
-        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if dtype is not None:  # bf16 / fp16 weights gathered, fp32 gradients reduced
+        return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     return MixedPrecisionPolicy()  # fp32 (the CPU; precision: fp32)
 
 
-def student_bf16(precision: str, device: torch.device) -> bool:
-    """Whether a sharded student's gathered weights are bf16: on a GPU that has it, unless
-    ``precision: fp32``. (fp16 needs a GradScaler that FSDP2 does not shard: refused.)"""
+def student_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype a sharded student's weights are gathered in (None: fp32): on a GPU, what the
+    loop's autocast picks for a whole student (bf16 where the GPU has it, else fp16), unless
+    ``precision: fp32``; fp32 on the CPU. fp16 steps through ``grad_scaler``."""
     if device.type != "cuda" or precision == "fp32":
-        return False
-    if not torch.cuda.is_bf16_supported():
-        raise ConfigError("parallel: fsdp trains in bf16 or fp32, and this GPU has no bf16; set "
-                          "precision: fp32 or parallel: ddp")
-    return True
+        return None
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def grad_scaler(device: torch.device):
+    """fp16's loss scaling for a sharded student: ``ShardedGradScaler``, which all-reduces
+    whether any rank's shard of the gradients overflowed, so that every rank skips the same
+    steps (``torch.amp.GradScaler`` would look at its own rank's shard only)."""
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    class Scaler(ShardedGradScaler):
+        def step(self, optimizer, *args, **kwargs):
+            # The step is taken or skipped here, on the all-reduced flag: a fused AdamW
+            # (train/optim.py) handed the flag instead stepped sharded (DTensor) weights
+            # whose gradients overflowed (torch 2.13, CPU;
+            # test_fp16_shards_skip_together_when_one_ranks_gradient_overflows).
+            fused = getattr(optimizer, "_step_supports_amp_scaling", False)
+            optimizer._step_supports_amp_scaling = False
+            try:
+                return super().step(optimizer, *args, **kwargs)
+            finally:
+                optimizer._step_supports_amp_scaling = fused
+
+    return Scaler(device.type)
 
 
 def shard(model: nn.Module, device: torch.device, *, reshard_after_forward: bool = True,
-          bf16: bool = False, frozen: bool = False) -> nn.Module:
+          dtype: torch.dtype | None = None, frozen: bool = False) -> nn.Module:
     """FSDP2 on each encoder and decoder layer, then the root; moved to ``device`` and run
     once through the root (in eval mode, so no RNG is drawn) so that the root's state is
     set before anything calls a part of the model directly. A ``frozen`` model (a teacher)
     keeps its root gathered: it never runs a backward pass that would free it."""
     from torch.distributed.fsdp import fully_shard
 
-    mesh, policy = _mesh(device), _policy(device, bf16)
+    mesh, policy = _mesh(device), _policy(device, dtype)
     for stack in _layer_lists(model):
         for layer in stack:
             fully_shard(layer, mesh=mesh, reshard_after_forward=reshard_after_forward,
@@ -107,7 +129,7 @@ def wrap_student(student: nn.Module, cfg, device: torch.device) -> nn.Module:
     (ddp; one worker: unwrapped). The DDP wrapper's ``module`` is the student itself."""
     if cfg.parallel == "fsdp":
         return shard(student, device, reshard_after_forward=cfg.reshard_after_forward,
-                     bf16=student_bf16(cfg.precision, device))
+                     dtype=student_dtype(cfg.precision, device))
     import ray.train.torch
 
     # Layers that may get no gradient in a step: DDP must not wait for them.
@@ -257,4 +279,4 @@ def export_whole(checkpoint_dir: str | Path, dst: str | Path) -> None:
 
 __all__ = ["SHARDED_DIR", "clip_grad_norm", "export_whole", "gathered_root", "grad_sync",
            "is_sharded", "is_sharded_checkpoint", "load_sharded", "save_sharded", "shard",
-           "student_bf16", "wrap_student", "wrap_teacher"]
+           "student_dtype", "grad_scaler", "wrap_student", "wrap_teacher"]

@@ -16,7 +16,8 @@ hidden-state MSE), T5 (the same) and Marian (gkd, ``lmbda: 1``):
 - a sharded checkpoint loads into a fresh sharded student and resumes exactly;
 - ``export_whole`` gives a folder that ``from_pretrained`` loads on the CPU, with the masters'
   fp32 weights, that generates what the sharded student generated;
-- gkd samples every micro-batch through the sharded student and trains on it.
+- gkd samples every micro-batch through the sharded student and trains on it;
+- ``precision: fp16`` gathers fp16 weights and skips the step whose gradient overflowed.
 
 The same tests run on the CPU (gloo, fp32: the losses within test_parallel's TOL of ddp's) in
 ``bash bench/gpu_check.sh --rehearsal``, which ``make test`` runs: it sets GPU_CHECK_REHEARSAL,
@@ -148,6 +149,9 @@ def runs(request, tmp_path_factory, tiny_tokenizer):
     jobs.append({**_job("bart_resumed", tmp, models["bart"], device, parallel="fsdp", **KD),
                  "resume": str(tmp / "bart_fsdp" / "step_2")})
     jobs.append(_job("marian_gkd", tmp, models["marian"], device, parallel="fsdp", **GKD))
+    jobs.append({**_job("bart_fp16", tmp, models["bart"], device, parallel="fsdp",
+                        **{**KD, "precision": "fp16"}),
+                 "inf_at": [3, 0] if device == "cuda" else None})  # fp32 on the CPU: unscaled
     return device, tmp, launch({"device": device, "jobs": jobs}, tmp)
 
 
@@ -177,6 +181,22 @@ def test_fsdp_kd_gives_the_whole_students_losses_in_the_gpus_dtypes(runs, arch):
     final = load_file(str(tmp / f"{arch}_fsdp" / "final.safetensors"))
     assert {v.dtype for v in final.values()} == {torch.float32}
     assert max(float((final[k] - start[k]).abs().max()) for k in start) > 1e-4  # it trained
+
+
+def test_fp16_gathers_fp16_weights_and_skips_the_step_whose_gradient_overflowed(runs):
+    """``precision: fp16`` (GPUs without bf16) with a sharded student: fp16 weights gathered,
+    fp32 masters, the loss scaled by ``parallel.grad_scaler``; an inf put into the gradient
+    before step 3 skips that step and halves the scale. On the CPU fp16 is fp32, unscaled."""
+    device, _, results = runs
+    run = results["bart_fp16"]
+    assert run["masters"] == ["torch.float32"]
+    if device == "cpu":
+        assert run["gathered"] == ["torch.float32"] and run["scales"] == []
+        return
+    assert run["gathered"] == ["torch.float16"]
+    assert run["moved"][0][2] is False and run["moved"][0][3] is True
+    assert run["scales"][2] == run["scales"][1] / 2
+    assert all(x == x and abs(x) < 1e4 for x in run["losses"])  # finite
 
 
 def test_a_sharded_checkpoint_written_on_the_device_resumes_exactly(runs, tmp_path):

@@ -64,6 +64,7 @@ def build(job: dict, rank: int, world: int, device: torch.device):
     from raydistill.train.targets import make_targets
 
     cfg = DistillConfig.from_dict({**job["config"], "num_workers": world})
+    unused = bool(cfg.freeze_encoder or cfg.encoder_layerdrop or cfg.decoder_layerdrop)
     torch.manual_seed(cfg.seed + rank)
     run = {"student_init": job["student"], "tokenizer": job["student"], "total_steps":
            job["total_steps"], "batches_per_epoch": job["batches"], "output_dir": job["out"]}
@@ -74,10 +75,9 @@ def build(job: dict, rank: int, world: int, device: torch.device):
         model = parallel.wrap_student(student, cfg, device)
     elif device.type == "cuda":  # what Ray Train's prepare_model does on a GPU
         model = torch.nn.parallel.DistributedDataParallel(
-            student.to(device), device_ids=[device], find_unused_parameters=cfg.freeze_encoder)
+            student.to(device), device_ids=[device], find_unused_parameters=unused)
     else:  # what Ray Train's prepare_model does on the CPU
-        model = torch.nn.parallel.DistributedDataParallel(
-            student, find_unused_parameters=cfg.freeze_encoder)
+        model = torch.nn.parallel.DistributedDataParallel(student, find_unused_parameters=unused)
     inner = getattr(model, "module", model)
     model.train()  # as setup() leaves it (from_pretrained gives eval mode)
     optimizer, scheduler = build_optimizer(cfg, inner, job["total_steps"], projections,
@@ -124,7 +124,8 @@ def run_job(job: dict, rank: int, world: int, device: torch.device) -> dict:
     from raydistill.train.checkpoint import load_training_state
 
     out = Path(job["out"])
-    seen: dict = {"losses": [], "generated": [], "reports": [], "samples": []}
+    seen: dict = {"losses": [], "generated": [], "reports": [], "samples": [], "moved": [],
+                  "scales": []}
 
     def report(metrics, checkpoint=None):  # Ray Train's merge of the ranks' folders
         seen["reports"].append(metrics["step"])
@@ -136,7 +137,15 @@ def run_job(job: dict, rank: int, world: int, device: torch.device) -> dict:
 
     def record_step(w):
         seen["losses"].append(float(w.last_loss))
+        if job.get("inf_at") == [w.state["global_step"] + 1, rank]:  # this rank's shard overflows
+            grad = next(p.grad for p in w.inner.parameters() if p.grad is not None)
+            getattr(grad, "_local_tensor", grad).fill_(float("inf"))
+        before = [local(p).clone() for p in w.inner.parameters()]
         step(w)
+        seen["moved"].append(any(not torch.equal(b, local(p))
+                                 for b, p in zip(before, w.inner.parameters())))
+        if w.scaler is not None:
+            seen["scales"].append(w.scaler.get_scale())
 
     def record_generation(model, tokenizer, sources, **kw):
         preds = generate(model, tokenizer, sources, **kw)
@@ -153,8 +162,16 @@ def run_job(job: dict, rank: int, world: int, device: torch.device) -> dict:
     loop.ray.train.report, loop._optimizer_step, loop.generate_local = \
         report, record_step, record_generation
     targets.sample_targets = record_sample
+    from raydistill.train import parallel
+
+    ORIGINAL.setdefault("dtype", parallel.student_dtype)
+    dtype = ORIGINAL["dtype"]
+    if job.get("fp16_on_cpu"):  # the CPU standing in for a GPU without bf16 (precision: fp16)
+        dtype = lambda precision, device: torch.float16 if precision == "fp16" else None  # noqa: E731
+    parallel.student_dtype = loop.student_dtype = dtype
     w = build(job, rank, world, device)
     record_dtypes(w, seen)
+    trained_layers = record_layers(w)
     if job.get("resume"):  # a new worker started from a checkpoint folder, as setup() does
         w.state = load_training_state(job["resume"], student=w.inner, optimizer=w.optimizer,
                                       scheduler=w.scheduler, projections=w.projections,
@@ -165,6 +182,12 @@ def run_job(job: dict, rank: int, world: int, device: torch.device) -> dict:
         loop.run_epoch(w)
         loop.end_epoch(w)
     save_whole(w.model, out / "final.safetensors", rank)
+    everyone = [None] * world
+    dist.all_gather_object(everyone, seen["moved"])
+    seen["moved"] = everyone  # per rank: whether each optimizer step changed its weights
+    everyone = [None] * world
+    dist.all_gather_object(everyone, trained_layers)
+    seen["layers_agree"], seen["layers"] = all(x == trained_layers for x in everyone), trained_layers
     seen["moments"] = sorted({str(s["exp_avg"].dtype) for s in w.optimizer.state.values()})
     if w.projections is not None:  # TextBrewer projections: whole on every rank, and equal
         mine = {k: v.detach().clone() for k, v in w.projections.state_dict().items()}
@@ -199,6 +222,24 @@ def record_dtypes(w, seen: dict) -> None:
             seen["gathered"].append(dtype)
 
     layer.register_forward_pre_hook(pre)
+
+
+def local(p: torch.Tensor) -> torch.Tensor:
+    """A parameter's tensor on this rank (its shard when sharded)."""
+    return getattr(p, "_local_tensor", p).detach()
+
+
+def record_layers(w) -> list[str]:
+    """The names of the student's layers each training forward runs, in order (layerdrop:
+    every rank must run the same ones)."""
+    ran: list[str] = []
+    for part_name in ("encoder", "decoder"):
+        part = getattr(w.inner, f"get_{part_name}")()
+        for name, module in part.named_modules():
+            if name.rsplit(".", 2)[-2:-1] in (["layers"], ["block"]):
+                module.register_forward_pre_hook(
+                    lambda m, a, n=f"{part_name}.{name}": ran.append(n) if m.training else None)
+    return ran
 
 
 def save_whole(model, path: Path, rank: int) -> None:
