@@ -77,7 +77,8 @@ def build(shape: dict, layers, sharded: bool, device, frozen: bool = False, bf16
         model = bart(shape, layers)
     from torch.distributed.fsdp import fully_shard
 
-    mesh, policy = parallel._mesh(device), parallel._policy(device, bf16)
+    mesh = parallel._mesh(device)
+    policy = parallel._policy(device, torch.bfloat16 if bf16 else None)
     for stack in parallel._layer_lists(model):
         for layer in stack:
             fully_shard(layer, mesh=mesh, mp_policy=policy)
