@@ -10,7 +10,8 @@
 # Stages: pack (unpack .device_pack/: a pruned Ray, CTranslate2 and data, built here by
 # bench/device_pack.py), probes (GPU, versions, what imports), tests (tests/gpu), kd_memory
 # (chunked vs unchunked KD at V = 250,112 and the chunk-size sweep), generation
-# (bench/generation.py), overhead (bench/overhead.py at BART-base size against the plain loop).
+# (bench/generation.py), overhead (bench/overhead.py at BART-base size against the plain loop),
+# memory (bench/memory_scaling.py: ddp against fsdp, one GPU per worker: needs 2 GPUs).
 # A stage that needs what this machine lacks (Ray, the data) says SKIP and why (PARTIAL: a
 # part of it).
 set -u
@@ -22,7 +23,7 @@ ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --rehearsal) REHEARSAL=1 ;;
-    --only) ONLY="${2:?--only needs a stage (pack probes tests kd_memory generation overhead)}"
+    --only) ONLY="${2:?--only needs a stage (pack probes tests kd_memory generation overhead memory)}"
             shift ;;
     -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $1 (--rehearsal, --only STAGE)" >&2; exit 2 ;;
@@ -30,8 +31,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 case "$ONLY" in
-  ""|pack|probes|tests|kd_memory|generation|overhead) ;;
-  *) echo "gpu_check.sh: no stage '$ONLY' (pack probes tests kd_memory generation overhead)" >&2
+  ""|pack|probes|tests|kd_memory|generation|overhead|memory) ;;
+  *) echo "gpu_check.sh: no stage '$ONLY' (pack probes tests kd_memory generation overhead memory)" >&2
      exit 2 ;;
 esac
 
@@ -138,7 +139,20 @@ stage_overhead() {
       --reps 1 --threads 2 --data-root "$DATA_ROOT" --workdir "$WORK/overhead"
   fi
 }
-export -f stage_pack stage_probes stage_tests stage_kd_memory stage_generation stage_overhead
+stage_memory() {
+  if [ $REHEARSAL = 1 ]; then  # its runs' code paths: the tiny shape in make test
+    echo "SKIP memory: in the rehearsal tests/unit/test_bench_memory.py runs it (--tiny)"
+    return 0
+  fi
+  gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+  if [ "$gpus" -lt 2 ]; then
+    echo "SKIP memory: ddp against fsdp needs 2 GPUs (one per worker, nccl); this machine has $gpus"
+    return 0
+  fi
+  "$PY" bench/memory_scaling.py --device cuda --steps 3 --json "$OUT/figures/memory_scaling.json"
+}
+export -f stage_pack stage_probes stage_tests stage_kd_memory stage_generation stage_overhead \
+  stage_memory
 export PY OUT WORK PACK REHEARSAL
 
 # pack first: it puts the carried packages on PYTHONPATH (and the data, when carried) for the rest.
@@ -151,12 +165,14 @@ if [ $REHEARSAL = 1 ]; then
   run_stage kd_memory 60
   run_stage generation 90
   run_stage overhead 120
+  run_stage memory 10
 else
   run_stage probes 60
   run_stage tests 240
   run_stage kd_memory 90
   run_stage generation 90
   run_stage overhead 180
+  run_stage memory 120
 fi
 
 # The summary table, last (also in $OUT/summary.md).

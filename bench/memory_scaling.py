@@ -3,6 +3,7 @@
     python bench/memory_scaling.py --quick          # d_model 512, V 16,000: 3-9 min on 2 CPUs
     python bench/memory_scaling.py                  # BART-large shape (below); 30 min, 16 GB here
     python bench/memory_scaling.py --device cuda    # one GPU per worker (nccl), bf16 fsdp
+    python bench/memory_scaling.py --tiny           # d_model 32: the runs' smoke test (seconds)
 
 The student has BART-large's shape cut to 12-3 layers (d_model 1024, 16 heads, FFN 4096,
 vocabulary 50,265, random weights); the teacher is BART-large's shape 12-12. Five runs, each
@@ -43,6 +44,9 @@ SHAPES = {
                  batch=4, src=128, tgt=32),
     "quick": dict(d_model=512, heads=8, ffn=2048, vocab=16000, teacher=(6, 6), student=(6, 2),
                   batch=4, src=64, tgt=16),
+    # the smoke test's (tests/unit/test_bench_memory.py): the same code paths in seconds
+    "tiny": dict(d_model=32, heads=2, ffn=64, vocab=300, teacher=(2, 2), student=(2, 1),
+                 batch=2, src=8, tgt=4),
 }
 RUNS = [  # (name, method, parallel, teacher_parallel)
     ("sft ddp", "sft", "ddp", "replicate"),
@@ -240,6 +244,7 @@ def launch(args, run: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="the smaller shape (d_model 512)")
+    ap.add_argument("--tiny", action="store_true", help="d_model 32: a smoke test of the runs")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up")
@@ -250,7 +255,7 @@ def main() -> None:
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--shape", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    args.shape = args.shape or ("quick" if args.quick else "full")
+    args.shape = args.shape or ("tiny" if args.tiny else "quick" if args.quick else "full")
     if args.worker:
         return worker(args)
     results = {}

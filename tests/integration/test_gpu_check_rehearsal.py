@@ -22,7 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
-STAGES = ("pack", "probes", "tests", "kd_memory", "generation", "overhead")
+STAGES = ("pack", "probes", "tests", "kd_memory", "generation", "overhead", "memory")
 
 
 def _make_pack(pack: Path) -> None:

@@ -33,3 +33,24 @@ def test_the_allocator_peak_is_the_most_a_step_held_at_once_not_its_sum():
     # The bound still tells the peak from the sum (52 MB), from counting the tensor alive
     # before (16 + 32 = 48 MB) and from the later, lower peak (20 MB).
     assert 32 * MB <= peak < 40 * MB
+
+
+def test_every_run_goes_through_the_products_sharding_and_fsdp_holds_half_the_state(tmp_path):
+    """The five runs at the tiny shape (2 gloo workers, 1 step): they run through
+    train/parallel.py as the full shape does, and a worker's held state is the whole
+    student's with ddp and half of it (dim-0 shards of 2, rounded up) with fsdp."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "tiny.json"
+    script = Path(__file__).resolve().parents[2] / "bench" / "memory_scaling.py"
+    subprocess.run([sys.executable, str(script), "--tiny", "--steps", "1", "--json", str(out)],
+                   check=True, timeout=300, capture_output=True)
+    rows = json.loads(out.read_text())["rows"]
+    assert list(rows) == [name for name, *_ in memory_scaling.RUNS]
+    sft = rows["sft fsdp"]["state_gib"] / rows["sft ddp"]["state_gib"]
+    assert 0.5 <= sft < 0.56
+    replicated, sharded = rows["kd fsdp, teacher replicated"], rows["kd fsdp, teacher sharded"]
+    assert sharded["state_gib"] < replicated["state_gib"] < rows["kd ddp, teacher replicated"]["state_gib"]
+    assert all(r["alloc_peak_gib"] >= r["state_gib"] > 0 for r in rows.values())
