@@ -599,9 +599,9 @@ def main() -> None:
 
 def equal_time_runs(args, s, models: dict, teacher: Path, t_key: str, data: Path,
                     pl_data: Path, work: Path) -> None:
-    """sft at the wall-clock time of the slowest on-policy row at each depth (the one-stage gkd
-    rows and the staged sft -> gkd rows: sampling, then two forward passes, cost the most per
-    step), so the methods also compare with the longest sft at equal time. Measured once every
+    """sft as long as the slowest on-policy row at each depth (``equal_time_steps``; the
+    one-stage gkd rows and the staged sft -> gkd rows: sampling, then two forward passes, cost
+    the most per step), so the methods also compare with the longest sft at equal time. Measured once every
     staged gkd row of that depth has trained, and kept (``equal_time_steps.json``) so a rerun
     reuses it."""
     path = work / "equal_time_steps.json"
@@ -610,7 +610,8 @@ def equal_time_runs(args, s, models: dict, teacher: Path, t_key: str, data: Path
     for d in DEPTHS:
         rows = {m["method"]: m["train_seconds"] for m in models.values()
                 if m.get("depth") == d and m["seed"] == s["seed"]}
-        gkd = [secs for method, secs in rows.items() if method in GKD_BETAS or method in staged_gkd]
+        gkd_methods = set(GKD_BETAS) | staged_gkd
+        gkd = [secs for method, secs in rows.items() if method in gkd_methods]
         sft = models.get(f"student 6-{d} (sft)")
         if str(d) not in saved and not staged_gkd <= set(rows):
             print(f"[quality] 6-{d}: the equal-time sft waits for every sft -> gkd row",
@@ -618,8 +619,9 @@ def equal_time_runs(args, s, models: dict, teacher: Path, t_key: str, data: Path
             continue
         if not gkd or not sft:
             continue
-        steps = saved.get(str(d)) or max(s["student_steps"],
-                                         round(s["student_steps"] * max(gkd) / sft["train_seconds"]))
+        steps = saved.get(str(d)) or equal_time_steps(
+            s["student_steps"], sft, [m for m in models.values() if m.get("depth") == d
+                                      and m["seed"] == s["seed"] and m["method"] in gkd_methods])
         saved[str(d)] = steps
         path.write_text(json.dumps(saved))
         name = f"student 6-{d} (sft, equal time)"
@@ -635,6 +637,18 @@ def equal_time_runs(args, s, models: dict, teacher: Path, t_key: str, data: Path
         best, secs, key = done
         models[name] = {"dir": best, "train_seconds": secs, "method": "sft_equal_time",
                         "key": key, "depth": d, "seed": s["seed"], "steps": steps}
+
+
+def equal_time_steps(sft_steps: int, sft: dict, slow_rows: list[dict]) -> int:
+    """The steps of an sft run as long as the slowest of ``slow_rows``: sft's steps scaled by
+    their time ratio. Time is the runs' CPU seconds where every run has them: on a machine
+    shared with other work the loop's wall clock measures the load too (the first 6-3 sft
+    row: 1,142 s beside a CI run, for 1,085 CPU s; the pl row 327 s for 621 CPU s on a quiet
+    machine), CPU seconds the work. Else the wall clock (``train_seconds``)."""
+    runs = [sft, *slow_rows]
+    cpu = [training_cpu_seconds(Path(m["dir"]).parent) for m in runs]
+    times = cpu if None not in cpu else [m["train_seconds"] for m in runs]
+    return max(sft_steps, round(sft_steps * max(times[1:]) / times[0]))
 
 
 def make_pseudo_labels(args, s, teacher: Path, t_key: str, data: Path, work: Path, pseudo_label):

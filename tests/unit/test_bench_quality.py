@@ -93,3 +93,24 @@ def test_a_rows_clocks_count_every_stage_and_are_absent_for_older_runs(tmp_path)
     old = tmp_path / "old"  # validations without the clocks: None, the caller's wall time then
     write(old, [{"step": 10, "bleu": 2.0}], 10, 15.0)
     assert q.training_seconds(old, "bleu") is None and q.training_cpu_seconds(old) is None
+
+
+def test_the_equal_time_sft_follows_cpu_seconds_where_every_run_has_them(tmp_path):
+    q = load_quality()
+
+    def row(name: str, wall: float, cpu: float | None) -> dict:
+        out = tmp_path / name
+        (out / "best_tfmr").mkdir(parents=True)
+        val = {"step": 10, "bleu": 1.0, "elapsed_s": wall, **({"cpu_s": cpu} if cpu else {})}
+        (out / "metrics.json").write_text(json.dumps({"val": [val], "final_step": 10}))
+        return {"dir": str(out / "best_tfmr"), "train_seconds": wall}
+
+    # sft's wall clock counted a loaded machine (1,100 s for 1,000 CPU s): by CPU seconds the
+    # slowest gkd row is 3x sft (6,000 steps), by the wall clock 2,000 / 1,100 (3,636 steps).
+    sft = row("sft", 1100.0, 1000.0)
+    gkd = [row("gkd_a", 2000.0, 3000.0), row("gkd_b", 1500.0, 2500.0)]
+    assert q.equal_time_steps(2000, sft, gkd) == 6000
+    # a run without CPU seconds: every run by the wall clock (the slowest: 2,000 / 1,100)
+    assert q.equal_time_steps(2000, sft, [*gkd, row("old", 1000.0, None)]) == round(2000 * 2000 / 1100)
+    # never fewer steps than the sft row itself
+    assert q.equal_time_steps(2000, sft, [row("fast", 100.0, 50.0)]) == 2000
