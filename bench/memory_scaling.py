@@ -14,8 +14,10 @@ wraps the student, ``LossStep`` computes the loss (kd: the SummarizationDistille
 ``build_optimizer``'s AdamW steps after ``parallel.clip_grad_norm``.
 
 Measured per worker, after one warm-up step: CPU: the training state it holds (weights,
-gradients and AdamW moments of its shard or of the whole student, plus its teacher weights:
-what an allocator's peak counts before activations), the allocator's peak (that state plus the
+gradients and AdamW moments of its shard or of the whole student, plus its teacher weights,
+plus DDP's all-reduce buckets where they are not the gradients themselves: what an
+allocator's peak counts before activations; the student's DDP is the product's,
+``parallel.ddp_kwargs``), the allocator's peak (that state plus the
 most bytes torch's CPU allocator held above it during one more step, profiled: see
 ``allocator_peak``), the RSS high-water during the timed steps (sampled every 5 ms) and the
 process's ru_maxrss; CUDA: ``max_memory_allocated``. Step time is the median of the timed
@@ -169,7 +171,7 @@ def worker(args) -> None:
     bf16 = cuda and mode == "fsdp"
     student = build(shape, shape["student"], mode == "fsdp", device, bf16=bf16)
     model = student if mode == "fsdp" else torch.nn.parallel.DistributedDataParallel(
-        student, device_ids=[rank] if cuda else None)
+        student, device_ids=[rank] if cuda else None, **parallel.ddp_kwargs(cfg))
     teachers = [build(shape, shape["teacher"], t_mode == "fsdp", device, frozen=True)] \
         if method == "kd" else []
     te, td = shape["teacher"]
@@ -197,7 +199,7 @@ def worker(args) -> None:
 
     step()  # warm-up: AdamW's moments and the gradients exist from here on
     held = state_bytes(student, optimizer) + sum(state_bytes(t, torch.optim.SGD([torch.zeros(1)]))
-                                                 for t in teachers)
+                                                 for t in teachers) + ddp_buckets(model)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     peak, stop = [rss()], threading.Event()
@@ -223,6 +225,28 @@ def worker(args) -> None:
     if rank == 0:
         Path(args.out).write_text(json.dumps(everyone))
     dist.destroy_process_group()
+    # Leave without freeing the models: torch 2.13 can deadlock freeing a DDP reducer here (the
+    # main thread, holding the GIL, joins gloo's thread, which waits for the GIL to free the
+    # all-gather's tensor; seen in 1 run of 3 at the tiny shape, py-spy --native).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def ddp_buckets(model) -> int:
+    """The bytes of DDP's all-reduce buckets that are not the gradients themselves (a copy of
+    every gradient unless ``gradient_as_bucket_view``; allocated before the step, so the
+    profiled step does not count them); 0 for a sharded student."""
+    import re
+
+    import torch
+
+    if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return 0
+    data = model._get_ddp_logging_data()
+    if data.get("gradient_as_bucket_view"):
+        return 0
+    return sum(int(n) for n in re.findall(r"\d+", str(data.get("bucket_sizes", ""))))
 
 
 def launch(args, run: int) -> list[dict]:

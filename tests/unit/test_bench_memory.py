@@ -54,3 +54,27 @@ def test_every_run_goes_through_the_products_sharding_and_fsdp_holds_half_the_st
     replicated, sharded = rows["kd fsdp, teacher replicated"], rows["kd fsdp, teacher sharded"]
     assert sharded["state_gib"] < replicated["state_gib"] < rows["kd ddp, teacher replicated"]["state_gib"]
     assert all(r["alloc_peak_gib"] >= r["state_gib"] > 0 for r in rows.values())
+
+
+def test_ddps_buckets_count_where_they_are_a_copy_of_the_gradients():
+    """``ddp_buckets``: the bytes DDP holds beside the gradients (its all-reduce buckets),
+    none when the gradients are views into them (the product's ``parallel.ddp_kwargs``)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import importlib.util, socket, torch, torch.distributed as dist
+spec = importlib.util.spec_from_file_location("m", {str(SPEC.origin)!r})
+m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{{port}}", rank=0, world_size=1)
+net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 8))
+for views in (False, True):
+    ddp = torch.nn.parallel.DistributedDataParallel(net, gradient_as_bucket_view=views)
+    print(m.ddp_buckets(ddp))
+print(m.ddp_buckets(net))
+dist.destroy_process_group()
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, timeout=120).stdout.split()
+    assert out == [str((64 * 64 + 64 + 64 * 8 + 8) * 4), "0", "0"]

@@ -64,7 +64,6 @@ def build(job: dict, rank: int, world: int, device: torch.device):
     from raydistill.train.targets import make_targets
 
     cfg = DistillConfig.from_dict({**job["config"], "num_workers": world})
-    unused = bool(cfg.freeze_encoder or cfg.encoder_layerdrop or cfg.decoder_layerdrop)
     torch.manual_seed(cfg.seed + rank)
     run = {"student_init": job["student"], "tokenizer": job["student"], "total_steps":
            job["total_steps"], "batches_per_epoch": job["batches"], "output_dir": job["out"]}
@@ -75,9 +74,9 @@ def build(job: dict, rank: int, world: int, device: torch.device):
         model = parallel.wrap_student(student, cfg, device)
     elif device.type == "cuda":  # what Ray Train's prepare_model does on a GPU
         model = torch.nn.parallel.DistributedDataParallel(
-            student.to(device), device_ids=[device], find_unused_parameters=unused)
+            student.to(device), device_ids=[device], **parallel.ddp_kwargs(cfg))
     else:  # what Ray Train's prepare_model does on the CPU
-        model = torch.nn.parallel.DistributedDataParallel(student, find_unused_parameters=unused)
+        model = torch.nn.parallel.DistributedDataParallel(student, **parallel.ddp_kwargs(cfg))
     inner = getattr(model, "module", model)
     model.train()  # as setup() leaves it (from_pretrained gives eval mode)
     optimizer, scheduler = build_optimizer(cfg, inner, job["total_steps"], projections,
@@ -171,6 +170,8 @@ def run_job(job: dict, rank: int, world: int, device: torch.device) -> dict:
     parallel.student_dtype = loop.student_dtype = dtype
     w = build(job, rank, world, device)
     record_dtypes(w, seen)
+    if isinstance(w.model, torch.nn.parallel.DistributedDataParallel):
+        seen["bucket_views"] = w.model._get_ddp_logging_data()["gradient_as_bucket_view"]
     trained_layers = record_layers(w)
     if job.get("resume"):  # a new worker started from a checkpoint folder, as setup() does
         w.state = load_training_state(job["resume"], student=w.inner, optimizer=w.optimizer,

@@ -174,6 +174,7 @@ def test_fsdp_gives_ddp_losses_and_final_weights(runs, arch):
     assert len(ddp["losses"]) == len(fsdp["losses"]) == 4
     assert max(abs(a - b) for a, b in zip(ddp["losses"], fsdp["losses"])) < TOL
     assert ddp["reports"] == fsdp["reports"] == [2, 4]
+    assert ddp["bucket_views"] == 1  # parallel.ddp_kwargs: one copy of the gradients
     assert ddp["generated"] == fsdp["generated"]  # validation's outputs, rank 0's share
     w_ddp = load_file(str(tmp / f"{arch}_ddp" / "final.safetensors"))
     w_fsdp = load_file(str(tmp / f"{arch}_fsdp" / "final.safetensors"))
