@@ -4,6 +4,7 @@
     python bench/memory_scaling.py                  # BART-large shape (below); 30 min, 16 GB here
     python bench/memory_scaling.py --device cuda    # one GPU per worker (nccl), bf16 fsdp
     python bench/memory_scaling.py --tiny           # d_model 32: the runs' smoke test (seconds)
+    python bench/memory_scaling.py --gradient-checkpointing   # the students recompute activations
 
 The student has BART-large's shape cut to 12-3 layers (d_model 1024, 16 heads, FFN 4096,
 vocabulary 50,265, random weights); the teacher is BART-large's shape 12-12. Five runs, each
@@ -70,17 +71,24 @@ def bart(shape: dict, layers: tuple[int, int]):
     return BartForConditionalGeneration(cfg)
 
 
-def build(shape: dict, layers, sharded: bool, device, frozen: bool = False, bf16: bool = False):
-    """A random BART; sharded: built on meta, sharded, then each rank fills its own shard."""
+def build(shape: dict, layers, sharded: bool, device, frozen: bool = False, bf16: bool = False,
+          checkpointing: bool = False):
+    """A random BART; sharded: built on meta, sharded, then each rank fills its own shard.
+    ``checkpointing``: the product's gradient checkpointing (``models.layers.checkpoint_layers``)."""
     import torch
 
+    from raydistill.models.layers import checkpoint_layers
     from raydistill.train import parallel
 
     if not sharded:
         model = bart(shape, layers).to(device)
+        if checkpointing:
+            checkpoint_layers(model)
         return model.eval().requires_grad_(False) if frozen else model
     with torch.device("meta"):
         model = bart(shape, layers)
+    if checkpointing:
+        checkpoint_layers(model)
     from torch.distributed.fsdp import fully_shard
 
     mesh = parallel._mesh(device)
@@ -169,7 +177,8 @@ def worker(args) -> None:
                         parallel=mode, teacher_parallel=t_mode, alpha_hid=0.0,
                         precision="bf16" if cuda else "fp32", teacher_dtype="fp32")
     bf16 = cuda and mode == "fsdp"
-    student = build(shape, shape["student"], mode == "fsdp", device, bf16=bf16)
+    student = build(shape, shape["student"], mode == "fsdp", device, bf16=bf16,
+                    checkpointing=args.gradient_checkpointing)
     model = student if mode == "fsdp" else torch.nn.parallel.DistributedDataParallel(
         student, device_ids=[rank] if cuda else None, **parallel.ddp_kwargs(cfg))
     teachers = [build(shape, shape["teacher"], t_mode == "fsdp", device, frozen=True)] \
@@ -258,7 +267,8 @@ def launch(args, run: int) -> list[dict]:
            "WORLD_SIZE": str(args.workers), "OMP_NUM_THREADS": str(args.threads)}
     cmd = [sys.executable, __file__, "--worker", "--run", str(run), "--out", str(out),
            "--shape", args.shape, "--device", args.device, "--steps", str(args.steps),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads)] + (["--gradient-checkpointing"]
+                                               if args.gradient_checkpointing else [])
     procs = [subprocess.Popen(cmd, env={**env, "RANK": str(r)}) for r in range(args.workers)]
     if any(p.wait() for p in procs):
         raise SystemExit(f"run {RUNS[run][0]} failed")
@@ -273,6 +283,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="the students recompute their layers' activations (both modes)")
     ap.add_argument("--json", help="write the results here too")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--run", type=int, help=argparse.SUPPRESS)
@@ -289,7 +301,9 @@ def main() -> None:
         print(f"{name}: {time.time() - t0:.0f} s", flush=True)
     cuda = args.device == "cuda"
     key = "cuda_peak_gib" if cuda else "rss_peak_gib"
-    print(f"\n{args.workers} workers, {args.device}, shape {args.shape}: per worker (max over ranks)")
+    print(f"\n{args.workers} workers, {args.device}, shape {args.shape}"
+          f"{', gradient checkpointing' if args.gradient_checkpointing else ''}: per worker "
+          "(max over ranks)")
     print(f"{'run':30s} {'state GiB':>10s} {'peak GiB':>9s} {'maxrss GiB':>10s} {'step s':>7s}"
           f"{'' if cuda else ' alloc peak GiB':>15s}")
     rows = {}

@@ -111,6 +111,7 @@ class DistillConfig:
     # Student regularisation and freezing (finetune.py).
     freeze_encoder: bool = False  # the student's encoder is not trained
     freeze_embeds: bool = False  # nor its embeddings
+    gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory
     label_smoothing: float = 0.0  # on the hard-label loss
     dropout: float | None = None  # None: the model's own
     attention_dropout: float | None = None  # None: the model's own

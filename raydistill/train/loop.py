@@ -28,7 +28,7 @@ from raydistill.distill.step import LossStep, run_needs
 from raydistill.errors import TrainingError
 from raydistill.models.generate import generate_local
 from raydistill.metrics import score
-from raydistill.models.layers import load_seq2seq, load_teacher
+from raydistill.models.layers import checkpoint_layers, load_seq2seq, load_teacher
 from raydistill.runtime import process_start_time
 from raydistill.train.checkpoint import (
     load_training_state,
@@ -41,16 +41,8 @@ from raydistill.train.checkpoint import (
 from raydistill.train.device import train_device
 from raydistill.train import layerdrop
 from raydistill.train.optim import build_optimizer, lr_factor  # noqa: F401 (lr_factor: re-export)
-from raydistill.train.parallel import (
-    clip_grad_norm,
-    gathered_root,
-    grad_scaler,
-    grad_sync,
-    is_sharded,
-    student_dtype,
-    wrap_student,
-    wrap_teacher,
-)
+from raydistill.train.parallel import (clip_grad_norm, gathered_root, grad_scaler, grad_sync,
+                                       is_sharded, student_dtype, wrap_student, wrap_teacher)
 from raydistill.train.logger import Logger
 from raydistill.train.prefetch import HostBatch, Prefetcher, host_batch, to_device
 from raydistill.train.tally import StepTally, read_step
@@ -95,8 +87,12 @@ def _student_overrides(cfg: DistillConfig) -> dict[str, float]:
     return {k: getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}
 
 
-def _freeze(student, cfg: DistillConfig) -> None:
-    """finetune.py's freeze_embeds (token + position embeddings) and freeze_encoder."""
+def _set_up_student(student, cfg: DistillConfig) -> None:
+    """finetune.py's freeze_embeds (token + position embeddings) and freeze_encoder; gradient
+    checkpointing; the layerdrop draws every worker shares (train/layerdrop.py)."""
+    if cfg.gradient_checkpointing:
+        checkpoint_layers(student)
+    layerdrop.install(student, cfg.seed)
     if cfg.freeze_embeds:
         student.get_input_embeddings().requires_grad_(False)
         for part in (student.get_encoder(), student.get_decoder()):
@@ -248,8 +244,7 @@ def _models(cfg: DistillConfig, run: dict[str, Any], needs, device):
     attention match needs the weights (eager). Paths are local: the driver resolved Hub ids."""
     attn = {"attn_implementation": "eager"} if needs.attentions else {}
     student = load_seq2seq(run["student_init"], **attn, **_student_overrides(cfg))
-    _freeze(student, cfg)
-    layerdrop.install(student, cfg.seed)  # every worker skips the same layers
+    _set_up_student(student, cfg)
     sharded = cfg.teacher_parallel == "fsdp"  # loaded on the CPU, each worker keeps its shard
     teachers = [wrap_teacher(load_teacher(p, cfg.teacher_dtype, device, place=not sharded,
                                           **attn), cfg, device)

@@ -138,6 +138,8 @@ def runs(tmp_path_factory, tiny_tokenizer):
              for mode in ("ddp", "fsdp")]
     jobs += [job(f"layerdrop_{mode}", tmp, models["bart"], parallel=mode, **LAYERDROP)
              for mode in ("ddp", "fsdp")]
+    jobs += [job(f"bart_gc_{mode}", tmp, models["bart"], parallel=mode, gradient_checkpointing=True,
+                 **METHODS["bart"]) for mode in ("ddp", "fsdp")]
     jobs.append({**job("bart_fp16", tmp, models["bart"], parallel="fsdp", precision="fp16",
                        **METHODS["bart"]), "fp16_on_cpu": True, "inf_at": INF_AT})
     jobs.append({**job("tb_resumed", tmp, models["bart"], parallel="fsdp", **TB),
@@ -295,6 +297,18 @@ def test_layerdrop_skips_the_same_layers_on_every_worker_and_gives_ddps_losses(r
     w_ddp = load_file(str(tmp / "layerdrop_ddp" / "final.safetensors"))
     w_fsdp = load_file(str(tmp / "layerdrop_fsdp" / "final.safetensors"))
     assert _max_diff(w_ddp, w_fsdp) < WEIGHT_TOL
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_gradient_checkpointing_recomputes_the_same_training(runs, mode):
+    """Layers that recompute their activations in the backward pass (dropout's masks too) train
+    as the same run without: its losses and final weights, with ddp and fsdp."""
+    tmp, results, _ = runs
+    plain, gc = results[f"bart_{mode}"], results[f"bart_gc_{mode}"]
+    assert gc["checkpointing"] and not plain["checkpointing"]
+    assert max(abs(a - b) for a, b in zip(plain["losses"], gc["losses"])) < TOL
+    assert _max_diff(load_file(str(tmp / f"bart_{mode}" / "final.safetensors")),
+                     load_file(str(tmp / f"bart_gc_{mode}" / "final.safetensors"))) < WEIGHT_TOL
 
 
 def test_fp16_shards_skip_together_when_one_ranks_gradient_overflows(runs):

@@ -55,3 +55,28 @@ def test_a_trimmed_student_meets_its_teacher_in_the_teachers_vocabulary(tmp_path
     for name, size, original in (("other", 120, None), ("from_another", 120, 800)):
         with pytest.raises(ModelError, match="vocabularies differ"):
             check(_folder(tmp_path / name, size, original))
+
+
+def test_gradient_checkpointing_is_refused_before_ray_for_an_architecture_without_it(tmp_path):
+    """transformers' FSMT has no gradient checkpointing: one line before Ray starts; the other
+    architectures pass, and ``checkpoint_layers`` turns it on in them."""
+    from raydistill.config import DistillConfig
+    from raydistill.errors import ConfigError, ModelError
+    from raydistill.models.layers import checkpoint_layers
+    from raydistill.train.preflight import check_models
+
+    for arch in ("fsmt", "bart", "t5"):
+        model = new_model(arch, 64, d_model=16, ffn_dim=32, heads=2)
+        model.save_pretrained(tmp_path / arch)
+        cfg = DistillConfig(teacher=str(tmp_path / arch), data_dir="d", output_dir="o",
+                            gradient_checkpointing=True)
+        if arch == "fsmt":
+            with pytest.raises(ConfigError, match="gradient_checkpointing: the student") as err:
+                check_models(cfg)
+            assert "\n" not in str(err.value)
+            with pytest.raises(ModelError, match="does not support it"):
+                checkpoint_layers(model)
+        else:
+            check_models(cfg)
+            checkpoint_layers(model)
+            assert model.is_gradient_checkpointing and not model.config.use_cache
