@@ -24,8 +24,10 @@ Translation (default; ``--data-dir`` defaults to ``../shared/data/en_de``):
    ``sft_gkd_l<lmbda>_b<beta>`` (sft for 3/4 of the steps, then the teacher from that student,
    the same total steps); ``sft_scratch`` (the 6-3 architecture from random weights: what
    make_student's copied layers are worth); ``sft_trim`` (the 6-3 sft student with the
-   vocabulary its train split uses, ``trim_vocab``). The 6-3 sft, kd and kd_hard runs are repeated with
-   ``--seeds`` seeds. ``--methods`` / ``--depths`` run part of the table.
+   vocabulary its train split uses, ``trim_vocab``). The 6-3 ``SEEDED`` runs (sft and the
+   leading rows) are repeated with ``--seeds`` seeds; an sft run as long as the slowest
+   on-policy row compares the methods at equal time (``quiet_seconds``). ``--methods`` /
+   ``--depths`` run part of the table.
 3. The students' own validations against their training time: ``--plot`` (a panel per depth).
 4. Every model is scored by ``evaluate`` on the test split (sacreBLEU, chrF; beam 4) and timed
    at batch 1 (latency) and batch 32 (throughput), all models in the same interleaved rounds.
@@ -73,7 +75,10 @@ METHODS = {"translation": ("sft", "kd", "kd_hard", "pl", "tb", "gkd_b0.1", "gkd_
 # On-policy distillation (method: gkd): every batch's targets sampled by the student (lmbda 1) at
 # T 1, with the generalized JSD at two betas (0.1: near the forward KL, said best for translation
 # in the GKD paper's summaries; 0.9: near the reverse KL, said best for summarization).
-SEEDED = ("sft", "kd", "kd_hard")  # repeated with --seeds seeds at 6-3 (the spread)
+# Repeated with --seeds seeds at 6-3 (the spread): sft, and the leading rows of the first
+# seed's 6-3 validations (BENCHMARKS.md section 12: pl, sft -> pl, sft -> gkd at lmbda 1 and
+# beta 0.5); with --methods, only those chosen.
+SEEDED = ("sft", "pl", "sft_pl", "sft_gkd_l1_b0.5")
 GKD_BETAS = {"gkd_b0.1": 0.1, "gkd_b0.9": 0.9}
 # Staged recipes (`stages:`, issue 28): sft on the references for STAGE_SPLIT of the steps, then
 # the teacher from that checkpoint for the rest; the same total steps as every other row.
@@ -641,14 +646,30 @@ def equal_time_runs(args, s, models: dict, teacher: Path, t_key: str, data: Path
 
 def equal_time_steps(sft_steps: int, sft: dict, slow_rows: list[dict]) -> int:
     """The steps of an sft run as long as the slowest of ``slow_rows``: sft's steps scaled by
-    their time ratio. Time is the runs' CPU seconds where every run has them: on a machine
-    shared with other work the loop's wall clock measures the load too (the first 6-3 sft
-    row: 1,142 s beside a CI run, for 1,085 CPU s; the pl row 327 s for 621 CPU s on a quiet
-    machine), CPU seconds the work. Else the wall clock (``train_seconds``)."""
+    their time ratio, in ``quiet_seconds`` where every run has them, else by the wall clock
+    (``train_seconds``)."""
     runs = [sft, *slow_rows]
-    cpu = [training_cpu_seconds(Path(m["dir"]).parent) for m in runs]
-    times = cpu if None not in cpu else [m["train_seconds"] for m in runs]
+    quiet = [quiet_seconds(Path(m["dir"]).parent) for m in runs]
+    times = quiet if None not in quiet else [m["train_seconds"] for m in runs]
     return max(sft_steps, round(sft_steps * max(times[1:]) / times[0]))
+
+
+def quiet_seconds(out: Path) -> float | None:
+    """A run's training seconds at the rate of its fastest interval between validations (each
+    stage's, added up): the wall clock a machine that ran nothing else would have measured. On
+    this shared machine a row's own clock measures the load too: the 6-3 sft row's first 1,500
+    steps took 1,051 s while a CI run shared the cores, and the same settings and seed took
+    258 s as another row's first stage; its last 500 steps, alone, 90 s. None when a
+    validation lacks the loop's clock (a run of an older raydistill)."""
+    total = 0.0
+    for f in sorted(out.glob("stage*/metrics.json")) or [out / "metrics.json"]:
+        vals = json.loads(f.read_text()).get("val", []) if f.is_file() else []
+        if not vals or any("elapsed_s" not in h for h in vals):
+            return None
+        points = [(0, 0.0)] + [(h["step"], h["elapsed_s"]) for h in vals]
+        rates = [(t - t0) / (n - n0) for (n0, t0), (n, t) in zip(points, points[1:]) if n > n0]
+        total += points[-1][0] * min(rates)
+    return round(total, 1)
 
 
 def make_pseudo_labels(args, s, teacher: Path, t_key: str, data: Path, work: Path, pseudo_label):
@@ -687,30 +708,34 @@ def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
     for n, m in models.items():
         m["distinct_outputs"] = len(set(generations[n])) / max(len(generations[n]), 1)
         m["train_cpu_seconds"] = training_cpu_seconds(Path(m["dir"]).parent)
+        m["quiet_seconds"] = quiet_seconds(Path(m["dir"]).parent)
+    # train s: the loop's clock; quiet s: at each run's fastest interval (the load left out)
     cpu = {n: "-" if m["train_cpu_seconds"] is None else f"{m['train_cpu_seconds']:.0f}"
            for n, m in models.items()}
+    quiet = {n: "-" if m["quiet_seconds"] is None else f"{m['quiet_seconds']:.0f}"
+             for n, m in models.items()}
     if args.task == "translation":
         header = ["model", "# params (M)", "BLEU", "chrF", "batch-1 ms", "speedup",
                   "batch-32 ex/s", "speedup (b32)", "output words", "distinct", "train s",
-                  "train CPU s"]
+                  "quiet s", "train CPU s"]
         rows = [[n, f"{m['parameters'] / 1e6:.2f}", f"{m['scores']['bleu']:.2f}",
                  f"{m['scores']['chrf']:.2f}", f"{m['ms_per_example']:.1f}",
                  f"{m['speedup']:.2f}", f"{m['examples_per_s']:.1f}",
                  f"{m['throughput_speedup']:.2f}", f"{m['mean_gen_words']:.1f}",
-                 f"{100 * m['distinct_outputs']:.0f}%", f"{m['train_seconds']:.0f}", cpu[n]]
-                for n, m in models.items()]
+                 f"{100 * m['distinct_outputs']:.0f}%", f"{m['train_seconds']:.0f}", quiet[n],
+                 cpu[n]] for n, m in models.items()]
         if args.ct2_latency:
             header += [f"ct2 {args.ct2_latency} batch-1 ms", "speedup (ct2)"]
             for row, m in zip(rows, models.values()):
                 row += [f"{m['ct2_ms']:.1f}", f"{m['ct2_speedup']:.2f}"]
     else:
         header = ["model", "# params (M)", "speedup", "ROUGE-1", "ROUGE-2", "ROUGE-L",
-                  "ms/example", "output words", "distinct", "train s", "train CPU s"]
+                  "ms/example", "output words", "distinct", "train s", "quiet s", "train CPU s"]
         rows = [[n, f"{m['parameters'] / 1e6:.1f}", f"{m['speedup']:.2f}",
                  f"{m['scores']['rouge1']:.2f}", f"{m['scores']['rouge2']:.2f}",
                  f"{m['scores']['rougeL']:.2f}", f"{m['ms_per_example']:.0f}",
                  f"{m['mean_gen_words']:.1f}", f"{100 * m['distinct_outputs']:.0f}%",
-                 f"{m['train_seconds']:.0f}", cpu[n]] for n, m in models.items()]
+                 f"{m['train_seconds']:.0f}", quiet[n], cpu[n]] for n, m in models.items()]
     mode = "QUICK MODE (small caps; not comparable to published figures)" if args.quick \
         else f"{args.device} mode"
     print(f"\n{data_name} test, {mode}: n_test {t.get('n_test')}, beams {s['num_beams']}, "
@@ -744,10 +769,16 @@ def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
               f"({100 * kept:.1f}% of the teacher's) at {best['speedup']:.2f}x batch-1 speed"
               + (f" ({best['ct2_speedup']:.2f}x with CTranslate2 {args.ct2_latency})"
                  if best.get("ct2_speedup") else ""))
-    met = verdicts.get("6-3", {})
-    target_met = bool(met) and met["kept"] >= 0.97 and met["speedup"] >= 1.6
-    print(f"target (a 6-3 student >= 97% of the teacher's {metric} at >= 1.6x batch-1 speed): "
-          + ("met" if target_met else "NOT met"))
+    for d in DEPTHS:  # the best students' outputs beside the references
+        if f"6-{d}" in verdicts:
+            best_n = verdicts[f"6-{d}"]["best"]
+            print(f"\n{best_n}, its first test outputs:")
+            for (src, ref, _), hyp in zip(examples, generations[best_n]):
+                print(f"  source: {src}\n  reference: {ref}\n  student: {hyp}")
+    targets = quality_targets(verdicts)
+    target_met = all(targets.values()) and bool(targets)
+    for name, ok in targets.items():
+        print(f"target: {name}: " + ("met" if ok else "NOT met"))
     seeds = {}
     for method in SEEDED:
         xs = [m["scores"][metric] for m in models.values()
@@ -759,6 +790,9 @@ def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
     versus = versus_sft(models, metric, seeds)
     for line in versus["lines"]:
         print(line)
+    equal = equal_time_verdicts(models, metric, seeds, degenerate)
+    for line in equal["lines"]:
+        print(line)
     if pl_error:
         print(f"pl students not trained: {pl_error}")
     print(f"pseudo-labelling {pl_seconds:.0f} s; benchmark wall time {seconds:.0f} s")
@@ -768,8 +802,49 @@ def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
                   "models": jsonable(models), "target_met": target_met, "best": verdicts,
                   "seeds": seeds, "degenerate": degenerate, "teacher_examples": examples,
                   "pl_seconds": pl_seconds, "pl_error": pl_error, "pending": pending or [],
-                  "versus_sft": versus["rows"],
+                  "versus_sft": versus["rows"], "equal_time": equal["rows"],
                   "command": " ".join(sys.argv), "seconds": seconds})
+
+
+def quality_targets(verdicts: dict) -> dict[str, bool]:
+    """Issue 28's targets for the best student of each depth (``verdicts``: report's)."""
+    out = {}
+    if "6-3" in verdicts:
+        out["the best 6-3 student >= 97% of the teacher's score"] = verdicts["6-3"]["kept"] >= 0.97
+    if "6-1" in verdicts:
+        v = verdicts["6-1"]
+        out["the best 6-1 student >= 75% of the teacher's score at >= 1.8x its batch-1 speed"] = \
+            v["kept"] >= 0.75 and v["speedup"] >= 1.8
+    return out
+
+
+# Rows that learn from the teacher (the others: the references only).
+NO_TEACHER = ("sft", "sft_equal_time", SCRATCH, TRIMMED)
+
+
+def equal_time_verdicts(models: dict, metric: str, seeds: dict, degenerate: list) -> dict:
+    """At each depth, the best row that learns from the teacher against the equal-time sft
+    (sft trained as long as the slowest on-policy row, ``equal_time_runs``): whether it wins
+    by more than the 6-3 sft seeds' spread (issue 28's equal wall-clock target)."""
+    spread = seeds.get("sft", {}).get("spread")
+    rows, lines = [], []
+    for d in DEPTHS:
+        longest = models.get(f"student 6-{d} (sft, equal time)")
+        cands = [(n, m) for n, m in models.items() if m.get("depth") == d
+                 and m["method"] not in NO_TEACHER and n not in degenerate]
+        if not longest or not cands:
+            continue
+        best_n, best = max(cands, key=lambda c: c[1]["scores"][metric])
+        diff = best["scores"][metric] - longest["scores"][metric]
+        beats = spread is not None and diff > spread
+        rows.append({"depth": d, "best": best_n, "minus_equal_time_sft": diff,
+                     "spread": spread, "beats": beats})
+        lines.append(f"target: at equal time, 6-{d}: {best_n} {diff:+.2f} {metric} against sft "
+                     f"trained as long ({longest.get('steps')} steps): "
+                     + ("met" if beats else "NOT met") + (f" (6-3 sft seed spread {spread:.2f})"
+                                                         if spread is not None
+                                                         else " (no seed spread measured)"))
+    return {"rows": rows, "lines": lines}
 
 
 def versus_sft(models: dict, metric: str, seeds: dict) -> dict:

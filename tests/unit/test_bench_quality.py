@@ -95,22 +95,91 @@ def test_a_rows_clocks_count_every_stage_and_are_absent_for_older_runs(tmp_path)
     assert q.training_seconds(old, "bleu") is None and q.training_cpu_seconds(old) is None
 
 
-def test_the_equal_time_sft_follows_cpu_seconds_where_every_run_has_them(tmp_path):
+def test_the_equal_time_sft_follows_each_runs_fastest_interval_not_the_load(tmp_path):
     q = load_quality()
 
-    def row(name: str, wall: float, cpu: float | None) -> dict:
+    def row(name: str, clocks: list[tuple[int, float]] | None, wall: float,
+            stage: str | None = None) -> dict:
         out = tmp_path / name
-        (out / "best_tfmr").mkdir(parents=True)
-        val = {"step": 10, "bleu": 1.0, "elapsed_s": wall, **({"cpu_s": cpu} if cpu else {})}
-        (out / "metrics.json").write_text(json.dumps({"val": [val], "final_step": 10}))
+        (out / "best_tfmr").mkdir(parents=True, exist_ok=True)
+        folder = out / stage if stage else out
+        folder.mkdir(exist_ok=True)
+        val = [{"step": n, "bleu": 1.0, **({"elapsed_s": t} if clocks else {})}
+               for n, t in (clocks or [(10, 0.0)])]
+        (folder / "metrics.json").write_text(json.dumps({"val": val, "final_step": val[-1]["step"]}))
         return {"dir": str(out / "best_tfmr"), "train_seconds": wall}
 
-    # sft's wall clock counted a loaded machine (1,100 s for 1,000 CPU s): by CPU seconds the
-    # slowest gkd row is 3x sft (6,000 steps), by the wall clock 2,000 / 1,100 (3,636 steps).
-    sft = row("sft", 1100.0, 1000.0)
-    gkd = [row("gkd_a", 2000.0, 3000.0), row("gkd_b", 1500.0, 2500.0)]
-    assert q.equal_time_steps(2000, sft, gkd) == 6000
-    # a run without CPU seconds: every run by the wall clock (the slowest: 2,000 / 1,100)
-    assert q.equal_time_steps(2000, sft, [*gkd, row("old", 1000.0, None)]) == round(2000 * 2000 / 1100)
+    # sft: 2,000 steps; its first 1,500 under load (1,000 s), the last 500 alone (100 s):
+    # 0.2 s a step on a quiet machine, 400 s in all, not its own clock's 1,100.
+    sft = row("sft", [(500, 400.0), (1000, 700.0), (1500, 1000.0), (2000, 1100.0)], 1100.0)
+    assert q.quiet_seconds(Path(sft["dir"]).parent) == 400.0
+    # a staged gkd row: stage 0 as sft (0.2 s a step: 300 s), stage 1 500 steps at 1.0-1.4 s
+    gkd = row("gkd", [(1500, 300.0)], 900.0, stage="stage0_sft")
+    row("gkd", [(250, 250.0), (500, 600.0)], 900.0, stage="stage1_gkd")
+    assert q.quiet_seconds(Path(gkd["dir"]).parent) == 800.0
+    assert q.equal_time_steps(2000, sft, [gkd]) == 4000  # 800 / 400 of sft's 2,000 steps
+    # a run without the loop's clock: every run by its wall clock
+    assert q.equal_time_steps(2000, sft, [gkd, row("old", None, 2200.0)]) == 4000  # 2,200 / 1,100
     # never fewer steps than the sft row itself
-    assert q.equal_time_steps(2000, sft, [row("fast", 100.0, 50.0)]) == 2000
+    assert q.equal_time_steps(2000, sft, [row("fast", [(500, 50.0)], 50.0)]) == 2000
+
+
+def test_the_report_prints_the_issues_targets_and_the_best_students_outputs(tmp_path, capsys):
+    """report() end to end on made-up rows: the table (with the quiet clock), the teacher's
+    and the best students' outputs beside the references, each target, and the equal-time
+    comparison against the sft seeds' spread."""
+    import argparse
+
+    q = load_quality()
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "test.source").write_text("".join(f"source {i}\n" for i in range(6)))
+    (data / "test.target").write_text("".join(f"reference {i}\n" for i in range(6)))
+
+    def model(name: str, method: str, depth: int, bleu: float, speedup: float,
+              seed: int = 0, **extra) -> tuple[str, dict]:
+        out = tmp_path / name.replace(" ", "_")
+        (out / "test_eval").mkdir(parents=True)
+        (out / "test_eval" / "test_generations.txt").write_text(
+            "".join(f"{method} output {i}\n" for i in range(6)))
+        (out / "metrics.json").write_text(json.dumps({"val": [
+            {"step": 10, "bleu": bleu, "elapsed_s": 20.0, "cpu_s": 30.0},
+            {"step": 20, "bleu": bleu, "elapsed_s": 30.0, "cpu_s": 50.0}]}))
+        return name, {"dir": str(out / "best_tfmr"), "train_seconds": 30.0, "method": method,
+                      "depth": depth, "seed": seed, "parameters": 1e6, "speedup": speedup,
+                      "scores": {"bleu": bleu, "chrf": 2 * bleu}, "ms_per_example": 10.0,
+                      "examples_per_s": 5.0, "throughput_speedup": speedup,
+                      "mean_gen_words": 3.0, **extra}
+
+    models = dict([
+        model("teacher 6-6 (sft)", "sft", 6, 20.0, 1.0, n_test=6),
+        model("student 6-3 (sft)", "sft", 3, 18.0, 1.5),
+        model("student 6-3 (sft) seed 1", "sft", 3, 18.5, 1.5, seed=1),
+        model("student 6-3 (pl)", "pl", 3, 19.6, 1.5),
+        model("student 6-3 (sft, equal time)", "sft_equal_time", 3, 18.9, 1.5, steps=40),
+        model("student 6-1 (sft)", "sft", 1, 12.0, 2.0),
+        model("student 6-1 (pl)", "pl", 1, 15.5, 2.0),
+        model("student 6-1 (sft, equal time)", "sft_equal_time", 1, 15.3, 2.0, steps=40),
+    ])
+    written = {}
+    q.write_result = lambda name, result: written.update(result)
+    args = argparse.Namespace(task="translation", quick=False, device="cpu", ct2_latency=None,
+                              threads=2)
+    s = {"num_beams": 4, "gen_max_length": 32, "latency_n": 8, "throughput_n": 32,
+         "latency_rounds": 3}
+    q.report(args, s, data, "en_de", models, 10.0, None, 100.0)
+    out = capsys.readouterr().out
+    assert "quiet s" in out and "train CPU s" in out
+    assert "  reference: reference 0\n  teacher: sft output 0" in out
+    assert "student 6-3 (pl), its first test outputs:" in out
+    assert "  source: source 0\n  reference: reference 0\n  student: pl output 0" in out
+    assert "target: the best 6-3 student >= 97% of the teacher's score: met" in out  # 19.6 / 20
+    assert ("target: the best 6-1 student >= 75% of the teacher's score at >= 1.8x its batch-1 "
+            "speed: met") in out  # 15.5 / 20 = 77.5%, 2.0x
+    # equal time: 6-3 pl +0.70 over the equal-time sft, beyond the sft seeds' spread of 0.50;
+    # 6-1 pl +0.20, inside it
+    assert ("target: at equal time, 6-3: student 6-3 (pl) +0.70 bleu against sft trained as long "
+            "(40 steps): met (6-3 sft seed spread 0.50)") in out
+    assert "target: at equal time, 6-1: student 6-1 (pl) +0.20 bleu" in out and "NOT met" in out
+    assert [r["beats"] for r in written["equal_time"]] == [True, False]
+    assert written["target_met"] is True
