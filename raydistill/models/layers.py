@@ -102,13 +102,19 @@ def load_seq2seq(path: str | os.PathLike, **kwargs) -> PreTrainedModel:
 
 def checkpoint_layers(model: PreTrainedModel) -> None:
     """Gradient (activation) checkpointing: each layer keeps only its input in the forward pass
-    and recomputes the rest in the backward pass (transformers' ``gradient_checkpointing_enable``,
-    non-reentrant, as torch recommends: it works with DDP's unused parameters and with FSDP2).
+    and recomputes the rest in the backward pass (transformers' ``activation_checkpointing_enable``,
+    formerly ``gradient_checkpointing_enable``; non-reentrant, as torch recommends: it works with
+    DDP's unused parameters and with FSDP2).
     Less activation memory for about one more forward pass of compute."""
     if not model.supports_gradient_checkpointing:
         raise ModelError(f"gradient_checkpointing: {type(model).__name__} does not support it in "
                          "transformers; set gradient_checkpointing: false")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.config.use_cache = False  # a cache is not kept in training; transformers warns else
 
 

@@ -170,7 +170,9 @@ def run_job(job: dict, rank: int, world: int, device: torch.device) -> dict:
     parallel.student_dtype = loop.student_dtype = dtype
     w = build(job, rank, world, device)
     record_dtypes(w, seen)
-    seen["checkpointing"] = w.inner.is_gradient_checkpointing
+    new_name = hasattr(type(w.inner), "is_activation_checkpointing")  # transformers >= 5.2x
+    seen["checkpointing"] = (w.inner.is_activation_checkpointing if new_name
+                             else w.inner.is_gradient_checkpointing)
     if isinstance(w.model, torch.nn.parallel.DistributedDataParallel):
         seen["bucket_views"] = w.model._get_ddp_logging_data()["gradient_as_bucket_view"]
     trained_layers = record_layers(w)
