@@ -94,6 +94,16 @@ def test_kd_from_cached_logits_with_token_budget_on_two_workers(ray_session, tin
     assert all(math.isfinite(h["train_loss"]) for h in history if "train_loss" in h)
     assert (out / "best_tfmr" / "config.json").is_file()
 
+    # The same run with a sharded student (parallel: fsdp): the same cache and batch plan.
+    sharded = run_distill(cfg.replace(parallel="fsdp"), overwrite=True)
+    assert "teacher logits: reusing" in capsys.readouterr().out
+    assert json.loads((out / "batch_plan.json").read_text())["batches_per_worker"] == \
+        plan["batches_per_worker"]
+    assert [h["step"] for h in sharded["val"]] == [h["step"] for h in history]
+    assert all(math.isfinite(h["train_loss"]) for h in sharded["val"] if "train_loss" in h)
+    assert (out / "best_tfmr" / "model.safetensors").is_file()  # whole, from the shards
+    assert not (out / "best_tfmr" / "sharded").exists()
+
 
 @pytest.mark.integration
 @pytest.mark.timeout(600)
