@@ -47,6 +47,14 @@ def model_fingerprint(model_dir: str | Path) -> dict[str, object]:
 # Keys save_pretrained writes about where a tokenizer was loaded from, not how it tokenizes:
 # a copy (raydistill puts one in output_dir/student) must fingerprint as its original.
 _VOLATILE_KEYS = {"is_local", "local_files_only", "name_or_path", "_name_or_path", "_commit_hash"}
+# Keys transformers (5.x) adds to tokenizer_config.json on a re-save when tokenizer.json holds a
+# truncation or padding block (a tokenizer once called with truncation=True keeps one), at
+# these values: defaults, or a max_length that raydistill never relies on (it passes its own
+# max_source_length / max_target_length). Dropped at these values only: a left truncation
+# side changes the ids, and still counts.
+_STATE_DEFAULTS = {"stride": 0, "pad_to_multiple_of": None, "pad_token_type_id": 0,
+                   "padding_side": "right", "truncation_side": "right",
+                   "truncation_strategy": "longest_first"}
 
 
 def tokenizer_fingerprint(tokenizer_dir: str | Path) -> dict[str, object]:
@@ -66,6 +74,9 @@ def tokenizer_fingerprint(tokenizer_dir: str | Path) -> dict[str, object]:
             data = json.loads(p.read_text(encoding="utf-8"))
             if isinstance(data, dict):
                 data = {k: v for k, v in data.items() if k not in _VOLATILE_KEYS}
+            if name == "tokenizer_config.json" and isinstance(data, dict):
+                data = {k: v for k, v in data.items() if k != "max_length"
+                        and not (k in _STATE_DEFAULTS and v == _STATE_DEFAULTS[k])}
             out[name] = {"sha256": hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()}
         else:
             out[name] = {"sha256": file_sha256(p), "bytes": p.stat().st_size}

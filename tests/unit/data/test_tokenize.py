@@ -143,3 +143,24 @@ def test_fsmt_vocabularies_are_in_the_tokenizer_fingerprint(tmp_path):
     (saved / "vocab-tgt.json").write_text((saved / "vocab-tgt.json").read_text()
                                           .replace('"klein</w>": 5', '"klein</w>": 9'))
     assert tokenizer_fingerprint(saved) != before
+
+
+def test_a_resaved_tokenizer_fingerprints_as_its_original_after_a_truncating_call(tmp_path):
+    """A tokenizer once called with truncation keeps that state in tokenizer.json; transformers
+    then writes its defaults (max_length, stride, sides, ...) into a re-saved
+    tokenizer_config.json. The re-save (make_student's copy) must still fingerprint as the
+    original, so a logit cache built on the teacher fits the student; a left truncation side,
+    which changes the ids, must not."""
+    from transformers import AutoTokenizer
+
+    from raydistill.data.fingerprint import tokenizer_fingerprint
+    from raydistill.models.scratch import train_tokenizer
+
+    tok = train_tokenizer(["the cat sat on the mat .", "a dog ran ."] * 5, vocab_size=120)
+    tok(["the cat sat"], truncation=True, max_length=512, padding=True)  # leaves the state
+    tok.save_pretrained(tmp_path / "original")
+    AutoTokenizer.from_pretrained(tmp_path / "original").save_pretrained(tmp_path / "resaved")
+    assert tokenizer_fingerprint(tmp_path / "resaved") == tokenizer_fingerprint(tmp_path / "original")
+    left = AutoTokenizer.from_pretrained(tmp_path / "original", truncation_side="left")
+    left.save_pretrained(tmp_path / "left")
+    assert tokenizer_fingerprint(tmp_path / "left") != tokenizer_fingerprint(tmp_path / "original")
