@@ -24,7 +24,8 @@ Translation (default; ``--data-dir`` defaults to ``../shared/data/en_de``):
    ``sft_gkd_l<lmbda>_b<beta>`` (sft for 3/4 of the steps, then the teacher from that student,
    the same total steps); ``sft_scratch`` (the 6-3 architecture from random weights: what
    make_student's copied layers are worth); ``sft_trim`` (the 6-3 sft student with the
-   vocabulary its train split uses, ``trim_vocab``). The 6-3 ``SEEDED`` runs (sft and the
+   vocabulary its train split uses, ``trim_vocab``); ``sft_long`` (the 6-3 sft student trained
+   the teacher's steps, last: the teacher's convergence check). The 6-3 ``SEEDED`` runs (sft and the
    leading rows) are repeated with ``--seeds`` seeds; an sft run as long as the slowest
    on-policy row compares the methods at equal time (``quiet_seconds``). ``--methods`` /
    ``--depths`` run part of the table.
@@ -91,7 +92,10 @@ SCRATCH = "sft_scratch"
 # A 6-3 sft student trimmed to the vocabulary its train split uses (trim_vocab, issue 31): its
 # BLEU against the untrimmed sft seeds' spread.
 TRIMMED = "sft_trim"
-METHODS["translation"] += (*STAGED, SCRATCH, TRIMMED)
+# The teacher's convergence check (issue 28): a 6-3 sft student trained as many steps as the
+# teacher (teacher_steps); trained after every other row, never one of the equal-budget rows.
+LONG = "sft_long"
+METHODS["translation"] += (*STAGED, SCRATCH, TRIMMED, LONG)
 DEFAULT_DATA = {"translation": "en_de", "summarization": "scitldr"}
 METRIC = {"translation": "bleu", "summarization": "rouge2"}
 
@@ -353,6 +357,11 @@ def student_config(args, s, method: str, d: int, seed: int, teacher: Path, data:
         cfg = student_config(args, s, "sft", d, seed, teacher, data, pl_data, work)
         return {**cfg, "output_dir": cfg["output_dir"].replace("_sft", "_" + TRIMMED),
                 "trim_vocab": str(data)}
+    if method == LONG:  # validated (and checkpointed) every 1,000 steps: it spans sessions
+        cfg = student_config(args, s, "sft", d, seed, teacher, data, pl_data, work)
+        return {**cfg, "output_dir": cfg["output_dir"].replace("_sft", "_" + LONG),
+                "max_steps": s["teacher_steps"],
+                "val_check_steps": min(s["teacher_steps"], 2 * s["student_val_steps"])}
     suffix = f"_seed{seed}" if seed != s["seed"] else ""
     out = work / f"student_6_{d}_{method}{suffix}"
     cfg = {**base_config(args, s, pl_data if method == "pl" else data, out),
@@ -561,8 +570,10 @@ def main() -> None:
     runs += [(DEPTHS[0], m, s["seed"] + k) for k in range(1, s["seeds"]) for m in SEEDED]
     # The gkd runs last (the slowest), the beta said best for translation first at both depths.
     runs += [(d, m, s["seed"]) for m in METHODS[args.task] if m in GKD_BETAS for d in DEPTHS]
-    runs = [r for r in runs if r[1] not in (SCRATCH, TRIMMED) or r[0] == DEPTHS[0]]  # 6-3 only
+    runs = [r for r in runs if r[1] not in (SCRATCH, TRIMMED, LONG) or r[0] == DEPTHS[0]]  # 6-3
     runs = selected(args, runs)
+    long_runs = [r for r in runs if r[1] == LONG]  # after the equal-time sft, below
+    runs = [r for r in runs if r[1] != LONG]
     pending: list[str] = []  # --score-only: runs not trained yet
     for d, method, seed in runs:
         if method in ("pl", "sft_pl") and pl_error:
@@ -581,6 +592,17 @@ def main() -> None:
 
     if args.task == "translation":
         equal_time_runs(args, s, models, teacher, t_key, data, pl_data, work)
+    for d, method, seed in long_runs:
+        name = f"student 6-{d} (sft, the teacher's {s['teacher_steps']} steps)"
+        print(f"== {name}", flush=True)
+        cfg = student_config(args, s, method, d, seed, teacher, data, pl_data, work)
+        done = cached_run(args, cfg, after=t_key)
+        if done is None:
+            pending.append(name)
+            continue
+        best, secs, key = done
+        models[name] = {"dir": best, "train_seconds": secs, "method": method, "key": key,
+                        "depth": d, "seed": seed, "steps": s["teacher_steps"]}
 
     metric = METRIC[args.task]
     print(f"== test split: {metric}, generation latency (batch 1) and throughput", flush=True)
@@ -757,7 +779,7 @@ def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
     verdicts = {}
     for d in DEPTHS:
         cands = [(n, m) for n, m in models.items() if m.get("depth") == d
-                 and m["method"] != "sft_equal_time"  # more steps: not the equal budget
+                 and m["method"] not in ("sft_equal_time", LONG)  # more steps: not the budget
                  and n not in degenerate and t_name not in degenerate]
         if not cands:
             continue
@@ -793,6 +815,13 @@ def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
     equal = equal_time_verdicts(models, metric, seeds, degenerate)
     for line in equal["lines"]:
         print(line)
+    for n, m in models.items():  # the teacher's convergence check
+        if m["method"] == LONG:
+            diff = m["scores"][metric] - t_score
+            print(f"convergence check: {n}: {metric} {m['scores'][metric]:.2f} against the "
+                  f"teacher's {t_score:.2f} ({diff:+.2f}): "
+                  + ("does not pass it" if diff <= 0 else "passes it: the teacher had not "
+                     "converged"))
     if pl_error:
         print(f"pl students not trained: {pl_error}")
     print(f"pseudo-labelling {pl_seconds:.0f} s; benchmark wall time {seconds:.0f} s")
@@ -819,7 +848,7 @@ def quality_targets(verdicts: dict) -> dict[str, bool]:
 
 
 # Rows that learn from the teacher (the others: the references only).
-NO_TEACHER = ("sft", "sft_equal_time", SCRATCH, TRIMMED)
+NO_TEACHER = ("sft", "sft_equal_time", SCRATCH, TRIMMED, LONG)
 
 
 def equal_time_verdicts(models: dict, metric: str, seeds: dict, degenerate: list) -> dict:

@@ -160,6 +160,8 @@ def test_the_report_prints_the_issues_targets_and_the_best_students_outputs(tmp_
         model("student 6-1 (sft)", "sft", 1, 12.0, 2.0),
         model("student 6-1 (pl)", "pl", 1, 15.5, 2.0),
         model("student 6-1 (sft, equal time)", "sft_equal_time", 1, 15.3, 2.0, steps=40),
+        # the convergence check: more steps than any row, never the best of an equal budget
+        model("student 6-3 (sft, the teacher's 400 steps)", "sft_long", 3, 19.9, 1.5, steps=400),
     ])
     written = {}
     q.write_result = lambda name, result: written.update(result)
@@ -182,4 +184,7 @@ def test_the_report_prints_the_issues_targets_and_the_best_students_outputs(tmp_
             "(40 steps): met (6-3 sft seed spread 0.50)") in out
     assert "target: at equal time, 6-1: student 6-1 (pl) +0.20 bleu" in out and "NOT met" in out
     assert [r["beats"] for r in written["equal_time"]] == [True, False]
+    assert ("convergence check: student 6-3 (sft, the teacher's 400 steps): bleu 19.90 against "
+            "the teacher's 20.00 (-0.10): does not pass it") in out
+    assert written["best"]["6-3"]["best"] == "student 6-3 (pl)"
     assert written["target_met"] is True
