@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/raydistill demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not integration"
