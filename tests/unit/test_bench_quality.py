@@ -188,3 +188,23 @@ def test_the_report_prints_the_issues_targets_and_the_best_students_outputs(tmp_
             "the teacher's 20.00 (-0.10): does not pass it") in out
     assert written["best"]["6-3"]["best"] == "student 6-3 (pl)"
     assert written["target_met"] is True
+
+
+def test_the_trimmed_row_keeps_half_the_vocabulary_its_bpe_was_trained_on(tmp_path):
+    """The table's BPE is trained on its own train split, which then uses every token: trimmed
+    to that split alone the student kept all 8,000 ids and trained exactly as sft. The row
+    keeps the most frequent half (keep_vocab)."""
+    import argparse
+
+    q = load_quality()
+    args = argparse.Namespace(task="translation", quick=False, device="cpu", threads=2,
+                              data_dir=None, fresh=False, seeds=3)
+    s = q.translation_settings(args)
+    cfg = q.student_config(args, s, q.TRIMMED, 3, s["seed"], tmp_path / "teacher",
+                           tmp_path / "data", tmp_path / "pl", tmp_path)
+    sft = q.student_config(args, s, "sft", 3, s["seed"], tmp_path / "teacher",
+                           tmp_path / "data", tmp_path / "pl", tmp_path)
+    assert cfg["keep_vocab"] == s["vocab_size"] // 2 == 4000
+    assert cfg["trim_vocab"] == str(tmp_path / "data")
+    assert {k: v for k, v in cfg.items() if k not in ("keep_vocab", "trim_vocab", "output_dir")} \
+        == {k: v for k, v in sft.items() if k != "output_dir"}  # otherwise the sft row's run
