@@ -360,11 +360,10 @@ def student_config(args, s, method: str, d: int, seed: int, teacher: Path, data:
         cfg = student_config(args, s, "sft", d, seed, teacher, data, pl_data, work)
         return {**cfg, "output_dir": cfg["output_dir"].replace("_sft", "_" + TRIMMED),
                 "trim_vocab": str(data), "keep_vocab": round(TRIM_KEEP * s["vocab_size"])}
-    if method == LONG:  # validated (and checkpointed) every 1,000 steps: it spans sessions
+    if method == LONG:  # validated (and checkpointed) as the teacher: it spans sessions
         cfg = student_config(args, s, "sft", d, seed, teacher, data, pl_data, work)
         return {**cfg, "output_dir": cfg["output_dir"].replace("_sft", "_" + LONG),
-                "max_steps": s["teacher_steps"],
-                "val_check_steps": min(s["teacher_steps"], 2 * s["student_val_steps"])}
+                "max_steps": s["teacher_steps"], "val_check_steps": s["val_check_steps"]}
     suffix = f"_seed{seed}" if seed != s["seed"] else ""
     out = work / f"student_6_{d}_{method}{suffix}"
     cfg = {**base_config(args, s, pl_data if method == "pl" else data, out),
@@ -631,27 +630,23 @@ def equal_time_runs(args, s, models: dict, teacher: Path, t_key: str, data: Path
                     pl_data: Path, work: Path) -> None:
     """sft as long as the slowest on-policy row at each depth (``equal_time_steps``; the
     one-stage gkd rows and the staged sft -> gkd rows: sampling, then two forward passes, cost
-    the most per step), so the methods also compare with the longest sft at equal time. Measured once every
-    staged gkd row of that depth has trained, and kept (``equal_time_steps.json``) so a rerun
+    the most per step), so the methods also compare with the longest sft at equal time.
+    Measured once every staged gkd row of that depth has trained, and kept (``equal_time_steps.json``) so a rerun
     reuses it."""
     path = work / "equal_time_steps.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
     staged_gkd = {m for m, (second, _) in STAGED.items() if second == "gkd"}
     for d in DEPTHS:
-        rows = {m["method"]: m["train_seconds"] for m in models.values()
-                if m.get("depth") == d and m["seed"] == s["seed"]}
-        gkd_methods = set(GKD_BETAS) | staged_gkd
-        gkd = [secs for method, secs in rows.items() if method in gkd_methods]
+        rows = [m for m in models.values() if m.get("depth") == d and m["seed"] == s["seed"]]
+        slow = [m for m in rows if m["method"] in GKD_BETAS or m["method"] in staged_gkd]
         sft = models.get(f"student 6-{d} (sft)")
-        if str(d) not in saved and not staged_gkd <= set(rows):
+        if str(d) not in saved and not staged_gkd <= {m["method"] for m in rows}:
             print(f"[quality] 6-{d}: the equal-time sft waits for every sft -> gkd row",
                   flush=True)
             continue
-        if not gkd or not sft:
+        if not slow or not sft:
             continue
-        steps = saved.get(str(d)) or equal_time_steps(
-            s["student_steps"], sft, [m for m in models.values() if m.get("depth") == d
-                                      and m["seed"] == s["seed"] and m["method"] in gkd_methods])
+        steps = saved.get(str(d)) or equal_time_steps(s["student_steps"], sft, slow)
         saved[str(d)] = steps
         path.write_text(json.dumps(saved))
         name = f"student 6-{d} (sft, equal time)"

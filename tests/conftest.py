@@ -31,15 +31,31 @@ TINY_CORPUS = [
 ] * 5
 
 
+def _ray_import_error() -> str | None:
+    """None when Ray imports here, else why not (one line)."""
+    try:
+        import ray  # noqa: F401
+    except Exception as err:  # noqa: BLE001 (a broken pack raises ImportError or OSError)
+        return f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 
     skip_gpu = pytest.mark.skip(reason="needs CUDA (GPU tests run only on a machine with one)")
+    no_ray = None  # checked once, when a test needs Ray (tests/gpu on the device machine)
     for item in items:
         # The marker itself: "gpu" in item.keywords is also true of every test under tests/gpu/
         # (a folder's name is a keyword), whose CPU variants must run.
         if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+        if item.get_closest_marker("needs_ray") is not None:
+            no_ray = no_ray if no_ray is not None else (_ray_import_error() or "")
+            if no_ray:
+                item.add_marker(pytest.mark.skip(
+                    reason=f"needs Ray, which does not import here ({no_ray}); on the device "
+                    "machine carry the pack of bench/device_pack.py (docs/gpu.md)"))
 
 
 @pytest.fixture(scope="session")

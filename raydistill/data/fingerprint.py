@@ -57,6 +57,16 @@ _STATE_DEFAULTS = {"stride": 0, "pad_to_multiple_of": None, "pad_token_type_id":
                    "truncation_strategy": "longest_first"}
 
 
+def _tokenizes(name: str, key: str, value: object) -> bool:
+    """Whether a key of the tokenizer file ``name`` says how it tokenizes (not where it was
+    loaded from, nor a default a re-save wrote)."""
+    if key in _VOLATILE_KEYS:
+        return False
+    if name != "tokenizer_config.json":  # where transformers writes _STATE_DEFAULTS
+        return True
+    return key != "max_length" and not (key in _STATE_DEFAULTS and _STATE_DEFAULTS[key] == value)
+
+
 def tokenizer_fingerprint(tokenizer_dir: str | Path) -> dict[str, object]:
     """The tokenizer files of a folder (those present of ``TOKENIZER_FILES``).
 
@@ -73,10 +83,7 @@ def tokenizer_fingerprint(tokenizer_dir: str | Path) -> dict[str, object]:
         if p.suffix == ".json":
             data = json.loads(p.read_text(encoding="utf-8"))
             if isinstance(data, dict):
-                data = {k: v for k, v in data.items() if k not in _VOLATILE_KEYS}
-            if name == "tokenizer_config.json" and isinstance(data, dict):
-                data = {k: v for k, v in data.items() if k != "max_length"
-                        and not (k in _STATE_DEFAULTS and v == _STATE_DEFAULTS[k])}
+                data = {k: v for k, v in data.items() if _tokenizes(name, k, v)}
             out[name] = {"sha256": hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()}
         else:
             out[name] = {"sha256": file_sha256(p), "bytes": p.stat().st_size}

@@ -100,13 +100,22 @@ def load_seq2seq(path: str | os.PathLike, **kwargs) -> PreTrainedModel:
     return cls.from_pretrained(source, **kwargs)
 
 
+def seq2seq_class(config: PretrainedConfig) -> type[PreTrainedModel]:
+    """The class ``load_seq2seq`` builds for ``config`` (without loading weights)."""
+    from transformers import AutoModelForSeq2SeqLM, EncoderDecoderModel
+
+    if _is_encoder_decoder(config):
+        return EncoderDecoderModel
+    return AutoModelForSeq2SeqLM._model_mapping[type(config)]
+
+
 def checkpoint_layers(model: PreTrainedModel) -> None:
     """Gradient (activation) checkpointing: each layer keeps only its input in the forward pass
     and recomputes the rest in the backward pass (transformers' ``activation_checkpointing_enable``,
     formerly ``gradient_checkpointing_enable``; non-reentrant, as torch recommends: it works with
     DDP's unused parameters and with FSDP2).
     Less activation memory for about one more forward pass of compute."""
-    if not model.supports_gradient_checkpointing:
+    if not model.supports_gradient_checkpointing:  # preflight's check_models says it first
         raise ModelError(f"gradient_checkpointing: {type(model).__name__} does not support it in "
                          "transformers; set gradient_checkpointing: false")
     kwargs = {"use_reentrant": False}

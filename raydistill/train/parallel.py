@@ -287,6 +287,6 @@ def export_whole(checkpoint_dir: str | Path, dst: str | Path) -> None:
     model.save_pretrained(dst)
 
 
-__all__ = ["SHARDED_DIR", "clip_grad_norm", "ddp_kwargs", "export_whole", "gathered_root", "grad_sync",
-           "is_sharded", "is_sharded_checkpoint", "load_sharded", "save_sharded", "shard",
-           "student_dtype", "grad_scaler", "wrap_student", "wrap_teacher"]
+__all__ = ["SHARDED_DIR", "clip_grad_norm", "ddp_kwargs", "export_whole", "gathered_root",
+           "grad_scaler", "grad_sync", "is_sharded", "is_sharded_checkpoint", "load_sharded",
+           "save_sharded", "shard", "student_dtype", "wrap_student", "wrap_teacher"]

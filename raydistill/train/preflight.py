@@ -92,11 +92,16 @@ def check_models(cfg: DistillConfig) -> None:
     """Depths, TextBrewer match indices and projection sizes against the models' configs; an
     architecture without gradient checkpointing when the config asks for it."""
     if cfg.gradient_checkpointing and (cfg.student or cfg.teacher_paths):
+        from transformers import AutoConfig
+
+        from raydistill.models.layers import seq2seq_class
+
         source = cfg.student or cfg.teacher_paths[0]  # make_student keeps the teacher's class
-        kind = json.loads((Path(source) / "config.json").read_text()).get("model_type")
-        if kind == "fsmt":
-            raise ConfigError(f"gradient_checkpointing: the student ({kind}, from {source}) does "
-                              "not support it in transformers; set gradient_checkpointing: false")
+        config = AutoConfig.from_pretrained(source)
+        if not seq2seq_class(config).supports_gradient_checkpointing:
+            raise ConfigError(f"gradient_checkpointing: the student ({config.model_type}, from "
+                              f"{source}) does not support it in transformers; set "
+                              "gradient_checkpointing: false")
     teacher = model_shape(cfg.teacher_paths[0]) if cfg.teacher_paths else None
     student = student_shape(cfg, teacher)
     if cfg.method != "kd" or not cfg.distillation or teacher is None or student is None:

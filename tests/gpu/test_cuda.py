@@ -32,20 +32,7 @@ pytestmark = pytest.mark.gpu
 
 BASE = dict(data_dir="d", output_dir="o", teacher="t")
 
-
-def _ray_imports() -> str | None:
-    """None when Ray imports here, else why not (one line)."""
-    try:
-        import ray  # noqa: F401
-    except Exception as err:  # noqa: BLE001 (a broken pack raises ImportError or OSError)
-        return f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
-    return None
-
-
-_NO_RAY = _ray_imports()
-needs_ray = pytest.mark.skipif(
-    _NO_RAY is not None, reason=f"needs Ray, which does not import here ({_NO_RAY}); on the "
-    "device machine carry the pack of bench/device_pack.py (docs/gpu.md)")
+needs_ray = pytest.mark.needs_ray  # tests/conftest.py skips it, saying why, without Ray
 
 
 def _batch(tokenizer, sources: list[str], targets: list[str]) -> dict[str, torch.Tensor]:

@@ -43,20 +43,7 @@ from raydistill.models.student import make_student
 
 WORKER = Path(__file__).resolve().parents[1] / "unit" / "train" / "fsdp_worker.py"
 
-
-def _ray_imports() -> str | None:
-    """None when Ray imports here (the loop imports it), else why not (one line)."""
-    try:
-        import ray  # noqa: F401
-    except Exception as err:  # noqa: BLE001 (a broken pack raises ImportError or OSError)
-        return f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
-    return None
-
-
-_NO_RAY = _ray_imports()
-needs_ray = pytest.mark.skipif(
-    _NO_RAY is not None, reason=f"needs Ray, which the worker loop imports ({_NO_RAY}); on the "
-    "device machine carry the pack of bench/device_pack.py (docs/gpu.md)")
+needs_ray = pytest.mark.needs_ray  # tests/conftest.py skips it, saying why, without Ray
 in_rehearsal = pytest.mark.skipif(
     os.environ.get("GPU_CHECK_REHEARSAL") != "1",
     reason="the CPU variant runs in bash bench/gpu_check.sh --rehearsal (GPU_CHECK_REHEARSAL=1)")
