@@ -25,8 +25,8 @@ Translation (default; ``--data-dir`` defaults to ``../shared/data/en_de``):
    the same total steps); ``sft_scratch`` (the 6-3 architecture from random weights: what
    make_student's copied layers are worth); ``sft_trim`` (the 6-3 sft student with the
    vocabulary its train split uses, ``trim_vocab``); ``sft_long`` (the 6-3 sft student trained
-   the teacher's steps, last: the teacher's convergence check). The 6-3 ``SEEDED`` runs (sft and the
-   leading rows) are repeated with ``--seeds`` seeds; an sft run as long as the slowest
+   the teacher's steps, last: the teacher's convergence check). The 6-3 ``SEEDED`` runs (sft
+   and the leading rows) are repeated with ``--seeds`` seeds; an sft run as long as the slowest
    on-policy row compares the methods at equal time (``quiet_seconds``). ``--methods`` /
    ``--depths`` run part of the table.
 3. The students' own validations against their training time: ``--plot`` (a panel per depth).
@@ -256,26 +256,30 @@ def training_seconds(out: Path, metric: str) -> float | None:
     validation; a staged run's stages added up, a copied first stage included): it counts the
     segments before a resume, which a resumed call's wall time does not (start-ups are not in
     it). None when a validation lacks the clock (a run of an older raydistill)."""
-    files = [out / "metrics.json", *sorted(out.glob("stage*/metrics.json"))]
-    vals = [h for f in files if f.is_file() for h in json.loads(f.read_text()).get("val", [])]
-    if not vals or any("elapsed_s" not in h for h in vals):
+    if stage_validations(out, "elapsed_s") is None:
         return None
     points = run_curve(out, metric)
     return round(points[-1][0], 1) if points else None
+
+
+def stage_validations(out: Path, clock: str) -> list[list[dict]] | None:
+    """Each stage's validations (a one-stage run: its own), or None when one has none or a
+    validation lacks ``clock`` (``elapsed_s``, ``cpu_s``: a run of an older raydistill)."""
+    stages = []
+    for f in sorted(out.glob("stage*/metrics.json")) or [out / "metrics.json"]:
+        vals = json.loads(f.read_text()).get("val", []) if f.is_file() else []
+        if not vals or any(clock not in h for h in vals):
+            return None
+        stages.append(vals)
+    return stages
 
 
 def training_cpu_seconds(out: Path) -> float | None:
     """A finished run's training process CPU seconds (``cpu_s`` at its last validation, each
     stage's added up): its cost on a machine shared with other work, where wall-clock time
     also measures the load. None when a validation lacks it (a run of an older raydistill)."""
-    stages = sorted(out.glob("stage*/metrics.json")) or [out / "metrics.json"]
-    total = 0.0
-    for f in stages:
-        vals = json.loads(f.read_text()).get("val", []) if f.is_file() else []
-        if not vals or "cpu_s" not in vals[-1]:
-            return None
-        total += vals[-1]["cpu_s"]
-    return round(total, 1)
+    stages = stage_validations(out, "cpu_s")
+    return None if stages is None else round(sum(vals[-1]["cpu_s"] for vals in stages), 1)
 
 
 def _digest(cfg: dict, after: str) -> str:
@@ -631,8 +635,8 @@ def equal_time_runs(args, s, models: dict, teacher: Path, t_key: str, data: Path
     """sft as long as the slowest on-policy row at each depth (``equal_time_steps``; the
     one-stage gkd rows and the staged sft -> gkd rows: sampling, then two forward passes, cost
     the most per step), so the methods also compare with the longest sft at equal time.
-    Measured once every staged gkd row of that depth has trained, and kept (``equal_time_steps.json``) so a rerun
-    reuses it."""
+    Measured once every staged gkd row of that depth has trained, and kept
+    (``equal_time_steps.json``) so a rerun reuses it."""
     path = work / "equal_time_steps.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
     staged_gkd = {m for m, (second, _) in STAGED.items() if second == "gkd"}
@@ -681,11 +685,11 @@ def quiet_seconds(out: Path) -> float | None:
     steps took 1,051 s while a CI run shared the cores, and the same settings and seed took
     258 s as another row's first stage; its last 500 steps, alone, 90 s. None when a
     validation lacks the loop's clock (a run of an older raydistill)."""
+    stages = stage_validations(out, "elapsed_s")
+    if stages is None:
+        return None
     total = 0.0
-    for f in sorted(out.glob("stage*/metrics.json")) or [out / "metrics.json"]:
-        vals = json.loads(f.read_text()).get("val", []) if f.is_file() else []
-        if not vals or any("elapsed_s" not in h for h in vals):
-            return None
+    for vals in stages:
         points = [(0, 0.0)] + [(h["step"], h["elapsed_s"]) for h in vals]
         rates = [(t - t0) / (n - n0) for (n0, t0), (n, t) in zip(points, points[1:]) if n > n0]
         total += points[-1][0] * min(rates)
