@@ -25,8 +25,9 @@ Translation (default; ``--data-dir`` defaults to ``../shared/data/en_de``):
    the same total steps); ``sft_scratch`` (the 6-3 architecture from random weights: what
    make_student's copied layers are worth); ``sft_trim`` (the 6-3 sft student with the
    vocabulary its train split uses, ``trim_vocab``); ``sft_long`` (the 6-3 sft student trained
-   the teacher's steps, last: the teacher's convergence check). The 6-3 ``SEEDED`` runs (sft
-   and the leading rows) are repeated with ``--seeds`` seeds; an sft run as long as the slowest
+   the teacher's steps, last: the teacher's convergence check). The ``SEEDED`` runs (sft and
+   the leading rows) are repeated with ``--seeds`` seeds at each depth, whose sft spread
+   judges that depth's differences; an sft run as long as the slowest
    on-policy row compares the methods at equal time (``quiet_seconds``). ``--methods`` /
    ``--depths`` run part of the table.
 3. The students' own validations against their training time: ``--plot`` (a panel per depth).
@@ -76,7 +77,7 @@ METHODS = {"translation": ("sft", "kd", "kd_hard", "pl", "tb", "gkd_b0.1", "gkd_
 # On-policy distillation (method: gkd): every batch's targets sampled by the student (lmbda 1) at
 # T 1, with the generalized JSD at two betas (0.1: near the forward KL, said best for translation
 # in the GKD paper's summaries; 0.9: near the reverse KL, said best for summarization).
-# Repeated with --seeds seeds at 6-3 (the spread): sft, and the leading rows of the first
+# Repeated with --seeds seeds at each depth (its spread): sft, and the leading rows of the first
 # seed's 6-3 validations (BENCHMARKS.md section 12: pl, sft -> pl, sft -> gkd at lmbda 0.5 and
 # beta 0.9); with --methods, only those chosen.
 SEEDED = ("sft", "pl", "sft_pl", "sft_gkd_l0.5_b0.9")
@@ -521,7 +522,8 @@ def main() -> None:
     p.add_argument("--score-only", action="store_true",
                    help="train nothing: score the models finished before, list the others")
     p.add_argument("--seeds", type=int, default=3,
-                   help="translation: seeds of the 6-3 sft student and the leading rows (SEEDED)")
+                   help="translation: seeds of the sft students and the leading rows "
+                   "(SEEDED), at each depth")
     p.add_argument("--student-n-train", type=int, default=None,
                    help="summarization: train examples per student (default: all)")
     p.add_argument("--n-test", type=int, default=None, help="summarization: test examples "
@@ -573,7 +575,7 @@ def main() -> None:
     pl_data, pl_error, pl_seconds = make_pseudo_labels(args, s, teacher, t_key, data, work,
                                                         pseudo_label)
     runs = [(d, m, s["seed"]) for d in DEPTHS for m in METHODS[args.task] if m not in GKD_BETAS]
-    runs += [(DEPTHS[0], m, s["seed"] + k) for k in range(1, s["seeds"]) for m in SEEDED]
+    runs += [(d, m, s["seed"] + k) for d in DEPTHS for k in range(1, s["seeds"]) for m in SEEDED]
     # The gkd runs last (the slowest), the beta said best for translation first at both depths.
     runs += [(d, m, s["seed"]) for m in METHODS[args.task] if m in GKD_BETAS for d in DEPTHS]
     runs = [r for r in runs if r[1] not in (SCRATCH, TRIMMED, LONG) or r[0] == DEPTHS[0]]  # 6-3
@@ -803,14 +805,11 @@ def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
     target_met = all(targets.values()) and bool(targets)
     for name, ok in targets.items():
         print(f"target: {name}: " + ("met" if ok else "NOT met"))
-    seeds = {}
-    for method in SEEDED:
-        xs = [m["scores"][metric] for m in models.values()
-              if m.get("depth") == DEPTHS[0] and m["method"] == method]
-        if len(xs) > 1:
-            seeds[method] = {"scores": xs, "mean": statistics.mean(xs), "spread": max(xs) - min(xs)}
-            print(f"6-{DEPTHS[0]} {method} over {len(xs)} seeds: " + ", ".join(f"{x:.2f}" for x in xs)
-                  + f" (mean {statistics.mean(xs):.2f}, spread {max(xs) - min(xs):.2f})")
+    seeds = seed_spreads(models, metric)
+    for key, st in seeds.items():
+        print(f"{key} over {len(st['scores'])} seeds: "
+              + ", ".join(f"{x:.2f}" for x in st["scores"])
+              + f" (mean {st['mean']:.2f}, spread {st['spread']:.2f})")
     versus = versus_sft(models, metric, seeds)
     for line in versus["lines"]:
         print(line)
@@ -853,11 +852,32 @@ def quality_targets(verdicts: dict) -> dict[str, bool]:
 NO_TEACHER = ("sft", "sft_equal_time", SCRATCH, TRIMMED, LONG)
 
 
+def seed_spreads(models: dict, metric: str) -> dict[str, dict]:
+    """The SEEDED rows run over several seeds, by "6-{depth} {method}": their scores, mean and
+    spread (max - min)."""
+    out = {}
+    for d in DEPTHS:
+        for method in SEEDED:
+            xs = [m["scores"][metric] for m in models.values()
+                  if m.get("depth") == d and m["method"] == method]
+            if len(xs) > 1:
+                out[f"6-{d} {method}"] = {"depth": d, "method": method, "scores": xs,
+                                          "mean": statistics.mean(xs),
+                                          "spread": max(xs) - min(xs)}
+    return out
+
+
+def sft_spread(seeds: dict, d: int) -> tuple[float | None, str]:
+    """The spread of depth d's sft seeds, and how a verdict names it."""
+    spread = seeds.get(f"6-{d} sft", {}).get("spread")
+    return spread, (f"the 6-{d} sft seed spread ({spread:.2f})" if spread is not None
+                    else "(no seed spread measured)")
+
+
 def equal_time_verdicts(models: dict, metric: str, seeds: dict, degenerate: list) -> dict:
     """At each depth, the best row that learns from the teacher against the equal-time sft
     (sft trained as long as the slowest on-policy row, ``equal_time_runs``): whether it wins
-    by more than the 6-3 sft seeds' spread (issue 28's equal wall-clock target)."""
-    spread = seeds.get("sft", {}).get("spread")
+    by more than that depth's sft seeds' spread (issue 28's equal wall-clock target)."""
     rows, lines = [], []
     for d in DEPTHS:
         longest = models.get(f"student 6-{d} (sft, equal time)")
@@ -867,26 +887,26 @@ def equal_time_verdicts(models: dict, metric: str, seeds: dict, degenerate: list
             continue
         best_n, best = max(cands, key=lambda c: c[1]["scores"][metric])
         diff = best["scores"][metric] - longest["scores"][metric]
+        spread, named = sft_spread(seeds, d)
         beats = spread is not None and diff > spread
         rows.append({"depth": d, "best": best_n, "minus_equal_time_sft": diff,
                      "spread": spread, "beats": beats})
         lines.append(f"target: at equal time, 6-{d}: {best_n} {diff:+.2f} {metric} against sft "
                      f"trained as long ({longest.get('steps')} steps): "
-                     + ("met" if beats else "NOT met") + (f" (6-3 sft seed spread {spread:.2f})"
-                                                         if spread is not None
-                                                         else " (no seed spread measured)"))
+                     + ("met" if beats else "NOT met") + f" (against {named})")
     return {"rows": rows, "lines": lines}
 
 
 def versus_sft(models: dict, metric: str, seeds: dict) -> dict:
-    """Each method's score minus sft's at the same depth (seed 0), against the spread of the
-    6-3 sft seeds: a difference inside that spread cannot be told from noise."""
-    spread = seeds.get("sft", {}).get("spread")
+    """Each method's score minus sft's at the same depth (first seed), against the spread of
+    that depth's sft seeds: a difference inside it cannot be told from noise; and each
+    seeded method's mean against sft's, beyond both spreads or not."""
     rows, lines = [], []
     for d in DEPTHS:
         base = models.get(f"student 6-{d} (sft)")
         if not base:
             continue
+        spread, named = sft_spread(seeds, d)
         for n, m in models.items():
             if m.get("depth") != d or m["method"] == "sft" or m["seed"] != base["seed"]:
                 continue
@@ -894,23 +914,20 @@ def versus_sft(models: dict, metric: str, seeds: dict) -> dict:
             beats = spread is not None and diff > spread
             rows.append({"model": n, "minus_sft": diff, "beats_sft_beyond_spread": beats,
                          "train_seconds": m["train_seconds"]})
-            verdict = ("beats sft by more than" if beats else "does not beat sft by more than"
-                       ) + (f" the 6-3 sft seed spread ({spread:.2f})" if spread is not None
-                            else " (no seed spread measured)")
             lines.append(f"{n}: {diff:+.2f} {metric} against sft at 6-{d}, "
                          f"{m['train_seconds'] / max(base['train_seconds'], 1e-9):.1f}x its "
-                         f"train time: {verdict}")
-    # Methods repeated over seeds: their mean against sft's, beyond both spreads or not.
-    for method, st in seeds.items():
-        if method == "sft" or "sft" not in seeds:
+                         f"train time: " + ("beats" if beats else "does not beat")
+                         + f" sft by more than {named}")
+    for key, st in seeds.items():
+        base_st = seeds.get(f"6-{st['depth']} sft")
+        if st["method"] == "sft" or base_st is None:
             continue
-        base_st = seeds["sft"]
         diff = st["mean"] - base_st["mean"]
         beats = diff > max(st["spread"], base_st["spread"])
-        rows.append({"model": f"6-{DEPTHS[0]} {method} (mean of {len(st['scores'])} seeds)",
+        rows.append({"model": f"{key} (mean of {len(st['scores'])} seeds)",
                      "minus_sft": diff, "beats_sft_beyond_spread": beats})
-        lines.append(f"6-{DEPTHS[0]} {method}, mean of {len(st['scores'])} seeds: {diff:+.2f} "
-                     f"{metric} against sft's mean: " + ("beats" if beats else "does not beat")
+        lines.append(f"{key}, mean of {len(st['scores'])} seeds: {diff:+.2f} {metric} against "
+                     "sft's mean: " + ("beats" if beats else "does not beat")
                      + f" sft by more than both seed spreads ({st['spread']:.2f}, "
                      f"{base_st['spread']:.2f})")
     return {"rows": rows, "lines": lines}

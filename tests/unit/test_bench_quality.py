@@ -158,6 +158,8 @@ def test_the_report_prints_the_issues_targets_and_the_best_students_outputs(tmp_
         model("student 6-3 (pl)", "pl", 3, 19.6, 1.5),
         model("student 6-3 (sft, equal time)", "sft_equal_time", 3, 18.9, 1.5, steps=40),
         model("student 6-1 (sft)", "sft", 1, 12.0, 2.0),
+        model("student 6-1 (sft) seed 1", "sft", 1, 12.1, 2.0, seed=1),
+        model("student 6-1 (pl) seed 1", "pl", 1, 15.3, 2.0, seed=1),
         model("student 6-1 (pl)", "pl", 1, 15.5, 2.0),
         model("student 6-1 (sft, equal time)", "sft_equal_time", 1, 15.3, 2.0, steps=40),
         # the convergence check: more steps than any row, never the best of an equal budget
@@ -178,12 +180,20 @@ def test_the_report_prints_the_issues_targets_and_the_best_students_outputs(tmp_
     assert "target: the best 6-3 student >= 97% of the teacher's score: met" in out  # 19.6 / 20
     assert ("target: the best 6-1 student >= 75% of the teacher's score at >= 1.8x its batch-1 "
             "speed: met") in out  # 15.5 / 20 = 77.5%, 2.0x
-    # equal time: 6-3 pl +0.70 over the equal-time sft, beyond the sft seeds' spread of 0.50;
-    # 6-1 pl +0.20, inside it
+    # equal time, each depth against its own sft seeds' spread: 6-3 pl +0.70 beyond 0.50;
+    # 6-1 pl +0.20 beyond 0.10 (inside 6-3's 0.50)
     assert ("target: at equal time, 6-3: student 6-3 (pl) +0.70 bleu against sft trained as long "
-            "(40 steps): met (6-3 sft seed spread 0.50)") in out
-    assert "target: at equal time, 6-1: student 6-1 (pl) +0.20 bleu" in out and "NOT met" in out
-    assert [r["beats"] for r in written["equal_time"]] == [True, False]
+            "(40 steps): met (against the 6-3 sft seed spread (0.50))") in out
+    assert ("target: at equal time, 6-1: student 6-1 (pl) +0.20 bleu against sft trained as long "
+            "(40 steps): met (against the 6-1 sft seed spread (0.10))") in out
+    assert [r["beats"] for r in written["equal_time"]] == [True, True]
+    # the seeds by depth; 6-1 pl's mean (15.40) against sft's (12.05), beyond both spreads
+    assert "6-1 sft over 2 seeds: 12.00, 12.10 (mean 12.05, spread 0.10)" in out
+    assert ("6-1 pl, mean of 2 seeds: +3.35 bleu against sft's mean: beats sft by more than both "
+            "seed spreads (0.20, 0.10)") in out
+    assert set(written["seeds"]) == {"6-3 sft", "6-1 sft", "6-1 pl"}
+    assert ("student 6-3 (pl): +1.60 bleu against sft at 6-3, 1.0x its train time: beats sft by "
+            "more than the 6-3 sft seed spread (0.50)") in out
     assert ("convergence check: student 6-3 (sft, the teacher's 400 steps): bleu 19.90 against "
             "the teacher's 20.00 (-0.10): does not pass it") in out
     assert written["best"]["6-3"]["best"] == "student 6-3 (pl)"
