@@ -5,6 +5,7 @@
     python bench/vocab_trim.py --kept 12000         # another kept-vocabulary size
     python bench/vocab_trim.py --tokenizer DIR      # kept size measured: DIR's tokenizer on en_de
     python bench/vocab_trim.py --shapes marian_6_3 --reps 1 --ct2 int8   # + CTranslate2
+    python bench/vocab_trim.py --tokenizer DIR --keep-shares 4000,7000   # only the shares below
 
 Two shapes, random weights (the speeds mean the same as trained ones'; the outputs nothing):
 an mBART-50-shaped 12-3 student (V 250,054, d_model 1024, ffn 4096, 16 heads) and a
@@ -154,12 +155,32 @@ def kd_step(shape: str, kept_n: int, trimmed: bool) -> dict:
     return {"kd_step_s": times[-1], "peak_rss_mib": int(hwm.split()[1]) / 1024}
 
 
-def measure_kept(tokenizer_dir: str, data_root: str) -> int:
+def measure_kept(tokenizer_dir: str, data: str) -> int:
     from transformers import AutoTokenizer
 
     from raydistill.models.vocab import kept_token_ids
 
-    return len(kept_token_ids(AutoTokenizer.from_pretrained(tokenizer_dir), f"{data_root}/en_de"))
+    return len(kept_token_ids(AutoTokenizer.from_pretrained(tokenizer_dir), data))
+
+
+def keep_shares(tokenizer_dir: str, data: str, keeps: list[int]) -> list[dict]:
+    """For each ``keep_vocab`` N: the ids kept (the N most frequent train tokens, the specials
+    and the BPE intermediates) and the share of ``data``'s train tokens outside them, which
+    re-segment into smaller pieces in the trimmed tokenizer."""
+    from transformers import AutoTokenizer
+
+    from raydistill.models.vocab import kept_token_ids, token_counts
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    counts = token_counts(tok, data)
+    total = sum(counts.values())
+    out = []
+    for n in keeps:
+        kept = set(kept_token_ids(tok, data, n))
+        outside = sum(c for i, c in counts.items() if i not in kept)
+        out.append({"keep_vocab": n, "kept_ids": len(kept), "train_tokens": total,
+                    "resegmented_share": outside / total})
+    return out
 
 
 def main() -> None:
@@ -169,6 +190,11 @@ def main() -> None:
     p.add_argument("--tokenizer", default=None, help="a teacher tokenizer folder: measure the kept "
                    "size on en_de's train split with it")
     p.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
+    p.add_argument("--data-dir", default=None, help="the data folder --tokenizer measures "
+                   "(default: DATA_ROOT/en_de)")
+    p.add_argument("--keep-shares", default=None, metavar="N,N", help="with --tokenizer: only "
+                   "print, per keep_vocab N, the ids kept and the share of train tokens that "
+                   "re-segment")
     p.add_argument("--shapes", default=",".join(SHAPES))
     p.add_argument("--batch", type=int, default=8, help="sources per throughput batch")
     p.add_argument("--reps", type=int, default=2, help="ABBA repetitions")
@@ -184,7 +210,18 @@ def main() -> None:
     if args.kd_step:  # the child process of one kd-step measurement
         print(json.dumps(kd_step(args.kd_step[0], int(args.kd_step[1]), args.kd_step[2] == "1")))
         return
-    kept_n = measure_kept(args.tokenizer, args.data_root) if args.tokenizer else args.kept
+    data = args.data_dir or f"{args.data_root}/en_de"
+    if args.keep_shares:
+        if not args.tokenizer:
+            p.error("--keep-shares needs --tokenizer DIR")
+        shares = keep_shares(args.tokenizer, data,
+                             [int(n) for n in args.keep_shares.split(",")])
+        print(table([[r["keep_vocab"], r["kept_ids"], f"{100 * r['resegmented_share']:.2f}%"]
+                     for r in shares], ["keep_vocab", "kept ids", "train tokens re-segmented"]))
+        write_result(NAME + "_keep_shares", {"tokenizer": args.tokenizer, "data": data,
+                                             "shares": shares})
+        return
+    kept_n = measure_kept(args.tokenizer, data) if args.tokenizer else args.kept
     results: dict = {"kept": kept_n, "kept_measured": bool(args.tokenizer), "batch": args.batch,
                      "beams": BEAMS, "new_tokens": NEW_TOKENS, "threads": args.threads,
                      "ct2": args.ct2, "shapes": {}}
