@@ -16,7 +16,8 @@ __all__ = ["plot_curves", "run_curve"]
 
 
 def plot_curves(curves: dict[str, list[tuple[float, int, float]]], path: Path, *,
-                metric: str, title: str, teacher: float | None = None) -> Path:
+                metric: str, title: str, teacher: float | None = None,
+                xlabel: str = "training wall-clock (minutes)") -> Path:
     """One panel per student depth (the ``6-d`` in each name), a line per recipe."""
     import matplotlib
 
@@ -26,17 +27,20 @@ def plot_curves(curves: dict[str, list[tuple[float, int, float]]], path: Path, *
     depths = sorted({name.split(" ")[1] for name in curves if name.startswith("student 6-")})
     fig, axes = plt.subplots(1, max(1, len(depths)), figsize=(6.5 * max(1, len(depths)), 4.5),
                              squeeze=False)
+    # up to 20 lines a panel in distinct colours (tab20's dark shades, then its light ones)
+    colors = [plt.get_cmap("tab20").colors[i] for i in (*range(0, 20, 2), *range(1, 20, 2))]
     for ax, depth in zip(axes[0], depths or ["?"]):
-        for name, points in sorted(curves.items()):
-            if f" {depth} " not in f" {name} " or not points:
-                continue
+        names = [n for n, p in sorted(curves.items()) if f" {depth} " in f" {n} " and p]
+        for i, name in enumerate(names):
+            points = curves[name]
             xs = [t / 60 for t, _, _ in points]
             ax.plot(xs, [v for _, _, v in points], marker="o", markersize=3,
+                    color=colors[i % 20], linestyle=("-", "--")[i // 20 % 2],
                     label=name.split("(", 1)[-1].rstrip(")"))
         if teacher is not None:
             ax.axhline(teacher, color="black", linestyle="--", linewidth=1, label="teacher")
         ax.set_title(f"student {depth}")
-        ax.set_xlabel("training wall-clock (minutes)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(f"val {metric}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

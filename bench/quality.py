@@ -521,6 +521,8 @@ def main() -> None:
                    "(default <workdir>/<data>/curves.png; BENCHMARKS: docs/quality_en_de.png)")
     p.add_argument("--teacher-only", action="store_true",
                    help="train (or resume) the teacher, then stop")
+    p.add_argument("--plot-only", action="store_true",
+                   help="train and score nothing: plot the finished runs' val curves (--plot)")
     p.add_argument("--score-only", action="store_true",
                    help="train nothing: score the models finished before, list the others")
     p.add_argument("--seeds", type=int, default=3,
@@ -531,6 +533,7 @@ def main() -> None:
     p.add_argument("--n-test", type=int, default=None, help="summarization: test examples "
                    "scored (default: all 618)")
     args = p.parse_args()
+    args.score_only = args.score_only or args.plot_only
     s = (translation_settings if args.task == "translation" else summarization_settings)(args)
     data = Path(args.data_dir or Path(args.data_root or DEFAULT_DATA_ROOT) / DEFAULT_DATA[args.task])
     if not (data / "train.source").is_file():
@@ -615,6 +618,9 @@ def main() -> None:
                         "depth": d, "seed": seed, "steps": s["teacher_steps"]}
 
     metric = METRIC[args.task]
+    if args.plot_only:
+        plot_students(args, models, metric, work, data_name)
+        return
     print(f"== test split: {metric}, generation latency (batch 1) and throughput", flush=True)
     score_models(models, data, args.task, num_beams=s["num_beams"],
                  max_length=s["gen_max_length"], max_source_length=s["max_source_length"],
@@ -627,10 +633,24 @@ def main() -> None:
               flush=True)
     report(args, s, data, data_name, models, pl_seconds, pl_error, time.time() - t_all,
            pending)
-    students = {n: run_curve(Path(m["dir"]).parent, metric) for n, m in models.items()
-                if n.startswith("student ") and (Path(m["dir"]).parent / "metrics.json").is_file()}
+    plot_students(args, models, metric, work, data_name)
+
+
+def plot_students(args, models: dict, metric: str, work: Path, data_name: str) -> None:
+    """The students' val curves against their training time on the quiet clock (the loop's own
+    clock where a run lacks it), a panel per depth: ``--plot``."""
+    students = {}
+    for n, m in models.items():
+        out = Path(m["dir"]).parent
+        if n.startswith("student ") and (out / "metrics.json").is_file():
+            curve = quiet_curve(out, metric) or run_curve(out, metric)
+            students[n] = [p for p in curve if p[2] is not None]
+    # the teacher on the students' val slice, as the staged rows' start check scored it
+    scored = [json.loads(f.read_text()) for f in sorted(work.glob("student_*/teacher_val.json"))]
+    teacher = next((v["score"] for v in scored if v.get("metric") == metric), None)
     plot = plot_curves(students, Path(args.plot or work / "curves.png"), metric=metric,
-                       title=f"{data_name}: val {metric} of each recipe against its training time")
+                       title=f"{data_name}: val {metric} of each recipe against its training time",
+                       xlabel="training time at the run's quiet rate (minutes)", teacher=teacher)
     print(f"learning curves: {plot}", flush=True)
 
 
@@ -689,15 +709,25 @@ def quiet_seconds(out: Path) -> float | None:
     steps took 1,051 s while a CI run shared the cores, and the same settings and seed took
     258 s as another row's first stage; its last 500 steps, alone, 90 s. None when a
     validation lacks the loop's clock (a run of an older raydistill)."""
+    curve = quiet_curve(out)
+    return None if curve is None else round(curve[-1][0], 1)
+
+
+def quiet_curve(out: Path, metric: str | None = None) -> list[tuple[float, int, float]] | None:
+    """(quiet seconds, step, val ``metric``) at each validation of the run in ``out``, a
+    staged run's stages one after another: each stage's steps at the rate of its fastest
+    interval between validations (``quiet_seconds``). None as quiet_seconds."""
     stages = stage_validations(out, "elapsed_s")
     if stages is None:
         return None
-    total = 0.0
+    points, t0, n0 = [], 0.0, 0
     for vals in stages:
-        points = [(0, 0.0)] + [(h["step"], h["elapsed_s"]) for h in vals]
-        rates = [(t - t0) / (n - n0) for (n0, t0), (n, t) in zip(points, points[1:]) if n > n0]
-        total += points[-1][0] * min(rates)
-    return round(total, 1)
+        steps = [(0, 0.0)] + [(h["step"], h["elapsed_s"]) for h in vals]
+        rate = min((t - ta) / (n - na) for (na, ta), (n, t) in zip(steps, steps[1:]) if n > na)
+        points += [(t0 + h["step"] * rate, n0 + h["step"], h.get(metric) if metric else None)
+                   for h in vals]
+        t0, n0 = t0 + vals[-1]["step"] * rate, n0 + vals[-1]["step"]
+    return points
 
 
 def make_pseudo_labels(args, s, teacher: Path, t_key: str, data: Path, work: Path, pseudo_label):

@@ -117,6 +117,11 @@ def test_the_equal_time_sft_follows_each_runs_fastest_interval_not_the_load(tmp_
     gkd = row("gkd", [(1500, 300.0)], 900.0, stage="stage0_sft")
     row("gkd", [(250, 250.0), (500, 600.0)], 900.0, stage="stage1_gkd")
     assert q.quiet_seconds(Path(gkd["dir"]).parent) == 800.0
+    # the plot's curve on that clock: each stage at its own fastest rate, one after the other
+    assert q.quiet_curve(Path(sft["dir"]).parent, "bleu") == [
+        (100.0, 500, 1.0), (200.0, 1000, 1.0), (300.0, 1500, 1.0), (400.0, 2000, 1.0)]
+    assert q.quiet_curve(Path(gkd["dir"]).parent, "bleu") == [
+        (300.0, 1500, 1.0), (550.0, 1750, 1.0), (800.0, 2000, 1.0)]
     assert q.equal_time_steps(2000, sft, [gkd]) == 4000  # 800 / 400 of sft's 2,000 steps
     # a run without the loop's clock: every run by its wall clock
     assert q.equal_time_steps(2000, sft, [gkd, row("old", None, 2200.0)]) == 4000  # 2,200 / 1,100
