@@ -821,12 +821,18 @@ def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
             continue
         best_n, best = max(cands, key=lambda c: c[1]["scores"][metric])
         kept = best["scores"][metric] / max(t_score, 1e-9)
+        arithmetic = (decoder_macs(s["d_model"], s["vocab_size"], s["layers"])
+                      / decoder_macs(s["d_model"], s["vocab_size"], d)
+                      if args.task == "translation" else None)
         verdicts[f"6-{d}"] = {"best": best_n, "kept": kept, "speedup": best["speedup"],
-                              "ct2_speedup": best.get("ct2_speedup")}
+                              "ct2_speedup": best.get("ct2_speedup"),
+                              "decoder_arithmetic_ratio": arithmetic}
         print(f"best 6-{d} student: {best_n}, {metric} {best['scores'][metric]:.2f} "
               f"({100 * kept:.1f}% of the teacher's) at {best['speedup']:.2f}x batch-1 speed"
               + (f" ({best['ct2_speedup']:.2f}x with CTranslate2 {args.ct2_latency})"
-                 if best.get("ct2_speedup") else ""))
+                 if best.get("ct2_speedup") else "")
+              + (f"; the teacher's decoder does {arithmetic:.2f}x its multiply-adds per "
+                 "generated token" if arithmetic else ""))
     for d in DEPTHS:  # the best students' outputs beside the references
         if f"6-{d}" in verdicts:
             best_n = verdicts[f"6-{d}"]["best"]
@@ -866,6 +872,14 @@ def report(args, s, data: Path, data_name: str, models: dict, pl_seconds: float,
                   "pl_seconds": pl_seconds, "pl_error": pl_error, "pending": pending or [],
                   "versus_sft": versus["rows"], "equal_time": equal["rows"],
                   "command": " ".join(sys.argv), "seconds": seconds})
+
+
+def decoder_macs(d_model: int, vocab: int, layers: int) -> int:
+    """A decoder's multiply-adds per generated token with cached keys and values: the output
+    layer (d_model x vocab) and, per layer, about 14 d_model^2 (self-attention's four
+    projections, cross-attention's query and output, a 4x feed-forward's two matrices). The
+    encoder runs once per source and is left out."""
+    return d_model * vocab + 14 * d_model * d_model * layers
 
 
 def quality_targets(verdicts: dict) -> dict[str, bool]:

@@ -175,7 +175,7 @@ def test_the_report_prints_the_issues_targets_and_the_best_students_outputs(tmp_
     args = argparse.Namespace(task="translation", quick=False, device="cpu", ct2_latency=None,
                               threads=2)
     s = {"num_beams": 4, "gen_max_length": 32, "latency_n": 8, "throughput_n": 32,
-         "latency_rounds": 3}
+         "latency_rounds": 3, "d_model": 128, "vocab_size": 8000, "layers": 6}
     q.report(args, s, data, "en_de", models, 10.0, None, 100.0)
     out = capsys.readouterr().out
     assert "quiet s" in out and "train CPU s" in out
@@ -202,6 +202,12 @@ def test_the_report_prints_the_issues_targets_and_the_best_students_outputs(tmp_
     assert ("convergence check: student 6-3 (sft, the teacher's 400 steps): bleu 19.90 against "
             "the teacher's 20.00 (-0.10): does not pass it") in out
     assert written["best"]["6-3"]["best"] == "student 6-3 (pl)"
+    # the decoder's arithmetic per generated token beside the measured speed-up (issue 28):
+    # 128 x 8,000 for the output layer + 14 x 128^2 per layer, six layers against three, one
+    macs = {n: 128 * 8000 + 14 * 128 * 128 * n for n in (6, 3, 1)}
+    assert abs(written["best"]["6-3"]["decoder_arithmetic_ratio"] - macs[6] / macs[3]) < 1e-12
+    assert abs(written["best"]["6-1"]["decoder_arithmetic_ratio"] - macs[6] / macs[1]) < 1e-12
+    assert "at 1.50x batch-1 speed; the teacher's decoder does 1.40x its multiply-adds" in out
     assert written["target_met"] is True
 
 
