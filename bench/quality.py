@@ -579,8 +579,10 @@ def main() -> None:
     print("== pseudo-labels: the teacher generates targets for the train examples", flush=True)
     pl_data, pl_error, pl_seconds = make_pseudo_labels(args, s, teacher, t_key, data, work,
                                                         pseudo_label)
-    runs = [(d, m, s["seed"]) for d in DEPTHS for m in METHODS[args.task] if m not in GKD_BETAS]
-    runs += [(d, m, s["seed"] + k) for d in DEPTHS for k in range(1, s["seeds"]) for m in SEEDED]
+    runs = []
+    for d in DEPTHS:  # each depth's rows, then its seeds (sft's first: the spread)
+        runs += [(d, m, s["seed"]) for m in METHODS[args.task] if m not in GKD_BETAS]
+        runs += [(d, m, s["seed"] + k) for m in SEEDED for k in range(1, s["seeds"])]
     # The gkd runs last (the slowest), the beta said best for translation first at both depths.
     runs += [(d, m, s["seed"]) for m in METHODS[args.task] if m in GKD_BETAS for d in DEPTHS]
     runs = [r for r in runs if r[1] not in (SCRATCH, *TRIMS, LONG) or r[0] == DEPTHS[0]]  # 6-3
