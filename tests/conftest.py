@@ -126,6 +126,28 @@ def hub_cache(hub_snapshot, monkeypatch):
     return cache
 
 
+@pytest.fixture(scope="session")
+def bench_module():
+    """Loads a ``bench/`` script by name as a module (its siblings, ``common`` and ``curves``,
+    importable while it loads)."""
+    import importlib.util
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+
+    def load(name: str):
+        sys.path.insert(0, str(bench))
+        try:
+            spec = importlib.util.spec_from_file_location(f"bench_{name}", bench / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+        finally:
+            sys.path.remove(str(bench))
+
+    return load
+
+
 @pytest.fixture
 def tiny_data_dir(tmp_path):
     """A six-file data folder of tiny examples (copied texts, short targets)."""

@@ -2,23 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def load_quality():
-    sys.path.insert(0, str(BENCH))  # quality.py imports its siblings (common, curves)
-    try:
-        spec = importlib.util.spec_from_file_location("bench_quality", BENCH / "quality.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 def staged(second: str, out: Path, lr: float = 5e-4) -> dict:
@@ -38,8 +23,8 @@ def finish_first_stage(row: Path, reuse, seconds: float) -> None:
     (row / "teacher_val.json").write_text('{"score": 21.0}')
 
 
-def test_a_staged_row_copies_the_finished_first_stage_of_the_same_settings(tmp_path):
-    q = load_quality()
+def test_a_staged_row_copies_the_finished_first_stage_of_the_same_settings(tmp_path, bench_module):
+    q = bench_module("quality")
     first, later = tmp_path / "student_6_3_sft_kd", tmp_path / "student_6_3_sft_pl"
     finish_first_stage(first, q.first_stage_reuse(staged("kd", first), tmp_path, "t1"), 312.5)
     later.mkdir()
@@ -51,8 +36,8 @@ def test_a_staged_row_copies_the_finished_first_stage_of_the_same_settings(tmp_p
     assert (later / "teacher_val.json").is_file()
 
 
-def test_a_first_stage_of_other_settings_or_another_teacher_is_not_copied(tmp_path):
-    q = load_quality()
+def test_a_first_stage_of_other_settings_or_another_teacher_is_not_copied(tmp_path, bench_module):
+    q = bench_module("quality")
     first = tmp_path / "student_6_3_sft_kd"
     finish_first_stage(first, q.first_stage_reuse(staged("kd", first), tmp_path, "t1"), 10.0)
     for n, (cfg_of, teacher) in enumerate([(lambda o: staged("pl", o, lr=1e-4), "t1"),
@@ -63,8 +48,8 @@ def test_a_first_stage_of_other_settings_or_another_teacher_is_not_copied(tmp_pa
         assert not (row / "stage0_sft").exists() and not (row / q.SHARED_SECONDS).exists()
 
 
-def test_a_rows_clocks_count_every_stage_and_are_absent_for_older_runs(tmp_path):
-    q = load_quality()
+def test_a_rows_clocks_count_every_stage_and_are_absent_for_older_runs(tmp_path, bench_module):
+    q = bench_module("quality")
 
     def write(folder: Path, val: list[dict], final: int, wall: float) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -95,8 +80,8 @@ def test_a_rows_clocks_count_every_stage_and_are_absent_for_older_runs(tmp_path)
     assert q.training_seconds(old, "bleu") is None and q.training_cpu_seconds(old) is None
 
 
-def test_the_equal_time_sft_follows_each_runs_fastest_interval_not_the_load(tmp_path):
-    q = load_quality()
+def test_the_equal_time_sft_follows_each_runs_fastest_interval_not_the_load(tmp_path, bench_module):
+    q = bench_module("quality")
 
     def row(name: str, clocks: list[tuple[int, float]] | None, wall: float,
             stage: str | None = None) -> dict:
@@ -129,13 +114,14 @@ def test_the_equal_time_sft_follows_each_runs_fastest_interval_not_the_load(tmp_
     assert q.equal_time_steps(2000, sft, [row("fast", [(500, 50.0)], 50.0)]) == 2000
 
 
-def test_the_report_prints_the_issues_targets_and_the_best_students_outputs(tmp_path, capsys):
+def test_the_report_prints_the_issues_targets_and_the_best_students_outputs(tmp_path, capsys,
+                                                                            bench_module):
     """report() end to end on made-up rows: the table (with the quiet clock), the teacher's
     and the best students' outputs beside the references, each target, and the equal-time
     comparison against the sft seeds' spread."""
     import argparse
 
-    q = load_quality()
+    q = bench_module("quality")
     data = tmp_path / "data"
     data.mkdir()
     (data / "test.source").write_text("".join(f"source {i}\n" for i in range(6)))
@@ -211,13 +197,13 @@ def test_the_report_prints_the_issues_targets_and_the_best_students_outputs(tmp_
     assert written["target_met"] is True
 
 
-def test_the_trimmed_row_keeps_half_the_vocabulary_its_bpe_was_trained_on(tmp_path):
+def test_the_trimmed_row_keeps_half_the_vocabulary_its_bpe_was_trained_on(tmp_path, bench_module):
     """The table's BPE is trained on its own train split, which then uses every token: trimmed
     to that split alone the student kept all 8,000 ids and trained exactly as sft. The row
     keeps the most frequent half (keep_vocab)."""
     import argparse
 
-    q = load_quality()
+    q = bench_module("quality")
     args = argparse.Namespace(task="translation", quick=False, device="cpu", threads=2,
                               data_dir=None, fresh=False, seeds=3)
     s = q.translation_settings(args)
