@@ -22,11 +22,22 @@ for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "
     os.environ.setdefault(_k, _v)
 
 
+def _layer_list(text: str) -> list[int]:
+    """``0,2,5`` or fire's ``[0,2,5]`` (the seq2seq-distillation script's spelling)."""
+    try:
+        return [int(x) for x in text.strip("[] ").split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give layer indices as 0,2,5") from None
+
+
 def _make_student(args: argparse.Namespace) -> int:
     from raydistill.models.student import make_student
 
     student, e_ids, d_ids = make_student(args.teacher, e=args.e, d=args.d, save_path=args.save_path,
                                          model_cache_dir=args.model_cache_dir,
+                                         copy_first_teacher_layers=args.copy_first_teacher_layers,
+                                         e_layers_to_copy=args.e_layers_to_copy,
+                                         d_layers_to_copy=args.d_layers_to_copy,
                                          trim_vocab=args.trim_vocab, keep_vocab=args.keep_vocab)
     n = sum(p.numel() for p in student.parameters())
     print(f"student saved to {args.save_path}: {n / 1e6:.2f}M parameters; copied encoder layers "
@@ -111,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-path", "--save_path", required=True, help="where to write the student")
     p.add_argument("-e", type=int, default=None, help="student encoder layers (default: all)")
     p.add_argument("-d", type=int, default=None, help="student decoder layers (default: all)")
+    for side in ("e", "d"):
+        p.add_argument(f"--{side}-layers-to-copy", f"--{side}_layers_to_copy", type=_layer_list,
+                       default=None, metavar="I,J,...", help="teacher "
+                       f"{'encoder' if side == 'e' else 'decoder'} layers to copy, one per student "
+                       f"layer (0,2,5 or [0,2,5]; default: seq2seq-distillation's table)")
+    p.add_argument("--copy-first-teacher-layers", "--copy_first_teacher_layers",
+                   action="store_true", help="copy the teacher's first layers instead of the "
+                   "table's alternating ones")
     p.add_argument("--model-cache-dir", default=None, help="where a Hub id is downloaded "
                    "(default: $HF_HUB_CACHE, else Hugging Face's cache)")
     p.add_argument("--trim-vocab", default=None, metavar="DATA_DIR", help="keep only the "

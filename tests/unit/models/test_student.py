@@ -159,6 +159,38 @@ def test_extra_config_kwargs(teachers):
     assert teacher.config.to_dict() == before  # the teacher's config is never mutated
 
 
+def test_cli_make_student_copies_the_layers_it_is_given(tiny_bart_dir, tmp_path, capsys):
+    """seq2seq-distillation's make_student arguments: d_layers_to_copy (fire's [i,j] spelling
+    too), e_layers_to_copy, copy_first_teacher_layers; the student's layers are those copies."""
+    import json
+
+    from raydistill.cli import main
+
+    teacher = load_seq2seq(tiny_bart_dir)
+    out = tmp_path / "student"
+    assert main(["make-student", str(tiny_bart_dir), "--save-path", str(out),
+                 "--e-layers-to-copy", "3,1", "--d_layers_to_copy", "[2]"]) == 0
+    assert "copied encoder layers [3, 1], decoder layers [2]" in capsys.readouterr().out
+    student = load_seq2seq(out)
+    for side, pairs in (("encoder", ((0, 3), (1, 1))), ("decoder", ((0, 2),))):
+        for mine, theirs in pairs:
+            got = getattr(student.model, side).layers[mine].state_dict()
+            want = getattr(teacher.model, side).layers[theirs].state_dict()
+            assert all(torch.equal(got[k], want[k]) for k in want)
+    meta = json.loads((out / "config.json").read_text())["init_metadata"]
+    assert meta["copied_encoder_layers"] == [3, 1] and meta["copied_decoder_layers"] == [2]
+    assert main(["make-student", str(tiny_bart_dir), "--save-path", str(tmp_path / "first"),
+                 "-d", "2", "--copy-first-teacher-layers"]) == 0
+    assert "decoder layers [0, 1]" in capsys.readouterr().out
+    assert main(["make-student", str(tiny_bart_dir), "--save-path", str(tmp_path / "x"),
+                 "--d-layers-to-copy", "7"]) == 2  # past the teacher's layers: one line
+    assert "decoder layers to copy [7]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # not integers: argparse's usage error
+        main(["make-student", str(tiny_bart_dir), "--save-path", str(tmp_path / "y"),
+              "--d-layers-to-copy", "a,b"])
+    assert "give layer indices as 0,2,5" in capsys.readouterr().err
+
+
 def test_make_student_errors(teachers):
     teacher = teachers["bart"]
     with pytest.raises(ModelError, match="7-layer student from a 6-layer teacher"):
