@@ -286,7 +286,13 @@ def training_cpu_seconds(out: Path) -> float | None:
 
 
 def _digest(cfg: dict, after: str) -> str:
-    return hashlib.sha256((json.dumps(cfg, sort_keys=True) + after).encode()).hexdigest()[:16]
+    # make_student's one-layer side copies the teacher's last layer since 2026-12-08 (the
+    # first before): such rows key on it, so rows made the old way retrain
+    one_layer = (not cfg.get("student") and 1 in (cfg.get("student_encoder_layers"),
+                                                  cfg.get("student_decoder_layers")))
+    rule = "|one layer: the teacher's last" if one_layer else ""
+    return hashlib.sha256((json.dumps(cfg, sort_keys=True) + after + rule).encode()
+                          ).hexdigest()[:16]
 
 
 # ---- translation ------------------------------------------------------------------------------

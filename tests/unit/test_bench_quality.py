@@ -218,3 +218,21 @@ def test_the_trimmed_row_keeps_half_the_vocabulary_its_bpe_was_trained_on(tmp_pa
     assert cfg["trim_vocab"] == str(tmp_path / "data")
     assert {k: v for k, v in cfg.items() if k not in ("keep_vocab", "trim_vocab", "output_dir")} \
         == {k: v for k, v in sft.items() if k != "output_dir"}  # otherwise the sft row's run
+
+
+def test_rows_of_one_layer_students_key_on_the_last_layer_rule(bench_module):
+    """make_student's one-layer side changed from the teacher's first layer to its last: rows
+    made the old way must not be reused; every other row keeps its key (nothing retrains)."""
+    import hashlib
+
+    q = bench_module("quality")
+
+    def old(cfg: dict, after: str) -> str:
+        return hashlib.sha256((json.dumps(cfg, sort_keys=True) + after).encode()).hexdigest()[:16]
+
+    six_three = {"method": "sft", "student_encoder_layers": None, "student_decoder_layers": 3}
+    six_one = {**six_three, "student_decoder_layers": 1}
+    assert q._digest(six_three, "t") == old(six_three, "t")
+    assert q._digest(six_one, "t") != old(six_one, "t")
+    given = {**six_one, "student": "/a/student"}  # a student made elsewhere: its own layers
+    assert q._digest(given, "t") == old(given, "t")

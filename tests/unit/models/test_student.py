@@ -23,7 +23,7 @@ VOCAB = 300
 # --- tables -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n_teacher, n_student, expected", [
-    (12, 1, [0]), (12, 3, [0, 6, 11]), (12, 6, [0, 2, 4, 7, 9, 11]), (12, 9, [0, 1, 2, 4, 5, 7, 9, 10, 11]),
+    (12, 1, [11]), (16, 1, [15]), (6, 1, [5]), (4, 1, [3]), (1, 1, [0]), (12, 3, [0, 6, 11]), (12, 6, [0, 2, 4, 7, 9, 11]), (12, 9, [0, 1, 2, 4, 5, 7, 9, 10, 11]),
     (16, 4, [0, 5, 10, 15]), (16, 8, [0, 2, 4, 6, 8, 10, 12, 15]), (6, 2, [0, 5]), (6, 3, [0, 2, 5]),
 ])
 def test_layers_to_copy_table(n_teacher, n_student, expected):
@@ -31,7 +31,10 @@ def test_layers_to_copy_table(n_teacher, n_student, expected):
 
 
 def test_layers_to_copy_table_is_well_formed():
+    """The original's table, one-layer rows included ([0]: get_layers_to_copy copies the last
+    layer instead, on purpose)."""
     for n_teacher, row in LAYERS_TO_COPY.items():
+        assert row[1] == [0]
         for n_student, layers in row.items():
             assert len(layers) == n_student and layers == sorted(set(layers))
             assert layers[0] == 0 and max(layers) < n_teacher
@@ -123,7 +126,7 @@ def test_none_keeps_side_whole(teachers, arch):
     teacher = teachers[arch]
     student, e_layers, d_layers = make_student(teacher, d=1)
     assert layer_counts(student) == (6, 1)
-    assert (e_layers, d_layers) == (list(range(6)), [0])
+    assert (e_layers, d_layers) == (list(range(6)), [5])  # one layer: the teacher's last
     _assert_copied(teacher, student, e_layers, d_layers)
 
 
@@ -217,7 +220,8 @@ def test_save_round_trip(teachers, arch, tmp_path):
 def test_teacher_path_saves_tokenizer(tiny_bart_dir, tiny_tokenizer, tmp_path):
     with pytest.warns(UserWarning, match="defaulting to first"):
         student, e_layers, d_layers = make_student(str(tiny_bart_dir), e=2, d=1, save_path=tmp_path / "s")
-    assert (e_layers, d_layers) == ([0, 1], [0])  # 4 -> 2 is not in the table: first layers
+    # 4 -> 2 is not in the table: the first layers; one layer: the last
+    assert (e_layers, d_layers) == ([0, 1], [3])
     assert (tmp_path / "s" / "model.safetensors").is_file()
     assert (tmp_path / "s" / "tokenizer.json").is_file()
     from transformers import AutoTokenizer
