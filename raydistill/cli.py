@@ -42,6 +42,12 @@ def _make_student(args: argparse.Namespace) -> int:
     n = sum(p.numel() for p in student.parameters())
     print(f"student saved to {args.save_path}: {n / 1e6:.2f}M parameters; copied encoder layers "
           f"{e_ids if e_ids is not None else 'all'}, decoder layers {d_ids if d_ids is not None else 'all'}")
+    chosen = {"encoder": (args.e, args.e_layers_to_copy),
+              "decoder": (args.d, args.d_layers_to_copy)}
+    for side, (n_layers, given) in chosen.items():
+        if n_layers == 1 and given is None and not args.copy_first_teacher_layers:
+            print(f"one {side} layer: the teacher's last, where seq2seq-distillation's table "
+                  f"copies its first (--{side[0]}-layers-to-copy 0 for that; docs/methods.md)")
     if args.trim_vocab:
         print(f"vocabulary: {student.config.vocab_size} of {student.config.original_vocab_size} "
               f"tokens kept (map in {Path(args.save_path) / 'vocab_map.json'})"

@@ -185,6 +185,11 @@ def test_cli_make_student_copies_the_layers_it_is_given(tiny_bart_dir, tmp_path,
     assert main(["make-student", str(tiny_bart_dir), "--save-path", str(tmp_path / "first"),
                  "-d", "2", "--copy-first-teacher-layers"]) == 0
     assert "decoder layers [0, 1]" in capsys.readouterr().out
+    assert main(["make-student", str(tiny_bart_dir), "--save-path", str(tmp_path / "one"),
+                 "-d", "1"]) == 0  # the default one-layer choice differs from the original's
+    printed = capsys.readouterr().out
+    assert "decoder layers [3]" in printed
+    assert "one decoder layer: the teacher's last, where seq2seq-distillation's table" in printed
     assert main(["make-student", str(tiny_bart_dir), "--save-path", str(tmp_path / "x"),
                  "--d-layers-to-copy", "7"]) == 2  # past the teacher's layers: one line
     assert "decoder layers to copy [7]" in capsys.readouterr().err
