@@ -83,6 +83,8 @@ def init_ray(address: str | None = None) -> None:
     try:
         if problem is None:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, **local)
+            global _started_local
+            _started_local = not _attached_flag
             quiet_forwarded_lines()
     except (ConnectionError, TimeoutError) as err:
         problem = first_line(err)
@@ -410,6 +412,18 @@ def check_resources(what: str, cpus: float, gpus: float = 0.0, *, per_unit_cpus:
 
 
 _attached_flag = False  # set by init_ray when it joined a running cluster
+_started_local = False  # set by init_ray when it started a Ray in this process
+
+
+def actor_restarts() -> dict[str, int]:
+    """``map_batches`` keywords of an actor pool on a Ray this process started (one machine): no
+    actor restarts. Ray Data restarts a pool's dead actors by default, and Ray 2.60's core
+    worker then prints an error line on the console for every actor it creates (its constructor
+    arguments are in the object store: ray-project/ray#57733). On one machine a restart only
+    repeats what ended the actor (its memory), so the stage stops with that error instead. On a
+    cluster, where a lost node ends its actors, and in processes that joined a Ray, they
+    restart as Ray Data's default has it."""
+    return {"max_restarts": 0} if _started_local else {}
 
 
 def check_actor_pool(what: str, actors: int, cpus_per_actor: float, gpus_per_actor: float,

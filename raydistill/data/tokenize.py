@@ -115,6 +115,8 @@ def tokenize_dataset(
     """Tokenize ``ds`` (columns ``source``, ``target``) on a pool of ``num_actors`` actors."""
     import ray.data
 
+    from raydistill.runtime import actor_restarts
+
     return ds.map_batches(
         Tokenize,
         fn_constructor_kwargs={
@@ -125,6 +127,7 @@ def tokenize_dataset(
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         batch_size=batch_size,
         batch_format="numpy",
+        **actor_restarts(),
     )
 
 

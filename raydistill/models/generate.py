@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from raydistill.runtime import Progress, actor_threads, check_actor_pool, init_ray
+from raydistill.runtime import Progress, actor_restarts, actor_threads, check_actor_pool, init_ray
 from raydistill.models.ct2 import (
     Backend,
     CT2Generator,
@@ -207,6 +207,7 @@ def generate_parallel(
         batch_format="numpy",
         num_cpus=num_cpus,
         num_gpus=num_gpus,
+        **actor_restarts(),
     )
     start = time.perf_counter()
     first = None

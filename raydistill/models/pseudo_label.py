@@ -76,7 +76,7 @@ def generate_batches(rows: dict[str, np.ndarray], settings: dict[str, Any],
     from raydistill.data.files import arrow_dataset
     from raydistill.models.generate import generator_class
 
-    from raydistill.runtime import check_actor_pool, init_ray
+    from raydistill.runtime import actor_restarts, check_actor_pool, init_ray
 
     init_ray()
     check_actor_pool("pseudo-label", num_workers, 1, num_gpus)
@@ -94,6 +94,7 @@ def generate_batches(rows: dict[str, np.ndarray], settings: dict[str, Any],
             device="cuda" if num_gpus > 0 else "cpu", return_scores=True, backend=backend),
         compute=ray.data.ActorPoolStrategy(size=num_workers),
         batch_size=settings["batch_size"], batch_format="numpy", num_cpus=1, num_gpus=num_gpus,
+        **actor_restarts(),
     )
     yield from ds.iter_batches(batch_size=None, batch_format="numpy")
 

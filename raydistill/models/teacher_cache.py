@@ -50,7 +50,7 @@ from raydistill.data.fingerprint import (
     tokenizer_fingerprint,
 )
 from raydistill.errors import ConfigError
-from raydistill.runtime import check_actor_pool, check_writable, init_ray
+from raydistill.runtime import actor_restarts, check_actor_pool, check_writable, init_ray
 
 if TYPE_CHECKING:
     import torch
@@ -385,7 +385,7 @@ def build_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teache
                                        hidden_layers=key.get("hidden_layers", []),
                                        teacher_dtype=key.get("teacher_dtype", "fp32"),
                                        vocab_map=vocab_map, source_vocab_map=source_vocab_map),
-            compute=ray.data.ActorPoolStrategy(size=num_workers),
+            compute=ray.data.ActorPoolStrategy(size=num_workers), **actor_restarts(),
             batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus, num_gpus=num_gpus,
         )
         out.write_parquet(str(tmp / PARTS))

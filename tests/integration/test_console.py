@@ -18,7 +18,9 @@ BIN = Path(sys.executable).parent
 # What Ray printed on a demo's console before (issue 30): none of it may reach the console.
 RAY_NOISE = ("TrainController", "SplitCoordinator", "PlacementGroupCleaner", "Failed to query",
              "Execution plan of Dataset", "Starting execution of Dataset", "Progress bars disabled",
-             "Started a local Ray instance", "Checkpoint successfully created", "Autoscaler status")
+             "Started a local Ray instance", "Checkpoint successfully created", "Autoscaler status",
+             # Ray 2.60's core worker on every restartable pool actor (runtime.actor_restarts)
+             "constructor arguments in the object store", "core_worker.cc")
 
 
 @pytest.mark.timeout(300)

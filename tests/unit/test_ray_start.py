@@ -17,6 +17,7 @@ def ray_init(monkeypatch):
     monkeypatch.setattr(runtime, "_unreachable", lambda address: None)
     # init_ray records whether it joined a cluster; put the flag back for the tests after this
     monkeypatch.setattr(runtime, "_attached_flag", runtime._attached_flag)
+    monkeypatch.setattr(runtime, "_started_local", runtime._started_local)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv(runtime.DASHBOARD_ENV, raising=False)
     monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
@@ -41,6 +42,17 @@ def test_joining_a_cluster_leaves_its_dashboard_alone(ray_init, monkeypatch):
     import os
 
     assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
+
+
+def test_actor_pools_restart_their_actors_only_on_a_ray_this_process_did_not_start(ray_init):
+    """A local Ray's pools run without restarts (Ray 2.60 prints an error line for every
+    restartable pool actor); a joined cluster's keep Ray Data's restarts (a node may be lost)."""
+    runtime._started_local = False
+    assert runtime.actor_restarts() == {}  # nothing started here (a trial, a worker)
+    runtime.init_ray()
+    assert runtime.actor_restarts() == {"max_restarts": 0}
+    runtime.init_ray("127.0.0.1:6379")
+    assert runtime.actor_restarts() == {}
 
 
 def test_workers_get_the_address_pin_unless_the_job_sets_its_own_hook(ray_init, monkeypatch):
