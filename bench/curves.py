@@ -36,7 +36,7 @@ def plot_curves(curves: dict[str, list[tuple[float, int, float]]], path: Path, *
             xs = [t / 60 for t, _, _ in points]
             ax.plot(xs, [v for _, _, v in points], marker="o", markersize=3,
                     color=colors[i % 20], linestyle=("-", "--")[i // 20 % 2],
-                    label=name.split("(", 1)[-1].rstrip(")"))
+                    label=name.split("(", 1)[-1].replace(")", ""))
         if teacher is not None:
             ax.axhline(teacher, color="black", linestyle="--", linewidth=1, label="teacher")
         ax.set_title(f"student {depth}")
