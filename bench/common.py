@@ -399,21 +399,14 @@ def train_run(cfg_dict: dict[str, Any], resume: bool = False) -> tuple[Path, flo
     return Path(cfg_dict["output_dir"]) / "best_tfmr", time.time() - t0
 
 
-def score_models(models: dict[str, dict[str, Any]], data: Path, task: str, *, num_beams: int,
-                 max_length: int, max_source_length: int, n_test: int | None, latency_n: int,
-                 latency_rounds: int, num_workers: int, device: str,
-                 batch_size: int = 16, throughput_n: int = 0,
-                 throughput_batch: int = 32, ct2_compute_type: str | None = None) -> None:
-    """Adds test ``scores`` (``evaluate``: parallel generation, all references), batch-1
-    latency (``measure_latency``; interleaved rounds, median) and, with ``throughput_n``,
-    examples/s at ``throughput_batch`` (the same rounds) to each entry of ``models``.
-
-    A model entry with a ``key`` (its training settings) reuses the scores an earlier run saved
-    for the same key and generation settings; latency is always measured, all models in the
-    same rounds. ``ct2_compute_type`` adds batch-1 latency with the CTranslate2 backend in that
-    compute type (``ct2_ms``, ``ct2_speedup``), in the same rounds."""
+def scores_on_test(models: dict[str, dict[str, Any]], data: Path, task: str, *,
+                   num_beams: int, max_length: int, max_source_length: int,
+                   n_test: int | None, num_workers: int, device: str,
+                   batch_size: int = 16) -> None:
+    """Adds test ``scores`` (``evaluate``: parallel generation, all references) to each entry of
+    ``models``: ``score_models``' first part. An entry with a ``key`` (its training settings)
+    reuses the scores an earlier run saved for the same key and generation settings."""
     from raydistill.eval.evaluate import evaluate
-    from raydistill.models.generate import measure_latency
 
     for m in models.values():
         out = Path(m["dir"]).parent / "test_eval"
@@ -435,6 +428,26 @@ def score_models(models: dict[str, dict[str, Any]], data: Path, task: str, *, nu
         m.update(scores=res["scores"], references=res["references"]["file"],
                  n_test=res["n_examples"], gen_seconds=res["gen_seconds"],
                  mean_gen_words=res["mean_gen_words"])
+
+
+def score_models(models: dict[str, dict[str, Any]], data: Path, task: str, *, num_beams: int,
+                 max_length: int, max_source_length: int, n_test: int | None, latency_n: int,
+                 latency_rounds: int, num_workers: int, device: str,
+                 batch_size: int = 16, throughput_n: int = 0,
+                 throughput_batch: int = 32, ct2_compute_type: str | None = None) -> None:
+    """Adds test ``scores`` (``evaluate``: parallel generation, all references), batch-1
+    latency (``measure_latency``; interleaved rounds, median) and, with ``throughput_n``,
+    examples/s at ``throughput_batch`` (the same rounds) to each entry of ``models``.
+
+    A model entry with a ``key`` (its training settings) reuses the scores an earlier run saved
+    for the same key and generation settings; latency is always measured, all models in the
+    same rounds. ``ct2_compute_type`` adds batch-1 latency with the CTranslate2 backend in that
+    compute type (``ct2_ms``, ``ct2_speedup``), in the same rounds."""
+    from raydistill.models.generate import measure_latency
+
+    scores_on_test(models, data, task, num_beams=num_beams, max_length=max_length,
+                   max_source_length=max_source_length, n_test=n_test,
+                   num_workers=num_workers, device=device, batch_size=batch_size)
     sources = read_lines(data / "test.source", max(latency_n, throughput_n))
     kw = dict(num_beams=num_beams, max_length=max_length, max_source_length=max_source_length,
               device=device)

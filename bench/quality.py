@@ -64,6 +64,7 @@ from common import (
     last_decoder_match,
     read_lines,
     score_models,
+    scores_on_test,
     setup_env,
     table,
     train_run,
@@ -527,6 +528,8 @@ def main() -> None:
                    "(default <workdir>/<data>/curves.png; BENCHMARKS: docs/quality_en_de.png)")
     p.add_argument("--teacher-only", action="store_true",
                    help="train (or resume) the teacher, then stop")
+    p.add_argument("--test-only", action="store_true", help="train nothing and time nothing: "
+                   "score the finished runs on the test split (cached for the full report)")
     p.add_argument("--plot-only", action="store_true",
                    help="train and score nothing: plot the finished runs' val curves (--plot)")
     p.add_argument("--score-only", action="store_true",
@@ -539,7 +542,7 @@ def main() -> None:
     p.add_argument("--n-test", type=int, default=None, help="summarization: test examples "
                    "scored (default: all 618)")
     args = p.parse_args()
-    args.score_only = args.score_only or args.plot_only
+    args.score_only = args.score_only or args.plot_only or args.test_only
     s = (translation_settings if args.task == "translation" else summarization_settings)(args)
     data = Path(args.data_dir or Path(args.data_root or DEFAULT_DATA_ROOT) / DEFAULT_DATA[args.task])
     if not (data / "train.source").is_file():
@@ -628,6 +631,15 @@ def main() -> None:
     metric = METRIC[args.task]
     if args.plot_only:
         plot_students(args, models, metric, work, data_name)
+        return
+    if args.test_only:  # the finished rows' test scores, cached for the full report
+        scores_on_test(models, data, args.task, num_beams=s["num_beams"],
+                       max_length=s["gen_max_length"], max_source_length=s["max_source_length"],
+                       n_test=s["n_test"], num_workers=s["num_eval_workers"],
+                       device=args.device, batch_size=s["eval_batch_size"])
+        print(table([[n, m["n_test"], *(f"{v:.2f}" for v in m["scores"].values())]
+                     for n, m in models.items()], ["model", "n_test", *next(
+                         iter(models.values()))["scores"]]))
         return
     print(f"== test split: {metric}, generation latency (batch 1) and throughput", flush=True)
     score_models(models, data, args.task, num_beams=s["num_beams"],
