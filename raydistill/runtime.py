@@ -416,14 +416,28 @@ _started_local = False  # set by init_ray when it started a Ray in this process
 
 
 def actor_restarts() -> dict[str, int]:
-    """``map_batches`` keywords of an actor pool on a Ray this process started (one machine): no
-    actor restarts. Ray Data restarts a pool's dead actors by default, and Ray 2.60's core
-    worker then prints an error line on the console for every actor it creates (its constructor
-    arguments are in the object store: ray-project/ray#57733). On one machine a restart only
-    repeats what ended the actor (its memory), so the stage stops with that error instead. On a
-    cluster, where a lost node ends its actors, and in processes that joined a Ray, they
-    restart as Ray Data's default has it."""
+    """The restarts of an actor pool's actors on a Ray this process started (one machine): none.
+    Ray Data restarts a pool's dead actors by default, and Ray 2.60's core worker then prints
+    an error line on the console for every actor it creates (its constructor arguments are in
+    the object store: ray-project/ray#57733). On one machine a restart only repeats what ended
+    the actor (its memory), so the stage stops with that error instead. On a cluster, where a
+    lost node ends its actors, and in processes that joined a Ray, they restart as Ray Data's
+    default has it ({})."""
     return {"max_restarts": 0} if _started_local else {}
+
+
+def pool_map_batches(ds, fn, **kwargs):
+    """``ds.map_batches(fn, **kwargs)`` on an actor pool, with ``actor_restarts``. Ray 2.60 takes
+    an actor's restarts only as an extra keyword, which it deprecates (its warning is silenced
+    here); a Ray whose ``map_batches`` takes none keeps its default."""
+    import inspect
+    import warnings
+
+    params = inspect.signature(type(ds).map_batches).parameters.values()
+    extra = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(fn, **kwargs, **(actor_restarts() if extra else {}))
 
 
 def check_actor_pool(what: str, actors: int, cpus_per_actor: float, gpus_per_actor: float,

@@ -115,10 +115,10 @@ def tokenize_dataset(
     """Tokenize ``ds`` (columns ``source``, ``target``) on a pool of ``num_actors`` actors."""
     import ray.data
 
-    from raydistill.runtime import actor_restarts
+    from raydistill.runtime import pool_map_batches
 
-    return ds.map_batches(
-        Tokenize,
+    return pool_map_batches(
+        ds, Tokenize,
         fn_constructor_kwargs={
             "tokenizer_path": str(tokenizer_path),
             "max_source_length": max_source_length,
@@ -127,7 +127,6 @@ def tokenize_dataset(
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         batch_size=batch_size,
         batch_format="numpy",
-        **actor_restarts(),
     )
 
 

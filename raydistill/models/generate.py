@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from raydistill.runtime import Progress, actor_restarts, actor_threads, check_actor_pool, init_ray
+from raydistill.runtime import Progress, actor_threads, check_actor_pool, init_ray, pool_map_batches
 from raydistill.models.ct2 import (
     Backend,
     CT2Generator,
@@ -196,8 +196,8 @@ def generate_parallel(
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     ds = ray.data.from_items([{"idx": i, "source": sources[i]} for i in order],
                              override_num_blocks=math.ceil(len(sources) / batch_size))
-    ds = ds.map_batches(
-        generator_class(backend),
+    ds = pool_map_batches(
+        ds, generator_class(backend),
         fn_constructor_kwargs=dict(model_dir=str(model_dir), num_beams=num_beams,
                                    length_penalty=length_penalty, max_length=max_length,
                                    max_source_length=max_source_length, batch_size=batch_size,
@@ -207,7 +207,6 @@ def generate_parallel(
         batch_format="numpy",
         num_cpus=num_cpus,
         num_gpus=num_gpus,
-        **actor_restarts(),
     )
     start = time.perf_counter()
     first = None

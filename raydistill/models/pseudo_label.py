@@ -76,7 +76,7 @@ def generate_batches(rows: dict[str, np.ndarray], settings: dict[str, Any],
     from raydistill.data.files import arrow_dataset
     from raydistill.models.generate import generator_class
 
-    from raydistill.runtime import actor_restarts, check_actor_pool, init_ray
+    from raydistill.runtime import check_actor_pool, init_ray, pool_map_batches
 
     init_ray()
     check_actor_pool("pseudo-label", num_workers, 1, num_gpus)
@@ -84,8 +84,8 @@ def generate_batches(rows: dict[str, np.ndarray], settings: dict[str, Any],
     # Blocks of a few batches: enough parallelism, few enough blocks for millions of rows.
     block = 4 * settings["batch_size"]
     ds = arrow_dataset([table.slice(i, block) for i in range(0, table.num_rows, block)])
-    ds = ds.map_batches(
-        generator_class(backend),
+    ds = pool_map_batches(
+        ds, generator_class(backend),
         fn_constructor_kwargs=dict(
             model_dir=settings["teacher"], teacher_dtype=settings.get("teacher_dtype", "fp32"),
             num_beams=settings["num_beams"],
@@ -94,7 +94,6 @@ def generate_batches(rows: dict[str, np.ndarray], settings: dict[str, Any],
             device="cuda" if num_gpus > 0 else "cpu", return_scores=True, backend=backend),
         compute=ray.data.ActorPoolStrategy(size=num_workers),
         batch_size=settings["batch_size"], batch_format="numpy", num_cpus=1, num_gpus=num_gpus,
-        **actor_restarts(),
     )
     yield from ds.iter_batches(batch_size=None, batch_format="numpy")
 

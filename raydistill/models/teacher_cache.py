@@ -50,7 +50,7 @@ from raydistill.data.fingerprint import (
     tokenizer_fingerprint,
 )
 from raydistill.errors import ConfigError
-from raydistill.runtime import actor_restarts, check_actor_pool, check_writable, init_ray
+from raydistill.runtime import check_actor_pool, check_writable, init_ray, pool_map_batches
 
 if TYPE_CHECKING:
     import torch
@@ -377,15 +377,15 @@ def build_cache(tokenized, cache_dir: str | Path, key: dict[str, Any], *, teache
         check_actor_pool("cache-logits", num_workers, num_cpus, num_gpus)
         if tokenized.num_blocks() < 4 * num_workers:
             tokenized = tokenized.repartition(4 * num_workers).materialize()
-        out = tokenized.map_batches(
-            TeacherTopK,
+        out = pool_map_batches(
+            tokenized, TeacherTopK,
             fn_constructor_kwargs=dict(teachers=[str(t) for t in teachers], top_k=top_k, dtype=dtype,
                                        pad_token_id=pad_token_id,
                                        device="cuda" if num_gpus > 0 else "cpu",
                                        hidden_layers=key.get("hidden_layers", []),
                                        teacher_dtype=key.get("teacher_dtype", "fp32"),
                                        vocab_map=vocab_map, source_vocab_map=source_vocab_map),
-            compute=ray.data.ActorPoolStrategy(size=num_workers), **actor_restarts(),
+            compute=ray.data.ActorPoolStrategy(size=num_workers),
             batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus, num_gpus=num_gpus,
         )
         out.write_parquet(str(tmp / PARTS))

@@ -20,7 +20,8 @@ RAY_NOISE = ("TrainController", "SplitCoordinator", "PlacementGroupCleaner", "Fa
              "Execution plan of Dataset", "Starting execution of Dataset", "Progress bars disabled",
              "Started a local Ray instance", "Checkpoint successfully created", "Autoscaler status",
              # Ray 2.60's core worker on every restartable pool actor (runtime.actor_restarts)
-             "constructor arguments in the object store", "core_worker.cc")
+             "constructor arguments in the object store", "core_worker.cc",
+             "`ray_remote_args` is deprecated")
 
 
 @pytest.mark.timeout(300)

@@ -55,6 +55,31 @@ def test_actor_pools_restart_their_actors_only_on_a_ray_this_process_did_not_sta
     assert runtime.actor_restarts() == {}
 
 
+def test_pool_map_batches_passes_the_restarts_where_map_batches_takes_them(monkeypatch):
+    """Ray 2.60's map_batches takes max_restarts as a deprecated extra keyword (its warning
+    silenced); a map_batches without extra keywords is called without it."""
+    import warnings
+
+    class Extra:
+        def map_batches(self, fn, **kwargs):
+            warnings.warn("`ray_remote_args` is deprecated and will be removed in Ray 2.64.",
+                          DeprecationWarning, stacklevel=2)
+            return fn, kwargs
+
+    class Named:
+        def map_batches(self, fn, batch_size=None):
+            return fn, {"batch_size": batch_size}
+
+    monkeypatch.setattr(runtime, "_started_local", True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the deprecation must not escape
+        assert runtime.pool_map_batches(Extra(), "f", batch_size=4) == (
+            "f", {"batch_size": 4, "max_restarts": 0})
+    assert runtime.pool_map_batches(Named(), "f", batch_size=4) == ("f", {"batch_size": 4})
+    monkeypatch.setattr(runtime, "_started_local", False)
+    assert runtime.pool_map_batches(Extra(), "f") == ("f", {})
+
+
 def test_workers_get_the_address_pin_unless_the_job_sets_its_own_hook(ray_init, monkeypatch):
     import json
 
