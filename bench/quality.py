@@ -90,6 +90,10 @@ STAGED = {"sft_kd": ("kd", {}), "sft_pl": ("pl", {}),
           **{f"sft_gkd_l{lm:g}_b{b:g}": ("gkd", {"lmbda": lm, "beta": b})
              for lm in (1.0, 0.5) for b in (0.1, 0.5, 0.9)}}
 STAGE_SPLIT = 0.75
+# The second stage's learning rate, a fraction of the students' (warm-up none), as the shipped
+# recipes run it (jobs/configs/recipe_translation.yaml: 5e-4, then 1e-4). Rows trained before
+# 2026-12-08 re-warmed to the students' peak rate instead (BENCHMARKS.md section 12).
+SECOND_STAGE_LR = 0.2
 # make_student's copied layers against none: the 6-3 architecture from random weights (sft).
 SCRATCH = "sft_scratch"
 # A 6-3 sft student trimmed to the vocabulary its train split uses (trim_vocab, issue 31): its
@@ -424,7 +428,8 @@ def staged_config(args, s, method: str, d: int, seed: int, teacher: Path, data: 
     first = max(1, round(STAGE_SPLIT * total))
     then = {"method": second, "name": second, "max_steps": total - first,
             "val_check_steps": min(100 if second == "gkd" else s["student_val_steps"],
-                                   total - first)}
+                                   total - first),
+            "learning_rate": SECOND_STAGE_LR * s["student_lr"], "warmup_steps": 0}
     if second == "kd":  # the kd row's objective
         kd = student_config(args, s, "kd", d, seed, teacher, data, pl_data, work)
         then.update({k: kd[k] for k in ("alpha_ce", "alpha_mlm", "alpha_hid", "temperature",

@@ -236,3 +236,22 @@ def test_rows_of_one_layer_students_key_on_the_last_layer_rule(bench_module):
     assert q._digest(six_one, "t") != old(six_one, "t")
     given = {**six_one, "student": "/a/student"}  # a student made elsewhere: its own layers
     assert q._digest(given, "t") == old(given, "t")
+
+
+def test_a_staged_rows_second_stage_runs_at_the_recipes_lower_rate(tmp_path, bench_module):
+    """sft for three quarters of the steps at the students' rate, then the teacher's stage at a
+    fifth of it without warm-up, as jobs/configs/recipe_translation.yaml (5e-4, then 1e-4); the
+    same total steps as the one-stage rows."""
+    import argparse
+
+    q = bench_module("quality")
+    args = argparse.Namespace(task="translation", quick=False, device="cpu", threads=2,
+                              data_dir=None, fresh=False, seeds=3)
+    s = q.translation_settings(args)
+    cfg = q.student_config(args, s, "sft_gkd_l0.5_b0.9", 3, s["seed"], tmp_path / "teacher",
+                           tmp_path / "data", tmp_path / "pl", tmp_path)
+    first, then = cfg["stages"]
+    assert cfg["learning_rate"] == s["student_lr"] == 5e-4 and "learning_rate" not in first
+    assert then["learning_rate"] == 1e-4 and then["warmup_steps"] == 0
+    assert first["max_steps"] + then["max_steps"] == s["student_steps"]
+    assert then["gkd"]["lmbda"] == 0.5 and then["gkd"]["beta"] == 0.9
