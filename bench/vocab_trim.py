@@ -176,7 +176,7 @@ def keep_shares(tokenizer_dir: str, data: str, keeps: list[int]) -> list[dict]:
     total = sum(counts.values())
     out = []
     for n in keeps:
-        kept = set(kept_token_ids(tok, data, n))
+        kept = set(kept_token_ids(tok, data, n, counts=counts))
         outside = sum(c for i, c in counts.items() if i not in kept)
         out.append({"keep_vocab": n, "kept_ids": len(kept), "train_tokens": total,
                     "resegmented_share": outside / total})

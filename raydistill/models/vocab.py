@@ -86,16 +86,17 @@ def config_token_ids(model: PreTrainedModel) -> set[int]:
 
 
 def kept_token_ids(tokenizer, data_dir: str | os.PathLike, keep_vocab: int | None = None,
-                   extra_ids: set[int] = frozenset()) -> list[int]:
+                   extra_ids: set[int] = frozenset(), counts: Counter | None = None) -> list[int]:
     """Sorted old ids to keep: the train split's tokens (only the ``keep_vocab`` most frequent
     when given: N bounds these, ties broken by the smaller id), special tokens, ``extra_ids``,
     single-character pieces of the data's characters and, for BPE, every intermediate token of
-    the kept tokens' merges (and the byte alphabet of a byte-level BPE)."""
+    the kept tokens' merges (and the byte alphabet of a byte-level BPE). ``counts``: the
+    split's ``token_counts``, when the caller has them already."""
     from raydistill.data.files import read_split
 
     if keep_vocab is not None and keep_vocab < 1:
         raise ModelError(f"keep_vocab={keep_vocab}: give a positive number of tokens, or none")
-    counts = token_counts(tokenizer, data_dir)
+    counts = counts if counts is not None else token_counts(tokenizer, data_dir)
     ranked = sorted(counts, key=lambda i: (-counts[i], i))
     keep = set(ranked[:keep_vocab] if keep_vocab is not None else ranked)
     keep |= set(extra_ids) | set(tokenizer.all_special_ids)

@@ -11,6 +11,17 @@ def staged(second: str, out: Path, lr: float = 5e-4) -> dict:
             "stages": [{"name": "sft", "max_steps": 30}, {"method": second, "max_steps": 10}]}
 
 
+def table_rows(q, tmp_path: Path, *methods: str) -> tuple[dict, list[dict]]:
+    """The CPU table's settings and the 6-3 first-seed configs of ``methods``."""
+    import argparse
+
+    args = argparse.Namespace(task="translation", quick=False, device="cpu", threads=2,
+                              data_dir=None, fresh=False, seeds=3)
+    s = q.translation_settings(args)
+    return s, [q.student_config(args, s, m, 3, s["seed"], tmp_path / "teacher",
+                                tmp_path / "data", tmp_path / "pl", tmp_path) for m in methods]
+
+
 def finish_first_stage(row: Path, reuse, seconds: float) -> None:
     """What the first row's run leaves: its key (written by reuse) and a finished stage 0."""
     row.mkdir(parents=True)
@@ -201,19 +212,9 @@ def test_the_trimmed_row_keeps_half_the_vocabulary_its_bpe_was_trained_on(tmp_pa
     """The table's BPE is trained on its own train split, which then uses every token: trimmed
     to that split alone the student kept all 8,000 ids and trained exactly as sft. The row
     keeps the most frequent half (keep_vocab)."""
-    import argparse
-
     q = bench_module("quality")
-    args = argparse.Namespace(task="translation", quick=False, device="cpu", threads=2,
-                              data_dir=None, fresh=False, seeds=3)
-    s = q.translation_settings(args)
-    cfg = q.student_config(args, s, "sft_trim", 3, s["seed"], tmp_path / "teacher",
-                           tmp_path / "data", tmp_path / "pl", tmp_path)
-    mild = q.student_config(args, s, "sft_trim_mild", 3, s["seed"], tmp_path / "teacher",
-                            tmp_path / "data", tmp_path / "pl", tmp_path)
+    s, (cfg, mild, sft) = table_rows(q, tmp_path, "sft_trim", "sft_trim_mild", "sft")
     assert mild["keep_vocab"] == 6000 and mild["output_dir"] != cfg["output_dir"]
-    sft = q.student_config(args, s, "sft", 3, s["seed"], tmp_path / "teacher",
-                           tmp_path / "data", tmp_path / "pl", tmp_path)
     assert cfg["keep_vocab"] == s["vocab_size"] // 2 == 4000
     assert cfg["trim_vocab"] == str(tmp_path / "data")
     assert {k: v for k, v in cfg.items() if k not in ("keep_vocab", "trim_vocab", "output_dir")} \
@@ -242,14 +243,8 @@ def test_a_staged_rows_second_stage_runs_at_the_recipes_lower_rate(tmp_path, ben
     """sft for three quarters of the steps at the students' rate, then the teacher's stage at a
     fifth of it without warm-up, as jobs/configs/recipe_translation.yaml (5e-4, then 1e-4); the
     same total steps as the one-stage rows."""
-    import argparse
-
     q = bench_module("quality")
-    args = argparse.Namespace(task="translation", quick=False, device="cpu", threads=2,
-                              data_dir=None, fresh=False, seeds=3)
-    s = q.translation_settings(args)
-    cfg = q.student_config(args, s, "sft_gkd_l0.5_b0.9", 3, s["seed"], tmp_path / "teacher",
-                           tmp_path / "data", tmp_path / "pl", tmp_path)
+    s, (cfg,) = table_rows(q, tmp_path, "sft_gkd_l0.5_b0.9")
     first, then = cfg["stages"]
     assert cfg["learning_rate"] == s["student_lr"] == 5e-4 and "learning_rate" not in first
     assert then["learning_rate"] == 1e-4 and then["warmup_steps"] == 0
